@@ -1,0 +1,354 @@
+//! How each Rust type of a packet argument maps to msgpack (protocol.md §3).
+
+use bytes::Bytes;
+
+use crate::types::{
+    Address, CellState, Checksum, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Oid, Tid,
+};
+use crate::value::{self, Value};
+
+/// Why a msgpack value is not a valid argument.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// The value has the wrong msgpack type.
+    #[error("expected {expected}, found {found}")]
+    Type {
+        /// What the layout requires.
+        expected: &'static str,
+        /// The msgpack type received.
+        found: &'static str,
+    },
+    /// Right type, unacceptable content.
+    #[error("{0}")]
+    Invalid(String),
+    /// A problem inside an element of a list, map or record.
+    #[error("element {index}: {inner}")]
+    Element {
+        /// Position in the container.
+        index: usize,
+        /// What was wrong with it.
+        inner: Box<FieldError>,
+    },
+}
+
+impl FieldError {
+    fn type_error(expected: &'static str, found: &Value) -> FieldError {
+        FieldError::Type {
+            expected,
+            found: found.type_name(),
+        }
+    }
+
+    /// Wraps an error found in element `index` of a container.
+    pub fn at(self, index: usize) -> FieldError {
+        FieldError::Element {
+            index,
+            inner: Box::new(self),
+        }
+    }
+}
+
+/// A packet argument (or part of one): encodable to, decodable from msgpack.
+pub trait Field: Sized {
+    /// Appends the wire form.
+    fn encode(&self, out: &mut Vec<u8>);
+    /// Checks and converts a decoded value.
+    fn decode(value: Value) -> Result<Self, FieldError>;
+}
+
+impl Field for Value {
+    fn encode(&self, out: &mut Vec<u8>) {
+        Value::encode(self, out)
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        Ok(value)
+    }
+}
+
+impl Field for bool {
+    fn encode(&self, out: &mut Vec<u8>) {
+        value::write_bool(out, *self)
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        match value {
+            Value::Bool(b) => Ok(b),
+            other => Err(FieldError::type_error("bool", &other)),
+        }
+    }
+}
+
+macro_rules! int_field {
+    ($($ty:ty => $write:ident as $wide:ty),*) => {$(
+        impl Field for $ty {
+            fn encode(&self, out: &mut Vec<u8>) {
+                value::$write(out, <$wide>::from(*self))
+            }
+            fn decode(value: Value) -> Result<Self, FieldError> {
+                match value {
+                    Value::Int(i) => <$ty>::try_from(i).map_err(|_| {
+                        FieldError::Invalid(format!(
+                            "integer {i} out of range for {}", stringify!($ty)
+                        ))
+                    }),
+                    other => Err(FieldError::type_error("int", &other)),
+                }
+            }
+        }
+    )*};
+}
+
+int_field!(u8 => write_uint as u64, u16 => write_uint as u64, u32 => write_uint as u64,
+    u64 => write_uint as u64, i32 => write_int as i64, i64 => write_int as i64);
+
+impl Field for f64 {
+    fn encode(&self, out: &mut Vec<u8>) {
+        value::write_f64(out, *self)
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        match value {
+            Value::Float(f) => Ok(f),
+            other => Err(FieldError::type_error("float", &other)),
+        }
+    }
+}
+
+impl Field for Bytes {
+    fn encode(&self, out: &mut Vec<u8>) {
+        value::write_bin(out, self)
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        match value {
+            Value::Bin(b) => Ok(b),
+            other => Err(FieldError::type_error("bin", &other)),
+        }
+    }
+}
+
+/// Text travels as UTF-8 in a bin, never as a msgpack str.
+impl Field for String {
+    fn encode(&self, out: &mut Vec<u8>) {
+        value::write_bin(out, self.as_bytes())
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        let bytes = Bytes::decode(value)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| FieldError::Invalid("text is not UTF-8".to_owned()))
+    }
+}
+
+fn fixed_bin<const N: usize>(value: Value) -> Result<[u8; N], FieldError> {
+    let bytes = Bytes::decode(value)?;
+    <[u8; N]>::try_from(&bytes[..])
+        .map_err(|_| FieldError::Invalid(format!("expected {N} bytes, found {}", bytes.len())))
+}
+
+macro_rules! id_field {
+    ($($ty:ident),*) => {$(
+        impl Field for $ty {
+            fn encode(&self, out: &mut Vec<u8>) {
+                value::write_bin(out, &self.to_bytes())
+            }
+            fn decode(value: Value) -> Result<Self, FieldError> {
+                fixed_bin::<8>(value).map($ty::from_bytes)
+            }
+        }
+    )*};
+}
+
+id_field!(Oid, Tid);
+
+impl Field for Checksum {
+    fn encode(&self, out: &mut Vec<u8>) {
+        value::write_bin(out, &self.0)
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        fixed_bin::<20>(value).map(Checksum)
+    }
+}
+
+impl Field for NodeId {
+    fn encode(&self, out: &mut Vec<u8>) {
+        value::write_int(out, self.0.into())
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        i32::decode(value).map(NodeId)
+    }
+}
+
+/// An enum member from an ext value whose payload is a msgpack integer.
+fn enum_value(value: Value, ext_type: i8, name: &'static str) -> Result<u64, FieldError> {
+    let Value::Ext(ty, payload) = value else {
+        return Err(FieldError::type_error(name, &value));
+    };
+    if ty != ext_type {
+        return Err(FieldError::Invalid(format!(
+            "expected ext type {ext_type} ({name}), found ext type {ty}"
+        )));
+    }
+    let bad = || FieldError::Invalid(format!("bad {name} payload"));
+    match value::scan(&payload, payload.len()) {
+        Ok(Some(len)) if len == payload.len() => {}
+        _ => return Err(bad()),
+    }
+    match value::decode(&payload) {
+        Ok(Value::Int(i)) => u64::try_from(i).map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
+macro_rules! enum_field {
+    ($($ty:ident),*) => {$(
+        impl Field for $ty {
+            fn encode(&self, out: &mut Vec<u8>) {
+                value::write_enum(out, $ty::EXT_TYPE, *self as u8)
+            }
+            fn decode(value: Value) -> Result<Self, FieldError> {
+                let number = enum_value(value, $ty::EXT_TYPE, stringify!($ty))?;
+                $ty::from_value(number).ok_or_else(|| {
+                    FieldError::Invalid(format!("{number} is not a {}", stringify!($ty)))
+                })
+            }
+        }
+    )*};
+}
+
+enum_field!(CellState, ClusterState, NodeState, NodeType);
+
+/// In the `Error` packet the code is a plain integer; an ext is tolerated.
+impl Field for ErrorCode {
+    fn encode(&self, out: &mut Vec<u8>) {
+        value::write_uint(out, *self as u64)
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        let number = match value {
+            Value::Int(i) => u64::try_from(i).unwrap_or(u64::MAX),
+            ext @ Value::Ext(..) => enum_value(ext, ErrorCode::EXT_TYPE, "ErrorCode")?,
+            other => return Err(FieldError::type_error("int", &other)),
+        };
+        ErrorCode::from_value(number)
+            .ok_or_else(|| FieldError::Invalid(format!("{number} is not an ErrorCode")))
+    }
+}
+
+impl<T: Field> Field for Option<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            None => value::write_nil(out),
+            Some(inner) => inner.encode(out),
+        }
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        match value {
+            Value::Nil => Ok(None),
+            other => T::decode(other).map(Some),
+        }
+    }
+}
+
+impl<T: Field> Field for Vec<T> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        value::write_array_len(out, self.len());
+        for item in self {
+            item.encode(out);
+        }
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        match value {
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(index, item)| T::decode(item).map_err(|e| e.at(index)))
+                .collect(),
+            other => Err(FieldError::type_error("array", &other)),
+        }
+    }
+}
+
+/// A msgpack map, its pairs kept in wire order (NEO/py sends dicts and sets
+/// in no defined order, and re-encoding must give back the same bytes).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Map<K, V>(pub Vec<(K, V)>);
+
+impl<K, V> Map<K, V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Map(Vec::new())
+    }
+}
+
+impl<K, V> FromIterator<(K, V)> for Map<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Map(iter.into_iter().collect())
+    }
+}
+
+impl<K: Field, V: Field> Field for Map<K, V> {
+    fn encode(&self, out: &mut Vec<u8>) {
+        value::write_map_len(out, self.0.len());
+        for (key, value) in &self.0 {
+            key.encode(out);
+            value.encode(out);
+        }
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        match value {
+            Value::Map(pairs) => pairs
+                .into_iter()
+                .enumerate()
+                .map(|(index, (key, value))| {
+                    let key = K::decode(key).map_err(|e| e.at(index))?;
+                    let value = V::decode(value).map_err(|e| e.at(index))?;
+                    Ok((key, value))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Map),
+            other => Err(FieldError::type_error("map", &other)),
+        }
+    }
+}
+
+/// The items of a fixed-size record, or an error naming the size mismatch.
+pub fn record_items(value: Value, len: usize) -> Result<Vec<Value>, FieldError> {
+    match value {
+        Value::Array(items) if items.len() == len => Ok(items),
+        Value::Array(items) => Err(FieldError::Invalid(format!(
+            "expected {len} elements, found {}",
+            items.len()
+        ))),
+        other => Err(FieldError::type_error("array", &other)),
+    }
+}
+
+macro_rules! tuple_field {
+    ($len:literal: $($name:ident $index:tt),*) => {
+        impl<$($name: Field),*> Field for ($($name,)*) {
+            fn encode(&self, out: &mut Vec<u8>) {
+                value::write_array_len(out, $len);
+                $(self.$index.encode(out);)*
+            }
+            fn decode(value: Value) -> Result<Self, FieldError> {
+                let mut items = record_items(value, $len)?.into_iter();
+                Ok(($(
+                    $name::decode(items.next().unwrap_or(Value::Nil))
+                        .map_err(|e| e.at($index))?,
+                )*))
+            }
+        }
+    };
+}
+
+tuple_field!(2: A 0, B 1);
+tuple_field!(3: A 0, B 1, C 2);
+
+/// `[host, port]`, host as bin.
+impl Field for Address {
+    fn encode(&self, out: &mut Vec<u8>) {
+        value::write_array_len(out, 2);
+        self.host.encode(out);
+        self.port.encode(out);
+    }
+    fn decode(value: Value) -> Result<Self, FieldError> {
+        let (host, port) = <(String, u16)>::decode(value)?;
+        Ok(Address { host, port })
+    }
+}
