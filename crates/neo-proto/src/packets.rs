@@ -131,6 +131,8 @@ pub enum PacketError {
 pub trait Request: Into<Packet> {
     /// The answer packet (`Error` for the requests answered by `Error(ACK)`).
     type Answer: TryFrom<Packet, Error = Packet>;
+    /// Code of the answer packet.
+    const ANSWER_CODE: u16;
 }
 
 macro_rules! packets {
@@ -166,6 +168,7 @@ macro_rules! packets {
 
             $(impl Request for $name {
                 type Answer = $answer;
+                const ANSWER_CODE: u16 = $answer::CODE;
             })?
         )*
 

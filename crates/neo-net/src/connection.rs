@@ -1,0 +1,545 @@
+//! One NEO connection: the handshake, then a reader task and a writer task
+//! around a [`Connection`] handle.
+//!
+//! The reader decodes packets, hands answers to the requests waiting for
+//! them (by msg_id) and sends everything else — requests, notifications,
+//! unsolicited errors — as [`Event`]s to the node, through a bounded channel:
+//! when the node falls behind, the reader stops reading and TCP pushes back.
+//! The writer drains a queue whose total size is bounded in bytes, so a
+//! sender that outruns the peer waits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use neo_proto::{
+    answer_code, encode_frame_into, packets, ErrorCode, Frame, Packet, Request, StreamDecoder,
+    MAGIC, MAX_PACKET_SIZE, RESPONSE_MASK,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::error::NetError;
+use crate::transport::Transport;
+
+/// Tunables of a connection; the defaults suit every node.
+#[derive(Clone, Debug)]
+pub struct ConnectionConfig {
+    /// How long the peer may take to send its magic. NEO/py sends it at
+    /// once, so a silent peer is not a NEO node.
+    pub handshake_timeout: Duration,
+    /// Bytes queued for sending before senders wait.
+    pub write_budget_bytes: usize,
+    /// Received packets waiting for the node before the reader waits.
+    pub event_capacity: usize,
+    /// Largest packet accepted from the peer.
+    pub max_packet_size: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            handshake_timeout: Duration::from_secs(30),
+            write_budget_bytes: 8 << 20,
+            event_capacity: 1024,
+            max_packet_size: MAX_PACKET_SIZE,
+        }
+    }
+}
+
+/// Identifies a connection in [`Event`]s, unique in the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl ConnectionId {
+    fn next() -> ConnectionId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ConnectionId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Something that happened on a connection.
+#[derive(Debug)]
+pub struct Event {
+    /// The connection it happened on.
+    pub connection: ConnectionId,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened on a connection.
+#[derive(Debug)]
+pub enum EventKind {
+    /// A request or notification from the peer, or an `Error` that answers
+    /// no pending request.
+    Packet(Frame),
+    /// The connection is gone: `None` after a clean close, else why.
+    Closed(Option<NetError>),
+}
+
+/// The receiving end of a single connection's events.
+#[derive(Debug)]
+pub struct Inbox {
+    events: mpsc::Receiver<Event>,
+}
+
+impl Inbox {
+    /// The next event; `None` once the connection is closed and drained.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+}
+
+/// Why a request did not get the answer it asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// The connection failed or closed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The peer answered with an `Error` packet.
+    #[error("{peer} refused: {error}")]
+    Refused {
+        /// The remote address.
+        peer: String,
+        /// The error packet received.
+        error: packets::Error,
+    },
+}
+
+struct Pending {
+    /// Code of the answer that request expects (`Error` is always accepted).
+    expected: u16,
+    reply: oneshot::Sender<Result<Packet, NetError>>,
+}
+
+enum Outgoing {
+    /// An encoded packet, holding its share of the write budget.
+    Frame(Vec<u8>, OwnedSemaphorePermit),
+    /// Flush what is queued, then close.
+    Close,
+}
+
+struct Shared {
+    id: ConnectionId,
+    peer: String,
+    /// Counter for the msg_id of the packets we originate.
+    next_msg_id: AtomicU32,
+    /// Requests sent and not answered yet, by msg_id.
+    pending: Mutex<HashMap<u32, Pending>>,
+    outgoing: mpsc::Sender<Outgoing>,
+    /// Bytes that may still be queued for the writer.
+    write_budget: Arc<Semaphore>,
+    write_budget_bytes: usize,
+    /// Set once the connection is closing; stops both tasks.
+    closing: watch::Sender<bool>,
+    /// Set by the reader before it fails the pending requests, so that a
+    /// request registered later knows no answer will come.
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn pending(&self) -> MutexGuard<'_, HashMap<u32, Pending>> {
+        // A panic while holding the lock cannot leave the map inconsistent.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn closed_error(&self) -> NetError {
+        NetError::Closed {
+            peer: self.peer.clone(),
+        }
+    }
+
+    fn fail_pending(&self) {
+        for (_, pending) in self.pending().drain() {
+            let _ = pending.reply.send(Err(self.closed_error()));
+        }
+    }
+}
+
+/// Handle on an established connection; cheap to clone. The connection
+/// closes when [`Connection::close`] is called, when the peer closes it, or
+/// on a protocol error; then an [`EventKind::Closed`] event is sent.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Runs the handshake on `stream` and starts the connection; its events
+    /// go to `events`. `peer` names the remote end in logs and errors.
+    pub async fn establish<T: Transport>(
+        stream: T,
+        peer: String,
+        events: mpsc::Sender<Event>,
+        config: &ConnectionConfig,
+    ) -> Result<Connection, NetError> {
+        let (mut reader, mut writer) = stream.split();
+        let mut decoder = StreamDecoder::new().with_max_packet_size(config.max_packet_size);
+        // Both ends send the magic without waiting for the other's.
+        writer
+            .write_all(&MAGIC)
+            .await
+            .map_err(|e| NetError::io(&peer, e))?;
+        let handshake = read_magic(&mut reader, &mut decoder, &peer);
+        tokio::time::timeout(config.handshake_timeout, handshake)
+            .await
+            .map_err(|_| NetError::HandshakeTimeout {
+                peer: peer.clone(),
+                seconds: config.handshake_timeout.as_secs(),
+            })??;
+
+        let (outgoing, outgoing_rx) = mpsc::channel(1024);
+        let (closing, closing_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            id: ConnectionId::next(),
+            peer,
+            next_msg_id: AtomicU32::new(0),
+            pending: Mutex::new(HashMap::new()),
+            outgoing,
+            write_budget: Arc::new(Semaphore::new(config.write_budget_bytes)),
+            write_budget_bytes: config.write_budget_bytes,
+            closing,
+            closed: AtomicBool::new(false),
+        });
+        tracing::debug!(peer = %shared.peer, id = shared.id.0, "connection established");
+        tokio::spawn(write_loop(
+            writer,
+            outgoing_rx,
+            closing_rx.clone(),
+            shared.clone(),
+        ));
+        let connection = Connection {
+            shared: shared.clone(),
+        };
+        tokio::spawn(read_loop(reader, decoder, closing_rx, shared, events));
+        Ok(connection)
+    }
+
+    /// [`Connection::establish`] with a channel of its own.
+    pub async fn open<T: Transport>(
+        stream: T,
+        peer: String,
+        config: &ConnectionConfig,
+    ) -> Result<(Connection, Inbox), NetError> {
+        let (events, rx) = mpsc::channel(config.event_capacity);
+        let connection = Connection::establish(stream, peer, events, config).await?;
+        Ok((connection, Inbox { events: rx }))
+    }
+
+    /// Identifies this connection in events.
+    pub fn id(&self) -> ConnectionId {
+        self.shared.id
+    }
+
+    /// The remote end, as given when connecting or as accepted.
+    pub fn peer(&self) -> &str {
+        &self.shared.peer
+    }
+
+    /// Whether the connection is closing or closed.
+    pub fn is_closed(&self) -> bool {
+        *self.shared.closing.borrow() || self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    fn next_msg_id(&self) -> u32 {
+        // Wraps modulo 2^32, as NEO/py's counter does.
+        self.shared.next_msg_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn send_frame(&self, msg_id: u32, packet: &Packet) -> Result<(), NetError> {
+        let mut bytes = Vec::new();
+        encode_frame_into(&mut bytes, msg_id, packet);
+        // A packet larger than the whole budget takes all of it.
+        let cost = bytes.len().clamp(1, self.shared.write_budget_bytes);
+        let permit = self
+            .shared
+            .write_budget
+            .clone()
+            .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
+            .await
+            .map_err(|_| self.shared.closed_error())?;
+        tracing::trace!(peer = %self.shared.peer, msg_id, packet = packet.name(), "send");
+        self.shared
+            .outgoing
+            .send(Outgoing::Frame(bytes, permit))
+            .await
+            .map_err(|_| self.shared.closed_error())
+    }
+
+    /// Sends a notification (or a request whose answer is not awaited, like
+    /// `Truncate` from master to storage) with a fresh msg_id.
+    pub async fn notify(&self, packet: impl Into<Packet>) -> Result<(), NetError> {
+        let msg_id = self.next_msg_id();
+        self.send_frame(msg_id, &packet.into()).await
+    }
+
+    /// Answers the request that came with `msg_id`.
+    pub async fn answer(&self, msg_id: u32, packet: impl Into<Packet>) -> Result<(), NetError> {
+        self.send_frame(msg_id, &packet.into()).await
+    }
+
+    /// Sends a request and waits for its answer packet, which is either the
+    /// request's answer type or `Error`. There is no timeout: NEO answers
+    /// may come arbitrarily late; a closed connection ends the wait.
+    pub async fn ask_packet(&self, request: Packet) -> Result<Packet, NetError> {
+        self.ask_with_id(request).await.1
+    }
+
+    async fn ask_with_id(&self, request: Packet) -> (u32, Result<Packet, NetError>) {
+        let expected = answer_code(request.code()).unwrap_or(packets::Error::CODE);
+        let msg_id = self.next_msg_id();
+        let (reply, answer) = oneshot::channel();
+        // Registered before sending: the answer may beat us back.
+        self.shared
+            .pending()
+            .insert(msg_id, Pending { expected, reply });
+        if self.shared.closed.load(Ordering::SeqCst) {
+            // The reader failed the pending requests before ours was
+            // registered: no answer can come.
+            self.shared.pending().remove(&msg_id);
+            return (msg_id, Err(self.shared.closed_error()));
+        }
+        if let Err(error) = self.send_frame(msg_id, &request).await {
+            self.shared.pending().remove(&msg_id);
+            return (msg_id, Err(error));
+        }
+        let answer = answer
+            .await
+            .unwrap_or_else(|_| Err(self.shared.closed_error()));
+        (msg_id, answer)
+    }
+
+    /// Sends a request and returns its typed answer; an `Error` answer is
+    /// [`AskError::Refused`], except `Error(ACK)` for the requests that are
+    /// answered that way.
+    pub async fn ask<R: Request>(&self, request: R) -> Result<R::Answer, AskError> {
+        let (msg_id, answer) = self.ask_with_id(request.into()).await;
+        let acked = R::ANSWER_CODE == packets::Error::CODE;
+        match answer? {
+            Packet::Error(error) if !(acked && error.code == ErrorCode::Ack) => {
+                Err(AskError::Refused {
+                    peer: self.shared.peer.clone(),
+                    error,
+                })
+            }
+            // The reader only hands over the expected code or Error, so
+            // this fails only for an `Error(ACK)` to a request with an answer.
+            answer => R::Answer::try_from(answer).map_err(|other| {
+                NetError::UnexpectedAnswer {
+                    peer: self.shared.peer.clone(),
+                    msg_id,
+                    answer: other.name(),
+                    expected: String::new(),
+                }
+                .into()
+            }),
+        }
+    }
+
+    /// Sends what is queued, then closes. Pending requests fail.
+    pub async fn close(&self) {
+        let _ = self.shared.outgoing.send(Outgoing::Close).await;
+    }
+}
+
+async fn read_magic<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    decoder: &mut StreamDecoder,
+    peer: &str,
+) -> Result<(), NetError> {
+    loop {
+        match decoder.check_magic() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(error) => return Err(NetError::from_frame(peer, error)),
+        }
+        let read = reader
+            .read_buf(decoder.buffer_mut())
+            .await
+            .map_err(|e| NetError::io(peer, e))?;
+        if read == 0 {
+            return Err(NetError::Closed {
+                peer: peer.to_owned(),
+            });
+        }
+    }
+}
+
+/// Bytes of small packets gathered into one write.
+const WRITE_BATCH_BYTES: usize = 64 << 10;
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut queue: mpsc::Receiver<Outgoing>,
+    mut closing: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES);
+    let mut permits = Vec::new();
+    let result: std::io::Result<()> = async {
+        loop {
+            let first = tokio::select! {
+                item = queue.recv() => item,
+                _ = closing.wait_for(|closing| *closing) => None,
+            };
+            let Some(mut item) = first else { break };
+            let mut close = false;
+            loop {
+                match item {
+                    Outgoing::Frame(bytes, permit) => {
+                        if bytes.len() >= WRITE_BATCH_BYTES {
+                            writer.write_all(&batch).await?;
+                            batch.clear();
+                            writer.write_all(&bytes).await?;
+                        } else {
+                            batch.extend_from_slice(&bytes);
+                        }
+                        permits.push(permit);
+                    }
+                    Outgoing::Close => close = true,
+                }
+                if close || batch.len() >= WRITE_BATCH_BYTES {
+                    break;
+                }
+                match queue.try_recv() {
+                    Ok(next) => item = next,
+                    Err(_) => break,
+                }
+            }
+            writer.write_all(&batch).await?;
+            writer.flush().await?;
+            batch.clear();
+            permits.clear();
+            if close {
+                break;
+            }
+        }
+        writer.shutdown().await
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::debug!(peer = %shared.peer, %error, "write failed");
+    }
+    shared.closing.send_replace(true);
+    queue.close();
+}
+
+/// What the reader does with one received packet.
+enum Dispatch {
+    /// Give it to the node.
+    Deliver(Frame),
+    /// It answered a pending request.
+    Answered,
+}
+
+fn dispatch(shared: &Shared, frame: Frame) -> Result<Dispatch, NetError> {
+    let code = frame.packet.code();
+    if code & RESPONSE_MASK == 0 {
+        return Ok(Dispatch::Deliver(frame));
+    }
+    let mut pending = shared.pending();
+    let expected = pending.get(&frame.msg_id).map(|p| p.expected);
+    match expected {
+        Some(expected) if code == expected || code == packets::Error::CODE => {
+            if let Some(request) = pending.remove(&frame.msg_id) {
+                let _ = request.reply.send(Ok(frame.packet));
+            }
+            Ok(Dispatch::Answered)
+        }
+        // NEO/py sends some errors with a fresh msg_id (protocol.md §2.3).
+        None if code == packets::Error::CODE => Ok(Dispatch::Deliver(frame)),
+        expected => Err(NetError::UnexpectedAnswer {
+            peer: shared.peer.clone(),
+            msg_id: frame.msg_id,
+            answer: frame.packet.name(),
+            expected: expected
+                .and_then(neo_proto::packet_name)
+                .map(|name| format!(", expected {name}"))
+                .unwrap_or_default(),
+        }),
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: R,
+    mut decoder: StreamDecoder,
+    mut closing: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<Event>,
+) {
+    let reason: Option<NetError> = 'connection: loop {
+        // Packets that arrived with the magic or in the last read.
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => break 'connection Some(NetError::from_frame(&shared.peer, error)),
+            };
+            tracing::trace!(peer = %shared.peer, msg_id = frame.msg_id, packet = frame.packet.name(), "received");
+            match dispatch(&shared, frame) {
+                Ok(Dispatch::Answered) => {}
+                Ok(Dispatch::Deliver(frame)) => {
+                    let event = Event {
+                        connection: shared.id,
+                        kind: EventKind::Packet(frame),
+                    };
+                    if events.send(event).await.is_err() {
+                        // Nobody listens any more.
+                        break 'connection None;
+                    }
+                }
+                Err(error) => {
+                    if let NetError::UnexpectedAnswer { msg_id, .. } = &error {
+                        // As NEO/py: tell the peer, then close.
+                        let reply =
+                            packets::Error::new(ErrorCode::ProtocolError, "unexpected answer");
+                        let connection = Connection {
+                            shared: shared.clone(),
+                        };
+                        let _ = connection.answer(*msg_id, reply).await;
+                    }
+                    break 'connection Some(error);
+                }
+            }
+        }
+        decoder.buffer_mut().reserve(64 << 10);
+        tokio::select! {
+            read = reader.read_buf(decoder.buffer_mut()) => match read {
+                Ok(0) if decoder.buffered() == 0 => break None,
+                Ok(0) => break Some(NetError::Protocol {
+                    peer: shared.peer.clone(),
+                    error: neo_proto::FrameError::Frame("connection closed inside a packet".into()),
+                }),
+                Ok(_) => {}
+                Err(error) => break Some(NetError::io(&shared.peer, error)),
+            },
+            _ = closing.wait_for(|closing| *closing) => break None,
+        }
+    };
+    match &reason {
+        None => tracing::debug!(peer = %shared.peer, "connection closed"),
+        Some(error) => tracing::warn!("closing connection: {error}"),
+    }
+    // Let the writer flush (an Error reply may be queued) and stop.
+    let _ = shared.outgoing.send(Outgoing::Close).await;
+    shared.closed.store(true, Ordering::SeqCst);
+    shared.fail_pending();
+    let _ = events
+        .send(Event {
+            connection: shared.id,
+            kind: EventKind::Closed(reason),
+        })
+        .await;
+}

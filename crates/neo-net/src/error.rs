@@ -1,0 +1,98 @@
+use neo_proto::{Address, FrameError, PROTOCOL_VERSION};
+
+/// What went wrong with a connection. Every variant names the peer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// A host name that does not resolve.
+    #[error("cannot resolve {address}: {source}")]
+    Resolve {
+        /// The address as given.
+        address: Address,
+        /// Why the lookup failed.
+        source: std::io::Error,
+    },
+    /// Socket-level failure (refused, reset, bind in use, ...).
+    #[error("{peer}: {source}")]
+    Io {
+        /// The remote (or local, for bind) address.
+        peer: String,
+        /// The system error.
+        source: std::io::Error,
+    },
+    /// The peer speaks another protocol version.
+    #[error(
+        "{peer}: peer speaks NEO protocol version {peer_version}, \
+         this node speaks version {PROTOCOL_VERSION}"
+    )]
+    VersionMismatch {
+        /// The remote address.
+        peer: String,
+        /// Version byte of the peer's magic.
+        peer_version: u8,
+    },
+    /// The peer is not a NEO node (or uses TLS while we do not).
+    #[error("{peer}: not a NEO stream (first bytes {first_bytes})")]
+    NotNeo {
+        /// The remote address.
+        peer: String,
+        /// Hex of the first bytes received.
+        first_bytes: String,
+    },
+    /// The peer did not send the magic in time.
+    #[error("{peer}: no NEO handshake within {seconds} s")]
+    HandshakeTimeout {
+        /// The remote address.
+        peer: String,
+        /// The time allowed.
+        seconds: u64,
+    },
+    /// The peer sent bytes that are not a valid packet.
+    #[error("{peer}: {error}")]
+    Protocol {
+        /// The remote address.
+        peer: String,
+        /// What was wrong.
+        error: FrameError,
+    },
+    /// The peer answered a request with the wrong packet, or answered
+    /// nothing we asked.
+    #[error("{peer}: unexpected answer {answer} to msg_id {msg_id}{expected}")]
+    UnexpectedAnswer {
+        /// The remote address.
+        peer: String,
+        /// msg_id of the answer.
+        msg_id: u32,
+        /// Name of the packet received.
+        answer: &'static str,
+        /// `", expected X"` when a request was pending.
+        expected: String,
+    },
+    /// The connection closed before the answer came.
+    #[error("{peer}: connection closed")]
+    Closed {
+        /// The remote address.
+        peer: String,
+    },
+}
+
+impl NetError {
+    pub(crate) fn io(peer: impl ToString, source: std::io::Error) -> NetError {
+        NetError::Io {
+            peer: peer.to_string(),
+            source,
+        }
+    }
+
+    /// The error from decoding the peer's stream.
+    pub(crate) fn from_frame(peer: &str, error: FrameError) -> NetError {
+        let peer = peer.to_owned();
+        match error {
+            FrameError::VersionMismatch { peer: peer_version } => {
+                NetError::VersionMismatch { peer, peer_version }
+            }
+            FrameError::NotNeo { first_bytes } => NetError::NotNeo { peer, first_bytes },
+            error => NetError::Protocol { peer, error },
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! TCP endpoints with NEO's socket options and address syntax.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use neo_proto::Address;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::connection::{Connection, ConnectionConfig, Event, Inbox};
+use crate::error::NetError;
+
+/// Resolves a NEO address to a socket address: IP literals directly, host
+/// names with the system resolver (first answer wins, as in NEO/py).
+pub async fn resolve(address: &Address) -> Result<SocketAddr, NetError> {
+    if let Ok(ip) = address.host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, address.port));
+    }
+    let mut found = tokio::net::lookup_host((address.host.as_str(), address.port))
+        .await
+        .map_err(|source| NetError::Resolve {
+            address: address.clone(),
+            source,
+        })?;
+    found.next().ok_or_else(|| NetError::Resolve {
+        address: address.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"),
+    })
+}
+
+/// The socket options NEO/py sets: no Nagle delay, and keepalive probes
+/// after 60 s idle, every 10 s, 3 times: NEO has no heartbeat of its own.
+fn configure(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+async fn connect_tcp(address: &Address) -> Result<(TcpStream, String), NetError> {
+    let socket_address = resolve(address).await?;
+    let peer = Address::from(socket_address).to_string();
+    let stream = TcpStream::connect(socket_address)
+        .await
+        .map_err(|e| NetError::io(&peer, e))?;
+    configure(&stream).map_err(|e| NetError::io(&peer, e))?;
+    Ok((stream, peer))
+}
+
+/// Connects to a NEO node and runs the handshake; events go to `events`.
+pub async fn connect(
+    address: &Address,
+    events: mpsc::Sender<Event>,
+    config: &ConnectionConfig,
+) -> Result<Connection, NetError> {
+    let (stream, peer) = connect_tcp(address).await?;
+    Connection::establish(stream, peer, events, config).await
+}
+
+/// Connects to a NEO node, with a channel of the connection's own.
+pub async fn connect_alone(
+    address: &Address,
+    config: &ConnectionConfig,
+) -> Result<(Connection, Inbox), NetError> {
+    let (stream, peer) = connect_tcp(address).await?;
+    Connection::open(stream, peer, config).await
+}
+
+/// A listening socket.
+#[derive(Debug)]
+pub struct Listener {
+    listener: TcpListener,
+    local: Address,
+}
+
+impl Listener {
+    /// Listens on `address`; port 0 picks an ephemeral port.
+    pub async fn bind(address: &Address) -> Result<Listener, NetError> {
+        let socket_address = resolve(address).await?;
+        let listener = TcpListener::bind(socket_address)
+            .await
+            .map_err(|e| NetError::io(format!("bind {address}"), e))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| NetError::io(format!("bind {address}"), e))?;
+        Ok(Listener {
+            listener,
+            local: local.into(),
+        })
+    }
+
+    /// The address actually bound (with the chosen port).
+    pub fn local_address(&self) -> &Address {
+        &self.local
+    }
+
+    /// Waits for the next incoming TCP connection. The handshake is left to
+    /// [`Accepted::establish`], so a slow peer does not hold up the others.
+    pub async fn accept(&self) -> Result<Accepted, NetError> {
+        let (stream, peer) = self
+            .listener
+            .accept()
+            .await
+            .map_err(|e| NetError::io(format!("accept on {}", self.local), e))?;
+        let peer = Address::from(peer).to_string();
+        configure(&stream).map_err(|e| NetError::io(&peer, e))?;
+        Ok(Accepted { stream, peer })
+    }
+}
+
+/// A TCP connection accepted, before the handshake.
+#[derive(Debug)]
+pub struct Accepted {
+    stream: TcpStream,
+    peer: String,
+}
+
+impl Accepted {
+    /// The remote address.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Runs the handshake; events go to `events`.
+    pub async fn establish(
+        self,
+        events: mpsc::Sender<Event>,
+        config: &ConnectionConfig,
+    ) -> Result<Connection, NetError> {
+        Connection::establish(self.stream, self.peer, events, config).await
+    }
+
+    /// Runs the handshake, with a channel of the connection's own.
+    pub async fn open(self, config: &ConnectionConfig) -> Result<(Connection, Inbox), NetError> {
+        Connection::open(self.stream, self.peer, config).await
+    }
+}

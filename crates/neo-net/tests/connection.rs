@@ -1,0 +1,337 @@
+//! The connection layer in one process: handshake, correlation of answers,
+//! notifications, errors, back-pressure and closing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use neo_net::{
+    connect_alone, AskError, Connection, ConnectionConfig, EventKind, Inbox, Listener, NetError,
+};
+use neo_proto::packets::{
+    AnswerObject, AskLastTransaction, AskObject, Error, InvalidateObjects, Ping, Pong,
+    SetClusterState,
+};
+use neo_proto::{Address, Checksum, ClusterState, ErrorCode, Frame, Oid, Packet, Tid};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config() -> ConnectionConfig {
+    ConnectionConfig::default()
+}
+
+/// Two connected ends over an in-memory pipe.
+async fn pair(config: &ConnectionConfig) -> ((Connection, Inbox), (Connection, Inbox)) {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let (left, right) = tokio::join!(
+        Connection::open(a, "left".into(), config),
+        Connection::open(b, "right".into(), config)
+    );
+    (left.unwrap(), right.unwrap())
+}
+
+async fn next_frame(inbox: &mut Inbox) -> Frame {
+    match inbox.recv().await.expect("event").kind {
+        EventKind::Packet(frame) => frame,
+        EventKind::Closed(reason) => panic!("closed: {reason:?}"),
+    }
+}
+
+async fn next_closed(inbox: &mut Inbox) -> Option<NetError> {
+    loop {
+        match inbox.recv().await.expect("event").kind {
+            EventKind::Packet(_) => continue,
+            EventKind::Closed(reason) => return reason,
+        }
+    }
+}
+
+fn answer_object(oid: u64) -> AnswerObject {
+    AnswerObject {
+        oid: Oid(oid),
+        serial: Tid(oid * 10),
+        next_serial: None,
+        compression: Some(0),
+        checksum: Checksum::ZERO,
+        data: bytes::Bytes::from(vec![oid as u8; 3]),
+        data_serial: None,
+    }
+}
+
+#[tokio::test]
+async fn late_answers_out_of_order_reach_their_requests() {
+    let ((client, _client_inbox), (server, mut server_inbox)) = pair(&config()).await;
+    let ask = |oid| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .ask(AskObject {
+                    oid: Oid(oid),
+                    at: None,
+                    before: None,
+                })
+                .await
+        })
+    };
+    let first = ask(1);
+    let first_frame = next_frame(&mut server_inbox).await;
+    let second = ask(2);
+    let second_frame = next_frame(&mut server_inbox).await;
+    assert_eq!((first_frame.msg_id, second_frame.msg_id), (0, 1));
+
+    // Answer the second request first.
+    server.answer(1, answer_object(2)).await.unwrap();
+    server.answer(0, answer_object(1)).await.unwrap();
+    assert_eq!(second.await.unwrap().unwrap(), answer_object(2));
+    assert_eq!(first.await.unwrap().unwrap(), answer_object(1));
+}
+
+#[tokio::test]
+async fn answers_do_not_consume_msg_ids_and_notifications_arrive_as_events() {
+    let ((client, mut client_inbox), (server, mut server_inbox)) = pair(&config()).await;
+    let pong = tokio::spawn({
+        let client = client.clone();
+        async move { client.ask(Ping {}).await }
+    });
+    let ping = next_frame(&mut server_inbox).await;
+    assert_eq!((ping.msg_id, ping.packet), (0, Packet::Ping(Ping {})));
+    server.answer(ping.msg_id, Pong {}).await.unwrap();
+    let notification = InvalidateObjects {
+        tid: Tid(5),
+        oids: vec![Oid(1)],
+    };
+    server.notify(notification.clone()).await.unwrap();
+    pong.await.unwrap().unwrap();
+    let frame = next_frame(&mut client_inbox).await;
+    // The server's own counter starts at 0 although it answered msg_id 0.
+    assert_eq!(frame.msg_id, 0);
+    assert_eq!(frame.packet, Packet::InvalidateObjects(notification));
+}
+
+#[tokio::test]
+async fn error_answers_are_refusals_except_ack() {
+    let ((client, _client_inbox), (server, mut server_inbox)) = pair(&config()).await;
+    let refused = tokio::spawn({
+        let client = client.clone();
+        async move { client.ask(AskLastTransaction {}).await }
+    });
+    let frame = next_frame(&mut server_inbox).await;
+    let error = Error::new(ErrorCode::NotReady, "Retry Later");
+    server.answer(frame.msg_id, error.clone()).await.unwrap();
+    match refused.await.unwrap() {
+        Err(AskError::Refused { error: got, .. }) => assert_eq!(got, error),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    let acked = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .ask(SetClusterState {
+                    state: ClusterState::Verifying,
+                })
+                .await
+        }
+    });
+    let frame = next_frame(&mut server_inbox).await;
+    server
+        .answer(frame.msg_id, Error::ack("Cluster state changed"))
+        .await
+        .unwrap();
+    assert_eq!(acked.await.unwrap().unwrap().code, ErrorCode::Ack);
+}
+
+#[tokio::test]
+async fn a_wrong_answer_closes_the_connection_and_tells_the_peer() {
+    let ((client, mut client_inbox), (server, mut server_inbox)) = pair(&config()).await;
+    let asked = tokio::spawn({
+        let client = client.clone();
+        async move { client.ask(Ping {}).await }
+    });
+    let frame = next_frame(&mut server_inbox).await;
+    server.answer(frame.msg_id, answer_object(1)).await.unwrap();
+    assert!(matches!(
+        next_closed(&mut client_inbox).await,
+        Some(NetError::UnexpectedAnswer {
+            answer: "AnswerObject",
+            ..
+        })
+    ));
+    // The pending request fails instead of hanging.
+    assert!(matches!(
+        asked.await.unwrap(),
+        Err(AskError::Net(NetError::Closed { .. }))
+    ));
+    let reply = next_frame(&mut server_inbox).await;
+    match reply.packet {
+        Packet::Error(error) => assert_eq!(error.code, ErrorCode::ProtocolError),
+        other => panic!("expected Error, got {other:?}"),
+    }
+    assert_eq!(
+        next_closed(&mut server_inbox).await.map(|e| e.to_string()),
+        None
+    );
+}
+
+#[tokio::test]
+async fn closing_fails_pending_requests() {
+    let ((client, mut client_inbox), (server, mut server_inbox)) = pair(&config()).await;
+    let asked = tokio::spawn({
+        let client = client.clone();
+        async move { client.ask(Ping {}).await }
+    });
+    next_frame(&mut server_inbox).await;
+    server.close().await;
+    assert!(matches!(
+        asked.await.unwrap(),
+        Err(AskError::Net(NetError::Closed { .. }))
+    ));
+    assert!(next_closed(&mut client_inbox).await.is_none());
+    assert!(client.is_closed());
+    assert!(matches!(
+        client.ask(Ping {}).await,
+        Err(AskError::Net(NetError::Closed { .. }))
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_times_out_in_the_handshake() {
+    let (a, _b) = tokio::io::duplex(64);
+    let error = Connection::open(a, "silent".into(), &config())
+        .await
+        .unwrap_err();
+    assert_eq!(error.to_string(), "silent: no NEO handshake within 30 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn senders_wait_when_the_peer_does_not_read() {
+    let config = ConnectionConfig {
+        write_budget_bytes: 1024,
+        ..config()
+    };
+    let (a, mut b) = tokio::io::duplex(256);
+    b.write_all(&neo_proto::MAGIC).await.unwrap();
+    let (connection, _inbox) = Connection::open(a, "slow".into(), &config).await.unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sender = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            for tid in 0..1000 {
+                let oids = (0..10).map(Oid).collect();
+                connection
+                    .notify(InvalidateObjects {
+                        tid: Tid(tid),
+                        oids,
+                    })
+                    .await
+                    .unwrap();
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // About 100 bytes each: the 1 KiB budget plus the pipe hold a few dozen.
+    let blocked_at = sent.load(Ordering::SeqCst);
+    assert!(
+        blocked_at < 100,
+        "sent {blocked_at} packets to a peer that reads nothing"
+    );
+    let mut drained = Vec::new();
+    let reader = tokio::spawn(async move {
+        b.read_to_end(&mut drained).await.unwrap();
+        drained
+    });
+    sender.await.unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 1000);
+    drop(reader);
+}
+
+#[tokio::test]
+async fn wrong_version_is_refused_with_both_versions_named() {
+    let listener = Listener::bind(&Address::new("127.0.0.1", 0)).await.unwrap();
+    let address = listener.local_address().clone();
+    let peer = tokio::spawn(async move {
+        let mut stream = TcpStream::connect((address.host.as_str(), address.port))
+            .await
+            .unwrap();
+        let local = stream.local_addr().unwrap();
+        stream
+            .write_all(&[0x92, 0xa3, b'N', b'E', b'O', 4])
+            .await
+            .unwrap();
+        // The acceptor closes without sending anything after its magic.
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).await.unwrap();
+        (local, received)
+    });
+    let error = listener
+        .accept()
+        .await
+        .unwrap()
+        .open(&config())
+        .await
+        .unwrap_err();
+    let (local, received) = peer.await.unwrap();
+    assert_eq!(
+        error.to_string(),
+        format!("{local}: peer speaks NEO protocol version 4, this node speaks version 5")
+    );
+    assert_eq!(received, neo_proto::MAGIC);
+}
+
+#[tokio::test]
+async fn garbage_closes_only_that_connection() {
+    let listener = Listener::bind(&Address::new("127.0.0.1", 0)).await.unwrap();
+    let address = listener.local_address().clone();
+    let server = tokio::spawn(async move {
+        let mut reasons = Vec::new();
+        for _ in 0..2 {
+            let (connection, mut inbox) = listener
+                .accept()
+                .await
+                .unwrap()
+                .open(&config())
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                while let Some(event) = inbox.recv().await {
+                    match event.kind {
+                        EventKind::Packet(frame) => {
+                            connection.answer(frame.msg_id, Pong {}).await.unwrap();
+                        }
+                        EventKind::Closed(reason) => return reason.map(|e| e.to_string()),
+                    }
+                }
+                None
+            })
+            .await
+            .map(|reason| reasons.push(reason))
+            .unwrap();
+        }
+        reasons
+    });
+
+    let mut raw = TcpStream::connect((address.host.as_str(), address.port))
+        .await
+        .unwrap();
+    raw.write_all(&neo_proto::MAGIC).await.unwrap();
+    raw.write_all(&[0x93, 0x00, 0xc1]).await.unwrap();
+    let mut rest = Vec::new();
+    raw.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, neo_proto::MAGIC, "closed without a reply");
+
+    let (client, _inbox) = connect_alone(&address, &config()).await.unwrap();
+    client.ask(Ping {}).await.unwrap();
+    client.close().await;
+
+    let reasons = server.await.unwrap();
+    assert!(
+        reasons[0]
+            .as_deref()
+            .unwrap()
+            .contains("reserved msgpack marker 0xc1"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[1], None);
+}
