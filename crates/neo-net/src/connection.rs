@@ -48,6 +48,15 @@ impl Default for ConnectionConfig {
     }
 }
 
+/// Which end of the TCP connection we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// We connected.
+    Initiator,
+    /// We accepted.
+    Acceptor,
+}
+
 /// Identifies a connection in [`Event`]s, unique in the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub u64);
@@ -136,6 +145,10 @@ struct Shared {
     /// Set by the reader before it fails the pending requests, so that a
     /// request registered later knows no answer will come.
     closed: AtomicBool,
+    /// We use this connection for our own requests (protocol.md §9.5).
+    client: AtomicBool,
+    /// The peer uses this connection for its requests to us.
+    server: AtomicBool,
 }
 
 impl Shared {
@@ -181,6 +194,7 @@ impl Connection {
     /// go to `events`. `peer` names the remote end in logs and errors.
     pub async fn establish<T: Transport>(
         stream: T,
+        side: Side,
         peer: String,
         events: mpsc::Sender<Event>,
         config: &ConnectionConfig,
@@ -212,6 +226,8 @@ impl Connection {
             write_budget_bytes: config.write_budget_bytes,
             closing,
             closed: AtomicBool::new(false),
+            client: AtomicBool::new(side == Side::Initiator),
+            server: AtomicBool::new(side == Side::Acceptor),
         });
         tracing::debug!(peer = %shared.peer, id = shared.id.0, "connection established");
         tokio::spawn(write_loop(
@@ -230,11 +246,12 @@ impl Connection {
     /// [`Connection::establish`] with a channel of its own.
     pub async fn open<T: Transport>(
         stream: T,
+        side: Side,
         peer: String,
         config: &ConnectionConfig,
     ) -> Result<(Connection, Inbox), NetError> {
         let (events, rx) = mpsc::channel(config.event_capacity);
-        let connection = Connection::establish(stream, peer, events, config).await?;
+        let connection = Connection::establish(stream, side, peer, events, config).await?;
         Ok((connection, Inbox { events: rx }))
     }
 
@@ -287,6 +304,7 @@ impl Connection {
 
     /// Answers the request that came with `msg_id`.
     pub async fn answer(&self, msg_id: u32, packet: impl Into<Packet>) -> Result<(), NetError> {
+        self.shared.server.store(true, Ordering::SeqCst);
         self.send_frame(msg_id, &packet.into()).await
     }
 
@@ -299,6 +317,7 @@ impl Connection {
 
     async fn ask_with_id(&self, request: Packet) -> (u32, Result<Packet, NetError>) {
         let expected = answer_code(request.code()).unwrap_or(packets::Error::CODE);
+        self.shared.client.store(true, Ordering::SeqCst);
         let msg_id = self.next_msg_id();
         let (reply, answer) = oneshot::channel();
         // Registered before sending: the answer may beat us back.
@@ -345,6 +364,18 @@ impl Connection {
                 }
                 .into()
             }),
+        }
+    }
+
+    /// We are done with our own requests on this connection: if the peer
+    /// still sends us requests, tell it with `CloseClient` and keep the
+    /// connection for it; otherwise close (protocol.md §9.5).
+    pub async fn close_client(&self) {
+        if self.shared.server.load(Ordering::SeqCst) {
+            self.shared.client.store(false, Ordering::SeqCst);
+            let _ = self.notify(packets::CloseClient {}).await;
+        } else {
+            self.close().await;
         }
     }
 
@@ -440,12 +471,22 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 enum Dispatch {
     /// Give it to the node.
     Deliver(Frame),
-    /// It answered a pending request.
+    /// Handled here (an answer to a pending request, or `CloseClient`).
     Answered,
+    /// The peer no longer needs the connection, nor do we.
+    Close,
 }
 
 fn dispatch(shared: &Shared, frame: Frame) -> Result<Dispatch, NetError> {
     let code = frame.packet.code();
+    if let Packet::CloseClient(_) = frame.packet {
+        shared.server.store(false, Ordering::SeqCst);
+        return Ok(if shared.client.load(Ordering::SeqCst) {
+            Dispatch::Answered
+        } else {
+            Dispatch::Close
+        });
+    }
     if code & RESPONSE_MASK == 0 {
         return Ok(Dispatch::Deliver(frame));
     }
@@ -490,6 +531,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             tracing::trace!(peer = %shared.peer, msg_id = frame.msg_id, packet = frame.packet.name(), "received");
             match dispatch(&shared, frame) {
                 Ok(Dispatch::Answered) => {}
+                Ok(Dispatch::Close) => break 'connection None,
                 Ok(Dispatch::Deliver(frame)) => {
                     let event = Event {
                         connection: shared.id,

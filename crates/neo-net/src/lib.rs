@@ -12,7 +12,7 @@ mod tcp;
 mod transport;
 
 pub use connection::{
-    AskError, Connection, ConnectionConfig, ConnectionId, Event, EventKind, Inbox,
+    AskError, Connection, ConnectionConfig, ConnectionId, Event, EventKind, Inbox, Side,
 };
 pub use error::NetError;
 pub use tcp::{connect, connect_alone, resolve, Accepted, Listener};

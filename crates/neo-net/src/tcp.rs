@@ -8,7 +8,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::connection::{Connection, ConnectionConfig, Event, Inbox};
+use crate::connection::{Connection, ConnectionConfig, Event, Inbox, Side};
 use crate::error::NetError;
 
 /// Resolves a NEO address to a socket address: IP literals directly, host
@@ -57,7 +57,7 @@ pub async fn connect(
     config: &ConnectionConfig,
 ) -> Result<Connection, NetError> {
     let (stream, peer) = connect_tcp(address).await?;
-    Connection::establish(stream, peer, events, config).await
+    Connection::establish(stream, Side::Initiator, peer, events, config).await
 }
 
 /// Connects to a NEO node, with a channel of the connection's own.
@@ -66,7 +66,7 @@ pub async fn connect_alone(
     config: &ConnectionConfig,
 ) -> Result<(Connection, Inbox), NetError> {
     let (stream, peer) = connect_tcp(address).await?;
-    Connection::open(stream, peer, config).await
+    Connection::open(stream, Side::Initiator, peer, config).await
 }
 
 /// A listening socket.
@@ -130,11 +130,11 @@ impl Accepted {
         events: mpsc::Sender<Event>,
         config: &ConnectionConfig,
     ) -> Result<Connection, NetError> {
-        Connection::establish(self.stream, self.peer, events, config).await
+        Connection::establish(self.stream, Side::Acceptor, self.peer, events, config).await
     }
 
     /// Runs the handshake, with a channel of the connection's own.
     pub async fn open(self, config: &ConnectionConfig) -> Result<(Connection, Inbox), NetError> {
-        Connection::open(self.stream, self.peer, config).await
+        Connection::open(self.stream, Side::Acceptor, self.peer, config).await
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use neo_net::{
     connect_alone, AskError, Connection, ConnectionConfig, EventKind, Inbox, Listener, NetError,
+    Side,
 };
 use neo_proto::packets::{
     AnswerObject, AskLastTransaction, AskObject, Error, InvalidateObjects, Ping, Pong,
@@ -25,8 +26,8 @@ fn config() -> ConnectionConfig {
 async fn pair(config: &ConnectionConfig) -> ((Connection, Inbox), (Connection, Inbox)) {
     let (a, b) = tokio::io::duplex(1 << 16);
     let (left, right) = tokio::join!(
-        Connection::open(a, "left".into(), config),
-        Connection::open(b, "right".into(), config)
+        Connection::open(a, Side::Initiator, "left".into(), config),
+        Connection::open(b, Side::Acceptor, "right".into(), config)
     );
     (left.unwrap(), right.unwrap())
 }
@@ -198,7 +199,7 @@ async fn closing_fails_pending_requests() {
 #[tokio::test(start_paused = true)]
 async fn a_silent_peer_times_out_in_the_handshake() {
     let (a, _b) = tokio::io::duplex(64);
-    let error = Connection::open(a, "silent".into(), &config())
+    let error = Connection::open(a, Side::Initiator, "silent".into(), &config())
         .await
         .unwrap_err();
     assert_eq!(error.to_string(), "silent: no NEO handshake within 30 s");
@@ -212,7 +213,9 @@ async fn senders_wait_when_the_peer_does_not_read() {
     };
     let (a, mut b) = tokio::io::duplex(256);
     b.write_all(&neo_proto::MAGIC).await.unwrap();
-    let (connection, _inbox) = Connection::open(a, "slow".into(), &config).await.unwrap();
+    let (connection, _inbox) = Connection::open(a, Side::Initiator, "slow".into(), &config)
+        .await
+        .unwrap();
     let sent = Arc::new(AtomicUsize::new(0));
     let sender = tokio::spawn({
         let sent = sent.clone();
@@ -334,4 +337,43 @@ async fn garbage_closes_only_that_connection() {
         "{reasons:?}"
     );
     assert_eq!(reasons[1], None);
+}
+
+#[tokio::test]
+async fn close_client_keeps_the_connection_while_the_peer_still_uses_it() {
+    // left initiated the connection; right serves left's requests.
+    let ((left, mut left_inbox), (right, mut right_inbox)) = pair(&config()).await;
+
+    // right also asks left something: both ends are now client and server.
+    let asked = tokio::spawn({
+        let right = right.clone();
+        async move { right.ask(Ping {}).await }
+    });
+    let ping = next_frame(&mut left_inbox).await;
+    left.answer(ping.msg_id, Pong {}).await.unwrap();
+    asked.await.unwrap().unwrap();
+
+    // left is done as a client but still serves right: CloseClient, stay open.
+    left.close_client().await;
+    let asked = tokio::spawn({
+        let right = right.clone();
+        async move { right.ask(Ping {}).await }
+    });
+    let ping = next_frame(&mut left_inbox).await;
+    left.answer(ping.msg_id, Pong {}).await.unwrap();
+    asked.await.unwrap().unwrap();
+    assert!(!left.is_closed() && !right.is_closed());
+
+    // right is done too and serves nobody any more: the connection closes.
+    right.close_client().await;
+    assert!(next_closed(&mut left_inbox).await.is_none());
+    assert!(next_closed(&mut right_inbox).await.is_none());
+}
+
+#[tokio::test]
+async fn close_client_closes_when_the_peer_sends_no_requests() {
+    let ((left, mut left_inbox), (_right, mut right_inbox)) = pair(&config()).await;
+    left.close_client().await;
+    assert!(next_closed(&mut left_inbox).await.is_none());
+    assert!(next_closed(&mut right_inbox).await.is_none());
 }
