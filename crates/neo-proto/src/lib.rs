@@ -15,6 +15,8 @@
 
 pub mod field;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod packets;
 pub mod types;
 pub mod value;
