@@ -1,0 +1,14 @@
+//! The cluster model every NEO node shares: the partition table, the node
+//! table and TIDs as timestamps.
+//!
+//! Pure logic: no I/O, no clock (time is passed in), so the master, storage,
+//! admin and client state machines built on it can be tested
+//! deterministically.
+
+pub mod nodes;
+pub mod pt;
+pub mod tid;
+
+pub use nodes::{Node, NodeTable};
+pub use pt::{Cell, PartitionTable, PtError};
+pub use tid::{add_tid, datetime_of_tid, tid_from_unix, DateTime, TidGenerator, UnixTime};
