@@ -83,6 +83,23 @@ pub enum EventKind {
     /// A request or notification from the peer, or an `Error` that answers
     /// no pending request.
     Packet(Frame),
+    /// The answer to a request sent with [`Connection::send_request`].
+    Answer {
+        /// msg_id of the request (and of the answer).
+        msg_id: u32,
+        /// Code of the request answered.
+        request_code: u16,
+        /// The answer: the request's answer packet or `Error`.
+        packet: Packet,
+    },
+    /// A request sent with [`Connection::send_request`] will get no answer:
+    /// the connection closed first. Comes before `Closed`.
+    Unanswered {
+        /// msg_id of the request.
+        msg_id: u32,
+        /// Code of the request.
+        request_code: u16,
+    },
     /// The connection is gone: `None` after a clean close, else why.
     Closed(Option<NetError>),
 }
@@ -117,9 +134,19 @@ pub enum AskError {
 }
 
 struct Pending {
+    /// Code of the request, reported with its answer.
+    request_code: u16,
     /// Code of the answer that request expects (`Error` is always accepted).
     expected: u16,
-    reply: oneshot::Sender<Result<Packet, NetError>>,
+    reply: Reply,
+}
+
+/// Where the answer to a request goes.
+enum Reply {
+    /// To the task awaiting it in `ask`.
+    Waiter(oneshot::Sender<Result<Packet, NetError>>),
+    /// Into the event stream, in order with the connection's other packets.
+    Event,
 }
 
 enum Outgoing {
@@ -165,10 +192,20 @@ impl Shared {
         }
     }
 
-    fn fail_pending(&self) {
-        for (_, pending) in self.pending().drain() {
-            let _ = pending.reply.send(Err(self.closed_error()));
+    /// Fails the requests still waiting; returns those whose failure goes
+    /// into the event stream, as (msg_id, request code).
+    fn fail_pending(&self) -> Vec<(u32, u16)> {
+        let mut unanswered = Vec::new();
+        for (msg_id, pending) in self.pending().drain() {
+            match pending.reply {
+                Reply::Waiter(waiter) => {
+                    let _ = waiter.send(Err(self.closed_error()));
+                }
+                Reply::Event => unanswered.push((msg_id, pending.request_code)),
+            }
         }
+        unanswered.sort_unstable();
+        unanswered
     }
 }
 
@@ -316,28 +353,54 @@ impl Connection {
     }
 
     async fn ask_with_id(&self, request: Packet) -> (u32, Result<Packet, NetError>) {
-        let expected = answer_code(request.code()).unwrap_or(packets::Error::CODE);
-        self.shared.client.store(true, Ordering::SeqCst);
-        let msg_id = self.next_msg_id();
         let (reply, answer) = oneshot::channel();
-        // Registered before sending: the answer may beat us back.
-        self.shared
-            .pending()
-            .insert(msg_id, Pending { expected, reply });
-        if self.shared.closed.load(Ordering::SeqCst) {
-            // The reader failed the pending requests before ours was
-            // registered: no answer can come.
-            self.shared.pending().remove(&msg_id);
-            return (msg_id, Err(self.shared.closed_error()));
-        }
-        if let Err(error) = self.send_frame(msg_id, &request).await {
-            self.shared.pending().remove(&msg_id);
-            return (msg_id, Err(error));
-        }
+        let msg_id = match self.register_and_send(request, Reply::Waiter(reply)).await {
+            Ok(msg_id) => msg_id,
+            Err((msg_id, error)) => return (msg_id, Err(error)),
+        };
         let answer = answer
             .await
             .unwrap_or_else(|_| Err(self.shared.closed_error()));
         (msg_id, answer)
+    }
+
+    /// Sends a request whose answer comes back as an [`EventKind::Answer`]
+    /// (or [`EventKind::Unanswered`]) in the event stream, in order with the
+    /// connection's other packets: what node state machines want. Returns
+    /// the request's msg_id.
+    pub async fn send_request(&self, request: impl Into<Packet>) -> Result<u32, NetError> {
+        self.register_and_send(request.into(), Reply::Event)
+            .await
+            .map_err(|(_, error)| error)
+    }
+
+    async fn register_and_send(
+        &self,
+        request: Packet,
+        reply: Reply,
+    ) -> Result<u32, (u32, NetError)> {
+        self.shared.client.store(true, Ordering::SeqCst);
+        let request_code = request.code();
+        let expected = answer_code(request_code).unwrap_or(packets::Error::CODE);
+        let msg_id = self.next_msg_id();
+        // Registered before sending: the answer may beat us back.
+        let pending = Pending {
+            request_code,
+            expected,
+            reply,
+        };
+        self.shared.pending().insert(msg_id, pending);
+        if self.shared.closed.load(Ordering::SeqCst) {
+            // The reader failed the pending requests before ours was
+            // registered: no answer can come.
+            self.shared.pending().remove(&msg_id);
+            return Err((msg_id, self.shared.closed_error()));
+        }
+        if let Err(error) = self.send_frame(msg_id, &request).await {
+            self.shared.pending().remove(&msg_id);
+            return Err((msg_id, error));
+        }
+        Ok(msg_id)
     }
 
     /// Sends a request and returns its typed answer; an `Error` answer is
@@ -470,7 +533,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 /// What the reader does with one received packet.
 enum Dispatch {
     /// Give it to the node.
-    Deliver(Frame),
+    Deliver(EventKind),
     /// Handled here (an answer to a pending request, or `CloseClient`).
     Answered,
     /// The peer no longer needs the connection, nor do we.
@@ -488,19 +551,29 @@ fn dispatch(shared: &Shared, frame: Frame) -> Result<Dispatch, NetError> {
         });
     }
     if code & RESPONSE_MASK == 0 {
-        return Ok(Dispatch::Deliver(frame));
+        return Ok(Dispatch::Deliver(EventKind::Packet(frame)));
     }
     let mut pending = shared.pending();
     let expected = pending.get(&frame.msg_id).map(|p| p.expected);
     match expected {
         Some(expected) if code == expected || code == packets::Error::CODE => {
-            if let Some(request) = pending.remove(&frame.msg_id) {
-                let _ = request.reply.send(Ok(frame.packet));
+            let Some(request) = pending.remove(&frame.msg_id) else {
+                return Ok(Dispatch::Answered);
+            };
+            match request.reply {
+                Reply::Waiter(waiter) => {
+                    let _ = waiter.send(Ok(frame.packet));
+                    Ok(Dispatch::Answered)
+                }
+                Reply::Event => Ok(Dispatch::Deliver(EventKind::Answer {
+                    msg_id: frame.msg_id,
+                    request_code: request.request_code,
+                    packet: frame.packet,
+                })),
             }
-            Ok(Dispatch::Answered)
         }
         // NEO/py sends some errors with a fresh msg_id (protocol.md §2.3).
-        None if code == packets::Error::CODE => Ok(Dispatch::Deliver(frame)),
+        None if code == packets::Error::CODE => Ok(Dispatch::Deliver(EventKind::Packet(frame))),
         expected => Err(NetError::UnexpectedAnswer {
             peer: shared.peer.clone(),
             msg_id: frame.msg_id,
@@ -532,10 +605,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             match dispatch(&shared, frame) {
                 Ok(Dispatch::Answered) => {}
                 Ok(Dispatch::Close) => break 'connection None,
-                Ok(Dispatch::Deliver(frame)) => {
+                Ok(Dispatch::Deliver(kind)) => {
                     let event = Event {
                         connection: shared.id,
-                        kind: EventKind::Packet(frame),
+                        kind,
                     };
                     if events.send(event).await.is_err() {
                         // Nobody listens any more.
@@ -577,7 +650,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // Let the writer flush (an Error reply may be queued) and stop.
     let _ = shared.outgoing.send(Outgoing::Close).await;
     shared.closed.store(true, Ordering::SeqCst);
-    shared.fail_pending();
+    for (msg_id, request_code) in shared.fail_pending() {
+        let kind = EventKind::Unanswered {
+            msg_id,
+            request_code,
+        };
+        let _ = events
+            .send(Event {
+                connection: shared.id,
+                kind,
+            })
+            .await;
+    }
     let _ = events
         .send(Event {
             connection: shared.id,

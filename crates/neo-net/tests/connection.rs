@@ -35,15 +35,14 @@ async fn pair(config: &ConnectionConfig) -> ((Connection, Inbox), (Connection, I
 async fn next_frame(inbox: &mut Inbox) -> Frame {
     match inbox.recv().await.expect("event").kind {
         EventKind::Packet(frame) => frame,
-        EventKind::Closed(reason) => panic!("closed: {reason:?}"),
+        other => panic!("expected a packet, got {other:?}"),
     }
 }
 
 async fn next_closed(inbox: &mut Inbox) -> Option<NetError> {
     loop {
-        match inbox.recv().await.expect("event").kind {
-            EventKind::Packet(_) => continue,
-            EventKind::Closed(reason) => return reason,
+        if let EventKind::Closed(reason) = inbox.recv().await.expect("event").kind {
+            return reason;
         }
     }
 }
@@ -304,6 +303,7 @@ async fn garbage_closes_only_that_connection() {
                             connection.answer(frame.msg_id, Pong {}).await.unwrap();
                         }
                         EventKind::Closed(reason) => return reason.map(|e| e.to_string()),
+                        other => panic!("unexpected {other:?}"),
                     }
                 }
                 None
@@ -376,4 +376,49 @@ async fn close_client_closes_when_the_peer_sends_no_requests() {
     left.close_client().await;
     assert!(next_closed(&mut left_inbox).await.is_none());
     assert!(next_closed(&mut right_inbox).await.is_none());
+}
+
+#[tokio::test]
+async fn answers_to_send_request_come_in_order_with_other_packets() {
+    let ((client, mut client_inbox), (server, mut server_inbox)) = pair(&config()).await;
+    let msg_id = client.send_request(AskLastTransaction {}).await.unwrap();
+    let request = next_frame(&mut server_inbox).await;
+    assert_eq!(request.msg_id, msg_id);
+    // A notification sent before the answer is seen before it.
+    let notification = InvalidateObjects {
+        tid: Tid(7),
+        oids: vec![],
+    };
+    server.notify(notification.clone()).await.unwrap();
+    let answer = neo_proto::packets::AnswerLastTransaction { tid: Tid(7) };
+    server.answer(msg_id, answer.clone()).await.unwrap();
+    assert_eq!(
+        next_frame(&mut client_inbox).await.packet,
+        Packet::InvalidateObjects(notification)
+    );
+    match client_inbox.recv().await.unwrap().kind {
+        EventKind::Answer {
+            msg_id: answered,
+            request_code,
+            packet,
+        } => {
+            assert_eq!(answered, msg_id);
+            assert_eq!(request_code, AskLastTransaction::CODE);
+            assert_eq!(packet, Packet::AnswerLastTransaction(answer));
+        }
+        other => panic!("expected the answer, got {other:?}"),
+    }
+
+    // A request still pending when the connection closes is reported.
+    let msg_id = client.send_request(Ping {}).await.unwrap();
+    next_frame(&mut server_inbox).await;
+    server.close().await;
+    match client_inbox.recv().await.unwrap().kind {
+        EventKind::Unanswered {
+            msg_id: unanswered,
+            request_code,
+        } => assert_eq!((unanswered, request_code), (msg_id, Ping::CODE)),
+        other => panic!("expected Unanswered, got {other:?}"),
+    }
+    assert!(next_closed(&mut client_inbox).await.is_none());
 }

@@ -91,6 +91,8 @@ async fn serve(bind: &str) -> Result<(), String> {
                         break;
                     }
                     EventKind::Closed(None) => break,
+                    // This peer sends no requests of its own.
+                    EventKind::Answer { .. } | EventKind::Unanswered { .. } => continue,
                 };
                 if let Packet::Ping(_) = frame.packet {
                     let _ = connection.answer(frame.msg_id, Pong {}).await;
