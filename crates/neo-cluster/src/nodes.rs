@@ -111,9 +111,10 @@ impl NodeTable {
 
     /// Primary master: the id to give a node of `node_type` that proposes
     /// `proposed` and listens on `address` (architecture.md §1.2). The
-    /// proposal is kept when free or held by a node at the same address;
-    /// otherwise the smallest free id of the type's namespace. `reserved` is
-    /// never given (the master's own id).
+    /// proposal is kept when free or held by a node at the same address (or
+    /// at no known address: a storage the master only knows from a partition
+    /// table); otherwise the smallest free id of the type's namespace.
+    /// `reserved` is never given (the master's own id).
     pub fn allocate_nid(
         &self,
         node_type: NodeType,
@@ -125,7 +126,10 @@ impl NodeTable {
             nid != reserved
                 && match self.get(nid) {
                     None => true,
-                    Some(node) => address.is_some() && node.address.as_ref() == address,
+                    Some(node) => {
+                        address.is_some()
+                            && (node.address.is_none() || node.address.as_ref() == address)
+                    }
                 }
         };
         if let Some(nid) = proposed.filter(|nid| free_for(*nid)) {

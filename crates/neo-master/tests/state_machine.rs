@@ -1,0 +1,584 @@
+//! The master state machine driven deterministically: the tests play the
+//! storages, clients and admin, and check every packet the master sends.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use neo_master::{ConnId, Input, Master, MasterConfig, Output};
+use neo_proto::packets::{self as p, NodeInfo};
+use neo_proto::{
+    Address, CellState, ClusterState, ErrorCode, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid,
+};
+
+const CLUSTER: &str = "test";
+const T0: f64 = 1_790_000_000.0;
+
+/// A master and the time, with helpers to speak for its peers.
+struct Sim {
+    master: Master,
+    now: f64,
+    next_conn: ConnId,
+}
+
+impl Sim {
+    fn new(partitions: u32, replicas: u32, autostart: Option<u32>) -> Sim {
+        let config = MasterConfig {
+            cluster: CLUSTER.into(),
+            address: Address::new("127.0.0.1", 10000),
+            partitions,
+            replicas,
+            autostart,
+        };
+        Sim {
+            master: Master::new(config).unwrap(),
+            now: T0,
+            next_conn: 1,
+        }
+    }
+
+    fn input(&mut self, input: Input) -> Vec<Output> {
+        self.now += 0.01;
+        self.master.handle(input, self.now)
+    }
+
+    fn send(&mut self, conn: ConnId, msg_id: u32, packet: impl Into<Packet>) -> Vec<Output> {
+        self.input(Input::Packet {
+            conn,
+            msg_id,
+            packet: packet.into(),
+        })
+    }
+
+    fn reply(&mut self, conn: ConnId, request_code: u16, packet: impl Into<Packet>) -> Vec<Output> {
+        self.input(Input::Answer {
+            conn,
+            request_code,
+            packet: packet.into(),
+        })
+    }
+
+    fn close(&mut self, conn: ConnId) -> Vec<Output> {
+        self.input(Input::Closed { conn })
+    }
+
+    /// Connects and identifies; returns the connection, the id given, and
+    /// the outputs.
+    fn identify(
+        &mut self,
+        node_type: NodeType,
+        nid: Option<NodeId>,
+        port: Option<u16>,
+    ) -> (ConnId, Option<NodeId>, Vec<Output>) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.input(Input::Accepted { conn });
+        let request = p::RequestIdentification {
+            node_type,
+            nid,
+            address: port.map(|port| Address::new("127.0.0.1", port)),
+            cluster: CLUSTER.into(),
+            id_timestamp: None,
+            extra: Map::new(),
+        };
+        let outputs = self.send(conn, 0, request);
+        let given = outputs.iter().find_map(|output| match output {
+            Output::Answer {
+                packet: Packet::AcceptIdentification(accept),
+                ..
+            } => accept.your_nid,
+            _ => None,
+        });
+        (conn, given, outputs)
+    }
+}
+
+/// Packets sent (answers, notifications, requests) to `conn`, in order.
+fn to(outputs: &[Output], conn: ConnId) -> Vec<&Packet> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Answer {
+                conn: c, packet, ..
+            }
+            | Output::Notify { conn: c, packet }
+            | Output::Request { conn: c, packet }
+                if *c == conn =>
+            {
+                Some(packet)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn names(packets: &[&Packet]) -> Vec<&'static str> {
+    packets.iter().map(|packet| packet.name()).collect()
+}
+
+fn closed(outputs: &[Output], conn: ConnId) -> bool {
+    outputs
+        .iter()
+        .any(|output| *output == Output::Close { conn })
+}
+
+/// An empty storage that answers recovery questions.
+fn empty_recovery() -> p::AnswerRecovery {
+    p::AnswerRecovery {
+        ptid: None,
+        backup_tid: None,
+        truncate_tid: None,
+    }
+}
+
+/// Brings a new cluster of `count` storages to RUNNING with `neoctl start`;
+/// returns the storage connections and the admin connection.
+fn running_cluster(sim: &mut Sim, count: u16) -> (Vec<ConnId>, ConnId) {
+    let mut storages = Vec::new();
+    for port in 0..count {
+        let (conn, _, outputs) = sim.identify(NodeType::Storage, None, Some(20000 + port));
+        assert_eq!(
+            names(&to(&outputs, conn)),
+            [
+                "AcceptIdentification",
+                "NotifyNodeInformation",
+                "AskRecovery"
+            ]
+        );
+        sim.reply(conn, p::AskRecovery::CODE, empty_recovery());
+        storages.push(conn);
+    }
+    let (admin, _, _) = sim.identify(NodeType::Admin, None, Some(9999));
+    let outputs = sim.send(
+        admin,
+        4,
+        p::SetClusterState {
+            state: ClusterState::Verifying,
+        },
+    );
+    assert_eq!(
+        to(&outputs, admin)[0],
+        &Packet::Error(p::Error::ack("Cluster state changed"))
+    );
+    for &storage in &storages {
+        let sent = names(&to(&outputs, storage));
+        assert!(sent.ends_with(&[
+            "SendPartitionTable",
+            "NotifyClusterInformation",
+            "AskLockedTransactions"
+        ]));
+    }
+    assert_eq!(sim.master.cluster_state(), ClusterState::Verifying);
+    for &storage in &storages {
+        let answer = p::AnswerLockedTransactions { ttids: Map::new() };
+        sim.reply(storage, p::AskLockedTransactions::CODE, answer);
+    }
+    let mut outputs = Vec::new();
+    for &storage in &storages {
+        let last_ids = p::AnswerLastIDs {
+            last_tid: None,
+            last_oid: None,
+            first_tid: Tid::MAX,
+        };
+        outputs = sim.reply(storage, p::AskLastIDs::CODE, last_ids);
+    }
+    assert_eq!(sim.master.cluster_state(), ClusterState::Running);
+    for &storage in &storages {
+        assert!(
+            to(&outputs, storage).contains(&&Packet::StartOperation(p::StartOperation {
+                backup: false
+            }))
+        );
+        sim.send(storage, 1, p::NotifyReady {});
+    }
+    (storages, admin)
+}
+
+#[test]
+fn a_new_cluster_starts_with_neoctl_start() {
+    let mut sim = Sim::new(4, 1, None);
+    let (storages, _admin) = running_cluster(&mut sim, 2);
+    let table = sim.master.partition_table();
+    assert_eq!(table.ptid(), Some(1));
+    for partition in 0..4 {
+        assert_eq!(table.readable_cells(partition).count(), 2);
+    }
+    assert_eq!(storages.len(), 2);
+    let storage_nodes: Vec<_> = sim
+        .master
+        .nodes()
+        .of_type(NodeType::Storage)
+        .map(|node| (node.nid, node.state))
+        .collect();
+    assert_eq!(
+        storage_nodes,
+        [
+            (NodeId(1), NodeState::Running),
+            (NodeId(2), NodeState::Running)
+        ]
+    );
+}
+
+#[test]
+fn autostart_creates_the_cluster_without_neoctl() {
+    let mut sim = Sim::new(3, 0, Some(1));
+    let (storage, nid, _) = sim.identify(NodeType::Storage, None, Some(20000));
+    assert_eq!(nid, Some(NodeId(1)));
+    let outputs = sim.reply(storage, p::AskRecovery::CODE, empty_recovery());
+    assert_eq!(sim.master.cluster_state(), ClusterState::Verifying);
+    assert_eq!(
+        names(&to(&outputs, storage)),
+        [
+            "NotifyNodeInformation",
+            "SendPartitionTable",
+            "NotifyClusterInformation",
+            "AskLockedTransactions"
+        ]
+    );
+}
+
+#[test]
+fn identification_refusals() {
+    let mut sim = Sim::new(4, 0, None);
+    sim.input(Input::Accepted { conn: 50 });
+    let wrong = p::RequestIdentification {
+        node_type: NodeType::Client,
+        nid: None,
+        address: None,
+        cluster: "other".into(),
+        id_timestamp: None,
+        extra: Map::new(),
+    };
+    let outputs = sim.send(50, 0, wrong);
+    assert_eq!(
+        to(&outputs, 50),
+        [&Packet::Error(p::Error::new(
+            ErrorCode::ProtocolError,
+            "invalid cluster name"
+        ))]
+    );
+    assert!(closed(&outputs, 50));
+
+    // A client while the cluster is not running.
+    let (conn, nid, outputs) = sim.identify(NodeType::Client, None, None);
+    assert_eq!(nid, None);
+    assert_eq!(
+        to(&outputs, conn),
+        [&Packet::Error(p::Error::new(
+            ErrorCode::NotReady,
+            "Retry Later"
+        ))]
+    );
+    assert!(closed(&outputs, conn));
+
+    // A storage claiming the address of a connected one.
+    let (_, _, _) = sim.identify(NodeType::Storage, None, Some(20000));
+    let (conn, _, outputs) = sim.identify(NodeType::Storage, None, Some(20000));
+    assert_eq!(
+        to(&outputs, conn),
+        [&Packet::Error(p::Error::new(
+            ErrorCode::ProtocolError,
+            "already connected"
+        ))]
+    );
+}
+
+/// Client commit: TTID, OIDs, finish, lock, answer, invalidation, unlock.
+#[test]
+fn a_commit_is_locked_answered_invalidated_and_unlocked() {
+    let mut sim = Sim::new(4, 0, None);
+    let (storages, _) = running_cluster(&mut sim, 1);
+    let storage = storages[0];
+    let (client, client_nid, outputs) = sim.identify(NodeType::Client, None, None);
+    assert_eq!(client_nid, NodeId::new(NodeType::Client, 1));
+    assert_eq!(
+        names(&to(&outputs, client)),
+        [
+            "AcceptIdentification",
+            "NotifyNodeInformation",
+            "SendPartitionTable"
+        ]
+    );
+    // The first entry of the first notification is the client itself.
+    match to(&outputs, client)[1] {
+        Packet::NotifyNodeInformation(notification) => {
+            assert_eq!(notification.nodes[0].nid, client_nid);
+            assert!(notification
+                .nodes
+                .iter()
+                .all(|node: &NodeInfo| node.node_type != NodeType::Admin));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (other, _, _) = sim.identify(NodeType::Client, None, None);
+
+    let outputs = sim.send(client, 1, p::AskNewOIDs { count: 3 });
+    assert_eq!(
+        to(&outputs, client),
+        [&Packet::AnswerNewOIDs(p::AnswerNewOIDs {
+            oids: vec![Oid(1), Oid(2), Oid(3)]
+        })]
+    );
+    let outputs = sim.send(client, 2, p::AskBeginTransaction { tid: None });
+    let Packet::AnswerBeginTransaction(begin) = to(&outputs, client)[0] else {
+        panic!("{outputs:?}")
+    };
+    let ttid = begin.ttid;
+    let finish = p::AskFinishTransaction {
+        ttid,
+        oids: vec![Oid(1), Oid(2)],
+        deleted: vec![],
+        checked: vec![],
+        pack: None,
+    };
+    let outputs = sim.send(client, 3, finish);
+    let Packet::AskLockInformation(lock) = to(&outputs, storage)[0] else {
+        panic!("{outputs:?}")
+    };
+    assert_eq!(lock.ttid, ttid);
+    assert!(lock.tid >= ttid && lock.tid.0 % 4 == ttid.0 % 4);
+    assert!(to(&outputs, client).is_empty(), "answered only once locked");
+
+    let outputs = sim.reply(
+        storage,
+        p::AskLockInformation::CODE,
+        p::AnswerInformationLocked { ttid },
+    );
+    assert!(outputs.contains(&Output::Answer {
+        conn: client,
+        msg_id: 3,
+        packet: p::AnswerTransactionFinished {
+            ttid,
+            tid: lock.tid
+        }
+        .into()
+    }));
+    assert_eq!(
+        to(&outputs, other),
+        [&Packet::InvalidateObjects(p::InvalidateObjects {
+            tid: lock.tid,
+            oids: vec![Oid(1), Oid(2)]
+        })]
+    );
+    assert_eq!(
+        to(&outputs, storage),
+        [&Packet::NotifyUnlockInformation(
+            p::NotifyUnlockInformation { ttid }
+        )]
+    );
+    assert_eq!(sim.master.last_tid(), lock.tid);
+    let outputs = sim.send(client, 4, p::AskLastTransaction {});
+    assert_eq!(
+        to(&outputs, client),
+        [&Packet::AnswerLastTransaction(p::AnswerLastTransaction {
+            tid: lock.tid
+        })]
+    );
+}
+
+#[test]
+fn transactions_complete_in_tid_order() {
+    let mut sim = Sim::new(2, 1, None);
+    let (storages, _) = running_cluster(&mut sim, 2);
+    let (client, _, _) = sim.identify(NodeType::Client, None, None);
+    let mut ttids = Vec::new();
+    for msg_id in [1, 2] {
+        let outputs = sim.send(client, msg_id, p::AskBeginTransaction { tid: None });
+        let Packet::AnswerBeginTransaction(begin) = to(&outputs, client)[0] else {
+            panic!()
+        };
+        ttids.push(begin.ttid);
+    }
+    let mut tids = Vec::new();
+    for (msg_id, ttid) in [(3, ttids[0]), (4, ttids[1])] {
+        let finish = p::AskFinishTransaction {
+            ttid,
+            oids: vec![Oid(u64::from(msg_id))],
+            deleted: vec![],
+            checked: vec![],
+            pack: None,
+        };
+        let outputs = sim.send(client, msg_id, finish);
+        let Packet::AskLockInformation(lock) = to(&outputs, storages[0])[0] else {
+            panic!()
+        };
+        tids.push(lock.tid);
+    }
+    assert!(tids[0] < tids[1]);
+    // The younger transaction is locked everywhere first...
+    for &storage in &storages {
+        let outputs = sim.reply(
+            storage,
+            p::AskLockInformation::CODE,
+            p::AnswerInformationLocked { ttid: ttids[1] },
+        );
+        assert!(to(&outputs, client).is_empty(), "waits for the older one");
+    }
+    sim.reply(
+        storages[0],
+        p::AskLockInformation::CODE,
+        p::AnswerInformationLocked { ttid: ttids[0] },
+    );
+    // ...and a lost storage no longer holds anything up.
+    let outputs = sim.close(storages[1]);
+    let finished: Vec<u32> = outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Answer {
+                msg_id,
+                packet: Packet::AnswerTransactionFinished(_),
+                ..
+            } => Some(*msg_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished, [3, 4]);
+    // S2 had cells: it is DOWN and its cells are out of date.
+    let table = sim.master.partition_table();
+    assert!(table
+        .cells_of(NodeId(2))
+        .iter()
+        .all(|(_, state)| *state == CellState::OutOfDate));
+    assert_eq!(sim.master.cluster_state(), ClusterState::Running);
+}
+
+#[test]
+fn losing_the_only_storage_goes_back_to_recovery_and_restarts() {
+    let mut sim = Sim::new(2, 0, None);
+    let (storages, _admin) = running_cluster(&mut sim, 1);
+    let (client, _, _) = sim.identify(NodeType::Client, None, None);
+    let outputs = sim.close(storages[0]);
+    assert_eq!(sim.master.cluster_state(), ClusterState::Recovering);
+    assert!(to(&outputs, client).contains(&&Packet::StopOperation(p::StopOperation {})));
+    assert!(closed(&outputs, client));
+
+    // The storage comes back with its table: the cluster restarts alone.
+    let (storage, nid, _) = sim.identify(NodeType::Storage, Some(NodeId(1)), Some(20000));
+    assert_eq!(nid, Some(NodeId(1)));
+    let recovery = p::AnswerRecovery {
+        ptid: Some(1),
+        backup_tid: None,
+        truncate_tid: None,
+    };
+    // The master still has that table: no need to ask for it again.
+    let outputs = sim.reply(storage, p::AskRecovery::CODE, recovery);
+    assert_eq!(sim.master.cluster_state(), ClusterState::Verifying);
+    assert!(names(&to(&outputs, storage)).contains(&"AskLockedTransactions"));
+}
+
+#[test]
+fn a_restarted_master_waits_for_every_storage_of_the_table() {
+    let mut sim = Sim::new(2, 1, None);
+    let rows = vec![
+        vec![
+            p::CellInfo {
+                nid: NodeId(1),
+                state: CellState::UpToDate,
+            },
+            p::CellInfo {
+                nid: NodeId(2),
+                state: CellState::UpToDate,
+            },
+        ];
+        2
+    ];
+    let recovery = p::AnswerRecovery {
+        ptid: Some(5),
+        backup_tid: None,
+        truncate_tid: None,
+    };
+    let (s1, _, _) = sim.identify(NodeType::Storage, Some(NodeId(1)), Some(20000));
+    sim.reply(s1, p::AskRecovery::CODE, recovery.clone());
+    let table = p::AnswerPartitionTable {
+        ptid: Some(5),
+        num_replicas: 1,
+        rows: rows.clone(),
+    };
+    sim.reply(s1, p::AskPartitionTable::CODE, table);
+    assert_eq!(sim.master.partition_table().ptid(), Some(5));
+    // Operational with S1 alone, but S2 holds readable cells: wait for it.
+    assert_eq!(sim.master.cluster_state(), ClusterState::Recovering);
+    let (s2, _, _) = sim.identify(NodeType::Storage, Some(NodeId(2)), Some(20001));
+    let outputs = sim.reply(s2, p::AskRecovery::CODE, recovery);
+    assert_eq!(sim.master.cluster_state(), ClusterState::Verifying);
+    assert!(names(&to(&outputs, s2)).contains(&"AskLockedTransactions"));
+}
+
+#[test]
+fn verification_replays_locked_transactions() {
+    let mut sim = Sim::new(1, 0, Some(1));
+    let (storage, _, _) = sim.identify(NodeType::Storage, None, Some(20000));
+    sim.reply(storage, p::AskRecovery::CODE, empty_recovery());
+    let ttid = Tid(0x0400_0000_0000_0001);
+    let tid = Tid(0x0400_0000_0000_0005);
+    let locked = p::AnswerLockedTransactions {
+        ttids: Map(vec![(ttid, Some(tid)), (Tid(0x0400_0000_0000_0009), None)]),
+    };
+    let outputs = sim.reply(storage, p::AskLockedTransactions::CODE, locked);
+    assert_eq!(
+        to(&outputs, storage),
+        [
+            &Packet::ValidateTransaction(p::ValidateTransaction { ttid, tid }),
+            &Packet::AskLastIDs(p::AskLastIDs {}),
+        ]
+    );
+    let last_ids = p::AnswerLastIDs {
+        last_tid: Some(tid),
+        last_oid: Some(Oid(7)),
+        first_tid: Tid(1),
+    };
+    sim.reply(storage, p::AskLastIDs::CODE, last_ids);
+    assert_eq!(sim.master.cluster_state(), ClusterState::Running);
+    assert_eq!(sim.master.last_tid(), tid);
+    assert_eq!(sim.master.last_oid(), Oid(7));
+}
+
+#[test]
+fn stopping_tells_storages_they_are_down_and_exits() {
+    let mut sim = Sim::new(2, 0, None);
+    let (storages, admin) = running_cluster(&mut sim, 1);
+    let outputs = sim.send(
+        admin,
+        9,
+        p::SetClusterState {
+            state: ClusterState::Stopping,
+        },
+    );
+    assert_eq!(
+        to(&outputs, admin)[0],
+        &Packet::Error(p::Error::ack("Cluster state changed"))
+    );
+    let to_storage = to(&outputs, storages[0]);
+    assert_eq!(
+        names(&to_storage),
+        ["NotifyClusterInformation", "NotifyNodeInformation"]
+    );
+    match to_storage[1] {
+        Packet::NotifyNodeInformation(notification) => {
+            assert_eq!(notification.nodes[0].state, NodeState::Down)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(outputs.last(), Some(&Output::Exit));
+}
+
+#[test]
+fn imposed_tids_and_new_oids_are_checked() {
+    let mut sim = Sim::new(2, 0, None);
+    running_cluster(&mut sim, 1);
+    let (client, _, _) = sim.identify(NodeType::Client, None, None);
+    let outputs = sim.send(client, 1, p::AskNewOIDs { count: 1_000_000 });
+    assert!(closed(&outputs, client), "absurd OID counts are refused");
+    let (client, _, _) = sim.identify(NodeType::Client, None, None);
+    let outputs = sim.send(
+        client,
+        1,
+        p::AskBeginTransaction {
+            tid: Some(Tid::ZERO),
+        },
+    );
+    assert!(matches!(
+        to(&outputs, client)[0],
+        Packet::Error(p::Error {
+            code: ErrorCode::ProtocolError,
+            ..
+        })
+    ));
+}
