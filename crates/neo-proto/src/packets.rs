@@ -409,8 +409,8 @@ packets! {
     0x0003 CloseClient: notification {}
     /// Asks the admin for the primary master's id.
     0x0004 AskPrimary: request(AnswerPrimary) {}
-    /// The primary master's id.
-    0x8004 AnswerPrimary: answer { primary: NodeId }
+    /// The primary master's id (nil when the admin knows none).
+    0x8004 AnswerPrimary: answer { primary: Option<NodeId> }
     /// A secondary master's redirection to the primary, then close.
     0x0005 NotPrimaryMaster: notification {
         /// Index of the primary in `known_masters`, if known.
@@ -571,8 +571,9 @@ packets! {
         max_offset: u32,
         nid: Option<NodeId>,
     }
-    /// Rows `min_offset .. max_offset` of the partition table.
-    0x8024 AnswerPartitionList: answer { ptid: Ptid, num_replicas: u32, rows: Vec<Row> }
+    /// Rows `min_offset .. max_offset` of the partition table (ptid nil
+    /// before the cluster's first start).
+    0x8024 AnswerPartitionList: answer { ptid: Option<Ptid>, num_replicas: u32, rows: Vec<Row> }
     /// neoctl `print node`.
     0x0025 AskNodeList: request(AnswerNodeList) { node_type: Option<NodeType> }
     /// Answer to `AskNodeList`.
