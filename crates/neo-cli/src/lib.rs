@@ -1,0 +1,12 @@
+//! NEO's command-line programs: the options and configuration file of the
+//! daemons (`neomaster`, `neostorage`, `neoadmin`) and the control tool
+//! `neoctl` (operations.md §1–§3).
+//!
+//! Everything that decides — option merging, the command language, output
+//! formats — is plain functions tested without I/O; the binaries only print
+//! what these return.
+
+pub mod conf;
+pub mod neoctl;
+pub mod options;
+pub mod timestamp;
