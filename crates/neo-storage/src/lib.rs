@@ -1,0 +1,3 @@
+//! The storage node and its backends.
+
+pub mod backend;
