@@ -7,6 +7,7 @@
 //! what these return.
 
 pub mod conf;
+pub mod daemon;
 pub mod neoctl;
 pub mod options;
 pub mod timestamp;

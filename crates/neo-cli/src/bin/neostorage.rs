@@ -1,0 +1,72 @@
+//! `neostorage`: a storage node (operations.md §1.2).
+
+use std::process::ExitCode;
+
+use neo_cli::daemon::{fail, init_logging, runtime, shutdown_signal};
+use neo_cli::options::{expand_user, parse_storage, report_and_exit, Adapter};
+use neo_net::Listener;
+use neo_storage::backend::{OpenOptions, SqliteBackend};
+use neo_storage::node::{Storage, StorageConfig};
+
+const PROGRAM: &str = "neostorage";
+
+fn main() -> ExitCode {
+    let options = parse_storage(std::env::args_os().skip(1))
+        .unwrap_or_else(|error| report_and_exit(PROGRAM, &error));
+    if options.common.tls.is_some() {
+        return fail(PROGRAM, "TLS is not supported yet");
+    }
+    if options.adapter != Adapter::Sqlite {
+        let name = options.adapter.name();
+        return fail(
+            PROGRAM,
+            format!("the {name} adapter is not supported yet; use SQLite"),
+        );
+    }
+    if options.new_nid || options.dedup {
+        return fail(PROGRAM, "--new-nid and --dedup are not supported yet");
+    }
+    if let Err(message) = init_logging(options.common.logfile.as_deref()) {
+        return fail(PROGRAM, message);
+    }
+    let path = expand_user(&options.database);
+    let open = OpenOptions {
+        reset: options.reset,
+        ..OpenOptions::default()
+    };
+    let backend = match SqliteBackend::open(&path, &open) {
+        Ok(backend) => backend,
+        Err(error) => return fail(PROGRAM, error),
+    };
+    if options.reset {
+        // `--reset` erases the database and exits, as NEO/py does.
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(message) => return fail(PROGRAM, message),
+    };
+    let result = runtime.block_on(async {
+        let listener = Listener::bind(&options.common.bind)
+            .await
+            .map_err(|e| e.to_string())?;
+        let config = StorageConfig {
+            cluster: options.common.cluster.clone(),
+            address: listener.local_address().clone(),
+        };
+        let storage = Storage::new(config, backend)?;
+        tracing::info!(address = %listener.local_address(), "storage listening");
+        neo_storage::run(
+            storage,
+            options.common.masters.clone(),
+            listener,
+            shutdown_signal(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(PROGRAM, message),
+    }
+}

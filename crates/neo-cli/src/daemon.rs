@@ -1,0 +1,62 @@
+//! What every daemon's `main` shares: logging, the runtime, signals and
+//! the one-line fatal error.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+/// Logs to `logfile` (appending) or to stderr. The level comes from
+/// `NEO_LOG` (`info` by default), in `tracing`'s filter syntax.
+pub fn init_logging(logfile: Option<&Path>) -> Result<(), String> {
+    let filter = EnvFilter::try_from_env("NEO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match logfile {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+/// The multi-threaded runtime the daemons run on (2 workers: connections
+/// keep flowing while a node does database work on the other).
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(error) => {
+            tracing::warn!("cannot watch SIGTERM: {error}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Prints `«program»: error: «message»` and gives the failure status.
+pub fn fail(program: &str, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{program}: error: {message}");
+    ExitCode::FAILURE
+}

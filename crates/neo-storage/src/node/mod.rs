@@ -1,0 +1,1260 @@
+//! The storage node as a state machine over a [`Backend`]: packets from the
+//! master, clients and (later) other storages go in, packets to send come
+//! out. No network I/O and no clock here; the shell runs it on a thread of
+//! its own so database work never holds up the connections.
+//!
+//! Follows architecture.md §5 (recovery and verification, storage side),
+//! §5.3 (start of operation), §6.4–§6.11 (stores, locks, vote, lock,
+//! unlock, abort), §7.1 and §8 (reads) and protocol.md §9.3
+//! (identification to a storage).
+
+mod locks;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use neo_cluster::{NodeTable, UnixTime};
+use neo_proto::packets::{self as p, CellInfo, RelockConflict, Row, StoredData};
+use neo_proto::{
+    Address, Checksum, ErrorCode, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid, Value,
+    INVALID_PARTITION,
+};
+use sha1::{Digest, Sha1};
+
+use crate::backend::{Backend, BackendError, ObjectLookup, ObjectRow, TransactionMeta, UndoLookup};
+use locks::{LockManager, LockOutcome, Stored};
+
+/// Identifies a connection for the state machine.
+pub type ConnId = u64;
+
+/// What happened.
+#[derive(Debug)]
+pub enum Input {
+    /// The shell connected to a master: identify.
+    MasterConnected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A client or storage connected to us.
+    Accepted {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A request or notification.
+    Packet {
+        /// Where from.
+        conn: ConnId,
+        /// Its msg_id.
+        msg_id: u32,
+        /// The packet.
+        packet: Packet,
+    },
+    /// The answer to one of our requests.
+    Answer {
+        /// Where from.
+        conn: ConnId,
+        /// The answer or an `Error`.
+        packet: Packet,
+    },
+    /// A connection is gone.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Time passes (deferred commit).
+    Tick,
+}
+
+/// What to do.
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    /// Answer a request.
+    Answer {
+        /// Where to.
+        conn: ConnId,
+        /// msg_id of the request.
+        msg_id: u32,
+        /// The answer.
+        packet: Packet,
+    },
+    /// Send a notification.
+    Notify {
+        /// Where to.
+        conn: ConnId,
+        /// The packet.
+        packet: Packet,
+    },
+    /// Send a request; the answer comes back as [`Input::Answer`].
+    Request {
+        /// Where to.
+        conn: ConnId,
+        /// The packet.
+        packet: Packet,
+    },
+    /// Close a connection after sending what is queued.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Lost the master: connect again (after the usual delay).
+    ConnectMaster,
+    /// Stop the node: `Ok` when told to by the master, `Err` on a fatal
+    /// database error.
+    Exit(Result<(), String>),
+}
+
+/// What the storage node is configured with.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    /// Cluster name.
+    pub cluster: String,
+    /// Where this storage listens, as published to the cluster.
+    pub address: Address,
+}
+
+/// Largest oid list of a vote: NEO's MySQL backend stores it in a
+/// MEDIUMBLOB, and every backend enforces the same limit.
+const MAX_VOTED_OIDS: usize = (1 << 21) - 1;
+
+/// How long an unlock may wait for its commit (§12.2).
+const DEFERRED_COMMIT_SECONDS: f64 = 1.0;
+
+/// A request that waits for a lock or an unlock.
+#[derive(Debug)]
+enum Waiting {
+    Store(ConnId, u32, p::AskStoreObject),
+    Check(ConnId, u32, p::AskCheckCurrentSerial),
+    Relock(ConnId, u32, p::AskRelockObject),
+    Load(ConnId, u32, p::AskObject),
+    History(ConnId, u32, p::AskObjectHistory),
+}
+
+impl Waiting {
+    /// Older transactions are served first.
+    fn ttid(&self) -> Tid {
+        match self {
+            Waiting::Store(_, _, r) => r.ttid,
+            Waiting::Check(_, _, r) => r.ttid,
+            Waiting::Relock(_, _, r) => r.ttid,
+            Waiting::Load(..) | Waiting::History(..) => Tid::ZERO,
+        }
+    }
+}
+
+/// A connected peer.
+#[derive(Debug, Default)]
+struct Peer {
+    /// Identified node (clients).
+    nid: Option<NodeId>,
+}
+
+/// The storage node.
+pub struct Storage<B: Backend> {
+    config: StorageConfig,
+    backend: B,
+    nid: Option<NodeId>,
+    /// The master connection, once connected.
+    master: Option<ConnId>,
+    /// Told `StartOperation`: serves clients.
+    operational: bool,
+    nodes: NodeTable,
+    /// Timestamp of the last `NotifyNodeInformation` processed.
+    last_notification: f64,
+    peers: BTreeMap<ConnId, Peer>,
+    /// Identifications that came before the master announced the node.
+    early_identifications: Vec<(ConnId, u32, p::RequestIdentification)>,
+    locks: LockManager,
+    waiting: Vec<Waiting>,
+    /// When the deferred commit of unlocked transactions is due.
+    commit_due: Option<UnixTime>,
+    now: UnixTime,
+    out: Vec<Output>,
+}
+
+/// The outcome of one request handler: `Err` is a database failure that
+/// stops the node.
+type Handled = Result<(), BackendError>;
+
+impl<B: Backend> Storage<B> {
+    /// A storage node over an opened backend. Refuses a database of
+    /// another cluster.
+    pub fn new(config: StorageConfig, mut backend: B) -> Result<Storage<B>, String> {
+        let name = backend.name().map_err(|e| e.to_string())?;
+        match name {
+            Some(name) if name != config.cluster => {
+                return Err(format!(
+                    "the database belongs to cluster {name:?}, not {:?}",
+                    config.cluster
+                ));
+            }
+            Some(_) => {}
+            None => {
+                backend
+                    .set_name(&config.cluster)
+                    .map_err(|e| e.to_string())?;
+                backend.commit().map_err(|e| e.to_string())?;
+            }
+        }
+        let nid = backend.nid().map_err(|e| e.to_string())?;
+        Ok(Storage {
+            config,
+            backend,
+            nid,
+            master: None,
+            operational: false,
+            nodes: NodeTable::new(),
+            last_notification: 0.0,
+            peers: BTreeMap::new(),
+            early_identifications: Vec::new(),
+            locks: LockManager::default(),
+            waiting: Vec::new(),
+            commit_due: None,
+            now: 0.0,
+            out: Vec::new(),
+        })
+    }
+
+    /// Own node id, once known.
+    pub fn nid(&self) -> Option<NodeId> {
+        self.nid
+    }
+
+    /// Processes one input at time `now`; returns what to do, in order.
+    pub fn handle(&mut self, input: Input, now: UnixTime) -> Vec<Output> {
+        self.now = now;
+        let result = match input {
+            Input::MasterConnected { conn } => {
+                self.identify_to_master(conn);
+                Ok(())
+            }
+            Input::Accepted { conn } => {
+                self.peers.insert(conn, Peer::default());
+                Ok(())
+            }
+            Input::Packet {
+                conn,
+                msg_id,
+                packet,
+            } => self.on_packet(conn, msg_id, packet),
+            Input::Answer { conn, packet } => self.on_answer(conn, packet),
+            Input::Closed { conn } => self.on_closed(conn),
+            Input::Tick => self.on_tick(),
+        };
+        if let Err(error) = result {
+            tracing::error!("database failure: {error}");
+            self.out.push(Output::Exit(Err(error.to_string())));
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn answer(&mut self, conn: ConnId, msg_id: u32, packet: impl Into<Packet>) {
+        self.out.push(Output::Answer {
+            conn,
+            msg_id,
+            packet: packet.into(),
+        });
+    }
+
+    fn notify(&mut self, conn: ConnId, packet: impl Into<Packet>) {
+        self.out.push(Output::Notify {
+            conn,
+            packet: packet.into(),
+        });
+    }
+
+    fn error(&mut self, conn: ConnId, msg_id: u32, code: ErrorCode, message: impl Into<String>) {
+        self.answer(conn, msg_id, p::Error::new(code, message));
+    }
+
+    /// Error, then close (PROTOCOL_ERROR and NOT_READY, §8).
+    fn refuse(&mut self, conn: ConnId, msg_id: u32, code: ErrorCode, message: &str) {
+        tracing::info!(conn, %code, message, "refusing");
+        self.error(conn, msg_id, code, message);
+        self.out.push(Output::Close { conn });
+    }
+
+    // ---- master ----
+
+    fn identify_to_master(&mut self, conn: ConnId) {
+        self.master = Some(conn);
+        let extra = Map(vec![
+            ("devpath".to_owned(), Value::Array(vec![])),
+            ("new_nid".to_owned(), Value::Array(vec![])),
+        ]);
+        self.out.push(Output::Request {
+            conn,
+            packet: p::RequestIdentification {
+                node_type: NodeType::Storage,
+                nid: self.nid,
+                address: Some(self.config.address.clone()),
+                cluster: self.config.cluster.clone(),
+                id_timestamp: None,
+                extra,
+            }
+            .into(),
+        });
+    }
+
+    fn on_answer(&mut self, conn: ConnId, packet: Packet) -> Handled {
+        if Some(conn) != self.master {
+            return Ok(());
+        }
+        match packet {
+            Packet::AcceptIdentification(accept) => {
+                let Some(nid) = accept
+                    .your_nid
+                    .filter(|_| accept.node_type == NodeType::Master)
+                else {
+                    self.out.push(Output::Close { conn });
+                    return Ok(());
+                };
+                if self.nid != Some(nid) {
+                    self.backend.set_nid(nid)?;
+                    self.backend.commit()?;
+                    self.nid = Some(nid);
+                }
+                tracing::info!(%nid, "identified to the primary master");
+            }
+            Packet::Error(error) => {
+                tracing::warn!("the master refused us: {error}");
+                self.out.push(Output::Close { conn });
+            }
+            other => tracing::warn!("unexpected answer {} from the master", other.name()),
+        }
+        Ok(())
+    }
+
+    fn on_master_packet(&mut self, conn: ConnId, msg_id: u32, packet: Packet) -> Handled {
+        match packet {
+            Packet::NotifyNodeInformation(notification) => self.on_nodes(notification)?,
+            Packet::NotifyClusterInformation(_) | Packet::NotifyPackSigned(_) => {}
+            Packet::AskRecovery(_) => {
+                let answer = p::AnswerRecovery {
+                    ptid: self.backend.ptid()?,
+                    backup_tid: self.backend.backup_tid()?,
+                    truncate_tid: self.backend.truncate_tid()?,
+                };
+                self.answer(conn, msg_id, answer);
+            }
+            Packet::AskPartitionTable(_) => {
+                let answer = p::AnswerPartitionTable {
+                    ptid: self.backend.ptid()?,
+                    num_replicas: self.backend.num_replicas()?,
+                    rows: self.rows()?,
+                };
+                self.answer(conn, msg_id, answer);
+            }
+            Packet::SendPartitionTable(table) => {
+                if let Some(ptid) = table.ptid {
+                    let cells: Vec<_> = table
+                        .rows
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(partition, row)| {
+                            row.iter()
+                                .map(move |cell| (partition as u32, cell.nid, cell.state))
+                        })
+                        .collect();
+                    self.backend
+                        .change_partition_table(ptid, table.num_replicas, &cells, true)?;
+                }
+            }
+            Packet::NotifyPartitionChanges(changes) => {
+                let current = self.backend.ptid()?;
+                if current.map(|ptid| ptid + 1) != Some(changes.ptid) {
+                    tracing::warn!(
+                        ?current,
+                        got = changes.ptid,
+                        "partition table change out of order"
+                    );
+                    self.refuse(conn, msg_id, ErrorCode::ProtocolError, "ptid out of order");
+                    return Ok(());
+                }
+                let cells: Vec<_> = changes
+                    .changes
+                    .iter()
+                    .map(|c| (c.partition, c.nid, c.state))
+                    .collect();
+                self.backend.change_partition_table(
+                    changes.ptid,
+                    changes.num_replicas,
+                    &cells,
+                    false,
+                )?;
+            }
+            Packet::AskLockedTransactions(_) => {
+                let ttids = Map(self
+                    .backend
+                    .unfinished_transactions()?
+                    .into_iter()
+                    .collect());
+                self.answer(conn, msg_id, p::AnswerLockedTransactions { ttids });
+            }
+            Packet::AskFinalTID(request) => {
+                let tid = self.final_tid(request.ttid)?;
+                self.answer(conn, msg_id, p::AnswerFinalTID { tid });
+            }
+            Packet::ValidateTransaction(validate) => {
+                self.backend.lock_transaction(validate.ttid, validate.tid)?;
+                self.backend
+                    .unlock_transaction(validate.ttid, validate.tid)?;
+                self.backend.commit()?;
+            }
+            Packet::Truncate(truncate) => {
+                self.backend.set_truncate_tid(Some(truncate.tid))?;
+                self.backend.commit()?;
+            }
+            Packet::AskLastIDs(_) => {
+                // A pending truncation is carried out before answering.
+                self.backend.truncate()?;
+                let last = self.backend.last_ids()?;
+                let answer = p::AnswerLastIDs {
+                    last_tid: last.tid,
+                    last_oid: last.oid,
+                    first_tid: self.backend.first_tid()?,
+                };
+                self.answer(conn, msg_id, answer);
+            }
+            Packet::AskPackOrders(_) => {
+                self.answer(conn, msg_id, p::AnswerPackOrders { orders: vec![] });
+            }
+            Packet::StartOperation(_) => {
+                self.backend.drop_unfinished_data()?;
+                self.backend.commit()?;
+                self.locks.clear();
+                self.waiting.clear();
+                self.operational = true;
+                tracing::info!("operational");
+                self.notify(conn, p::NotifyReady {});
+            }
+            Packet::StopOperation(_) => self.stop_operation(),
+            Packet::AskLockInformation(request) => self.lock_transaction(conn, msg_id, request)?,
+            Packet::NotifyUnlockInformation(unlock) => self.unlock_transaction(unlock.ttid)?,
+            Packet::AbortTransaction(abort) => self.abort(abort.ttid)?,
+            Packet::Ping(_) => self.answer(conn, msg_id, p::Pong {}),
+            Packet::NotifyTransactionFinished(_)
+            | Packet::NotifyRepair(_)
+            | Packet::CheckPartition(_)
+            | Packet::Replicate(_)
+            | Packet::FlushLog(_) => {
+                tracing::debug!("ignoring {} (not supported yet)", packet.name());
+            }
+            packet => {
+                let message = format!("unexpected packet {} from the master", packet.name());
+                self.refuse(conn, msg_id, ErrorCode::ProtocolError, &message);
+            }
+        }
+        Ok(())
+    }
+
+    /// The persisted partition table in wire form.
+    fn rows(&mut self) -> Result<Vec<Row>, BackendError> {
+        let mut rows: Vec<Row> = vec![Vec::new(); self.backend.num_partitions() as usize];
+        for (partition, nid, state) in self.backend.partition_table()? {
+            if let Some(row) = rows.get_mut(partition as usize) {
+                row.push(CellInfo { nid, state });
+            }
+        }
+        Ok(rows)
+    }
+
+    fn on_nodes(&mut self, notification: p::NotifyNodeInformation) -> Handled {
+        self.last_notification = notification.timestamp;
+        for info in &notification.nodes {
+            if info.nid.is_some() && info.nid == self.nid {
+                match info.state {
+                    NodeState::Down => {
+                        tracing::info!("told to stop by the master");
+                        self.backend.commit()?;
+                        self.out.push(Output::Exit(Ok(())));
+                    }
+                    NodeState::Unknown => {
+                        tracing::warn!("dropped from the cluster: erasing the database");
+                        self.backend.erase()?;
+                        self.out.push(Output::Exit(Ok(())));
+                    }
+                    _ => {}
+                }
+            }
+            if info.node_type == NodeType::Client && info.state != NodeState::Running {
+                if let Some(client) = info.nid {
+                    self.client_gone(client)?;
+                }
+            }
+            self.nodes.apply(info);
+        }
+        // Identifications that were too early may be decidable now.
+        for (conn, msg_id, request) in std::mem::take(&mut self.early_identifications) {
+            self.identify_peer(conn, msg_id, request);
+        }
+        Ok(())
+    }
+
+    /// The master reported a client gone: abort its transactions that are
+    /// not locked, voted or not, and drop its connections (§1.3).
+    fn client_gone(&mut self, client: NodeId) -> Handled {
+        for ttid in self.locks.of_client(client) {
+            self.abort(ttid)?;
+        }
+        let conns: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.nid == Some(client))
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in conns {
+            self.out.push(Output::Close { conn });
+        }
+        Ok(())
+    }
+
+    fn stop_operation(&mut self) {
+        self.operational = false;
+        self.locks.clear();
+        self.waiting.clear();
+        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
+        for conn in conns {
+            self.out.push(Output::Close { conn });
+        }
+    }
+
+    fn final_tid(&mut self, ttid: Tid) -> Result<Option<Tid>, BackendError> {
+        if let Some(tid) = self.locks.locked_tid(ttid) {
+            return Ok(Some(tid));
+        }
+        match self.backend.final_tid(ttid) {
+            Err(BackendError::NonReadableCell { .. }) => Ok(None),
+            other => other,
+        }
+    }
+
+    // ---- commit, storage side ----
+
+    fn lock_transaction(
+        &mut self,
+        conn: ConnId,
+        msg_id: u32,
+        request: p::AskLockInformation,
+    ) -> Handled {
+        if !self.locks.set_locked(request.ttid, request.tid) {
+            self.refuse(
+                conn,
+                msg_id,
+                ErrorCode::ProtocolError,
+                "unknown transaction",
+            );
+            return Ok(());
+        }
+        let has_metadata = self
+            .locks
+            .transactions
+            .get(&request.ttid)
+            .is_some_and(|t| t.has_metadata);
+        if has_metadata {
+            // The commit decision becomes durable here (§12.2).
+            self.backend.lock_transaction(request.ttid, request.tid)?;
+        }
+        self.answer(
+            conn,
+            msg_id,
+            p::AnswerInformationLocked { ttid: request.ttid },
+        );
+        Ok(())
+    }
+
+    fn unlock_transaction(&mut self, ttid: Tid) -> Handled {
+        let Some(tid) = self.locks.locked_tid(ttid) else {
+            return Ok(());
+        };
+        self.backend.unlock_transaction(ttid, tid)?;
+        // Committed with the next vote or lock, or within a second.
+        self.commit_due
+            .get_or_insert(self.now + DEFERRED_COMMIT_SECONDS);
+        self.locks.release(ttid);
+        self.retry_waiting()
+    }
+
+    /// Aborts a transaction unless it is locked (then it completes).
+    fn abort(&mut self, ttid: Tid) -> Handled {
+        let Some(transaction) = self.locks.transactions.get(&ttid) else {
+            return Ok(());
+        };
+        if transaction.tid.is_some() {
+            return Ok(());
+        }
+        let Some(transaction) = self.locks.release(ttid) else {
+            return Ok(());
+        };
+        if transaction.voted {
+            self.backend.abort_transaction(ttid)?;
+            self.backend.commit()?;
+        } else {
+            let held: Vec<_> = transaction
+                .stored
+                .values()
+                .filter_map(|s| s.data_id)
+                .collect();
+            self.backend.release_data(&held, true)?;
+        }
+        self.retry_waiting()
+    }
+
+    fn on_tick(&mut self) -> Handled {
+        if self.commit_due.is_some_and(|due| self.now >= due) {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Commits, which also covers any deferred unlock.
+    fn commit(&mut self) -> Handled {
+        self.commit_due = None;
+        self.backend.commit()
+    }
+
+    // ---- clients ----
+
+    fn on_packet(&mut self, conn: ConnId, msg_id: u32, packet: Packet) -> Handled {
+        if Some(conn) == self.master {
+            return self.on_master_packet(conn, msg_id, packet);
+        }
+        let Some(peer) = self.peers.get(&conn) else {
+            return Ok(());
+        };
+        let client = peer.nid;
+        match (packet, client) {
+            (Packet::RequestIdentification(request), None) => {
+                self.identify_peer(conn, msg_id, request);
+                Ok(())
+            }
+            (Packet::Ping(_), _) => {
+                self.answer(conn, msg_id, p::Pong {});
+                Ok(())
+            }
+            (packet, Some(client)) => self.on_client_packet(conn, client, msg_id, packet),
+            (packet, None) => {
+                let message = format!("unexpected packet {} before identification", packet.name());
+                self.refuse(conn, msg_id, ErrorCode::ProtocolError, &message);
+                Ok(())
+            }
+        }
+    }
+
+    /// Identification of a client (protocol.md §9.3).
+    fn identify_peer(&mut self, conn: ConnId, msg_id: u32, request: p::RequestIdentification) {
+        if !self.operational {
+            return self.refuse(conn, msg_id, ErrorCode::NotReady, "Retry Later");
+        }
+        if request.cluster != self.config.cluster {
+            return self.refuse(
+                conn,
+                msg_id,
+                ErrorCode::ProtocolError,
+                "invalid cluster name",
+            );
+        }
+        if request.node_type != NodeType::Client {
+            // Replication between storages comes with its own issue.
+            let message = format!("{} nodes are not served yet", request.node_type);
+            return self.refuse(conn, msg_id, ErrorCode::NotReady, &message);
+        }
+        let Some(nid) = request.nid else {
+            return self.refuse(
+                conn,
+                msg_id,
+                ErrorCode::ProtocolError,
+                "a client needs a node id",
+            );
+        };
+        let known = self.nodes.get(nid).is_some_and(|node| {
+            node.state == NodeState::Running && node.id_timestamp == request.id_timestamp
+        });
+        if !known {
+            if request
+                .id_timestamp
+                .is_some_and(|t| t > self.last_notification)
+            {
+                // The master's notification about this client is in flight.
+                self.early_identifications.push((conn, msg_id, request));
+                return;
+            }
+            return self.refuse(conn, msg_id, ErrorCode::NotReady, "unknown by master");
+        }
+        if let Some(peer) = self.peers.get_mut(&conn) {
+            peer.nid = Some(nid);
+        }
+        self.answer(
+            conn,
+            msg_id,
+            p::AcceptIdentification {
+                node_type: NodeType::Storage,
+                nid: self.nid,
+                your_nid: Some(nid),
+            },
+        );
+    }
+
+    fn on_client_packet(
+        &mut self,
+        conn: ConnId,
+        client: NodeId,
+        msg_id: u32,
+        packet: Packet,
+    ) -> Handled {
+        match packet {
+            Packet::AskObject(request) => self.load(conn, msg_id, request),
+            Packet::AskStoreObject(request) => {
+                if request.compression > 1 {
+                    self.refuse(
+                        conn,
+                        msg_id,
+                        ErrorCode::ProtocolError,
+                        "unknown compression",
+                    );
+                    return Ok(());
+                }
+                let no_data = request.data.is_empty() && request.checksum == Checksum::ZERO;
+                if !no_data && checksum(&request.data) != request.checksum {
+                    self.refuse(conn, msg_id, ErrorCode::ProtocolError, "checksum mismatch");
+                    return Ok(());
+                }
+                self.locks.register(request.ttid, conn, Some(client));
+                self.store(conn, msg_id, request)
+            }
+            Packet::AskCheckCurrentSerial(request) => {
+                self.locks.register(request.ttid, conn, Some(client));
+                self.check_current(conn, msg_id, request)
+            }
+            Packet::AskRelockObject(request) => self.relock(conn, msg_id, request),
+            Packet::AskStoreTransaction(request) => {
+                if request.oids.len() > MAX_VOTED_OIDS {
+                    self.refuse(conn, msg_id, ErrorCode::ProtocolError, "too many oids");
+                    return Ok(());
+                }
+                self.locks.register(request.ttid, conn, Some(client));
+                let meta = TransactionMeta {
+                    oids: request.oids,
+                    user: request.user.to_vec(),
+                    description: request.description.to_vec(),
+                    extension: request.extension.to_vec(),
+                    packed: false,
+                    ttid: request.ttid,
+                };
+                self.vote(request.ttid, Some(&meta))?;
+                self.answer(conn, msg_id, p::AnswerStoreTransaction {});
+                Ok(())
+            }
+            Packet::AskVoteTransaction(request) => {
+                self.vote(request.ttid, None)?;
+                self.answer(conn, msg_id, p::AnswerVoteTransaction {});
+                Ok(())
+            }
+            Packet::AbortTransaction(abort) => {
+                // Only this client's own transactions.
+                let own = self
+                    .locks
+                    .transactions
+                    .get(&abort.ttid)
+                    .is_some_and(|t| t.client_conn == conn);
+                if own {
+                    self.abort(abort.ttid)?;
+                }
+                Ok(())
+            }
+            Packet::AskFinalTID(request) => {
+                let tid = self.final_tid(request.ttid)?;
+                self.answer(conn, msg_id, p::AnswerFinalTID { tid });
+                Ok(())
+            }
+            packet => self.read(conn, msg_id, packet),
+        }
+    }
+
+    fn vote(&mut self, ttid: Tid, meta: Option<&TransactionMeta>) -> Handled {
+        let rows: Vec<ObjectRow> = match self.locks.transactions.get(&ttid) {
+            Some(transaction) => transaction
+                .stored
+                .iter()
+                .filter(|(_, stored)| !stored.checked)
+                .map(|(oid, stored)| ObjectRow {
+                    oid: *oid,
+                    data_id: stored.data_id,
+                    data_serial: stored.data_serial,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        self.backend.store_transaction(ttid, &rows, meta, true)?;
+        // The vote is durable before it is answered (§12.2).
+        self.commit()?;
+        if let Some(transaction) = self.locks.transactions.get_mut(&ttid) {
+            transaction.voted = true;
+            transaction.has_metadata |= meta.is_some();
+        }
+        // Transactions waiting for this one's locks may proceed or deadlock-check again.
+        self.retry_waiting()
+    }
+
+    fn partition_readable(&self, oid: Oid) -> bool {
+        let partitions = self.backend.num_partitions();
+        partitions > 0
+            && self
+                .backend
+                .readable_partitions()
+                .contains(&((oid.0 % u64::from(partitions)) as u32))
+    }
+
+    /// Takes the lock for a store or check; `None` when the request waits.
+    fn try_lock(
+        &mut self,
+        ttid: Tid,
+        serial: Tid,
+        oid: Oid,
+    ) -> Result<Option<LockOutcome>, BackendError> {
+        let readable = self.partition_readable(oid);
+        let mut last = Ok(None);
+        let (outcome, deadlock) = {
+            let backend = &mut self.backend;
+            self.locks.lock(ttid, serial, oid, readable, || {
+                last = backend.last_object_tid(oid);
+                last.as_ref().ok().copied().flatten()
+            })
+        };
+        last?;
+        if let Some(holder) = deadlock {
+            if let Some(conn) = self.locks.transactions.get(&holder).map(|t| t.client_conn) {
+                self.notify(conn, p::NotifyDeadlock { ttid: holder, oid });
+            }
+        }
+        Ok((outcome != LockOutcome::Wait).then_some(outcome))
+    }
+
+    fn store(&mut self, conn: ConnId, msg_id: u32, request: p::AskStoreObject) -> Handled {
+        let Some(outcome) = self.try_lock(request.ttid, request.serial, request.oid)? else {
+            self.waiting.push(Waiting::Store(conn, msg_id, request));
+            return Ok(());
+        };
+        let conflict = match outcome {
+            LockOutcome::Conflict(serial) => {
+                self.answer(
+                    conn,
+                    msg_id,
+                    p::AnswerStoreObject {
+                        conflict: Some(serial),
+                    },
+                );
+                return Ok(());
+            }
+            LockOutcome::Locked => None,
+            _ => Some(Tid::ZERO),
+        };
+        // A store again (after a conflict resolution or an undo) replaces
+        // the previous one.
+        let previous = self
+            .locks
+            .transactions
+            .get_mut(&request.ttid)
+            .and_then(|t| t.stored.remove(&request.oid));
+        if let Some(data_id) = previous.and_then(|p| p.data_id) {
+            self.backend.release_data(&[data_id], true)?;
+        }
+        let data_id = match self.backend.store_data(
+            request.oid,
+            request.checksum,
+            &request.data,
+            request.compression,
+            request.data_serial,
+        ) {
+            Ok(data_id) => data_id,
+            Err(error @ BackendError::UndoPack { .. }) => {
+                self.error(conn, msg_id, ErrorCode::UndoPackError, error.to_string());
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        if let Some(transaction) = self.locks.transactions.get_mut(&request.ttid) {
+            transaction.stored.insert(
+                request.oid,
+                Stored {
+                    serial: request.serial,
+                    data_id,
+                    data_serial: request.data_serial,
+                    checked: false,
+                },
+            );
+        }
+        self.answer(conn, msg_id, p::AnswerStoreObject { conflict });
+        Ok(())
+    }
+
+    fn check_current(
+        &mut self,
+        conn: ConnId,
+        msg_id: u32,
+        request: p::AskCheckCurrentSerial,
+    ) -> Handled {
+        let Some(outcome) = self.try_lock(request.ttid, request.serial, request.oid)? else {
+            self.waiting.push(Waiting::Check(conn, msg_id, request));
+            return Ok(());
+        };
+        let conflict = match outcome {
+            LockOutcome::Conflict(serial) => Some(serial),
+            LockOutcome::Locked => {
+                if let Some(transaction) = self.locks.transactions.get_mut(&request.ttid) {
+                    transaction.stored.insert(
+                        request.oid,
+                        Stored {
+                            serial: request.serial,
+                            data_id: None,
+                            data_serial: None,
+                            checked: true,
+                        },
+                    );
+                }
+                None
+            }
+            _ => Some(Tid::ZERO),
+        };
+        self.answer(conn, msg_id, p::AnswerCheckCurrentSerial { conflict });
+        Ok(())
+    }
+
+    /// `AskRelockObject` (§6.5): give the lock up, let older transactions
+    /// take it, then lock again.
+    fn relock(&mut self, conn: ConnId, msg_id: u32, request: p::AskRelockObject) -> Handled {
+        let stored = self
+            .locks
+            .transactions
+            .get(&request.ttid)
+            .and_then(|t| t.stored.get(&request.oid))
+            .cloned();
+        let Some(stored) = stored else {
+            self.answer(conn, msg_id, p::AnswerRelockObject { conflict: None });
+            return Ok(());
+        };
+        self.locks.unlock_oid(request.ttid, request.oid);
+        self.retry_waiting()?;
+        self.finish_relock(conn, msg_id, request, stored)
+    }
+
+    fn finish_relock(
+        &mut self,
+        conn: ConnId,
+        msg_id: u32,
+        request: p::AskRelockObject,
+        stored: Stored,
+    ) -> Handled {
+        let Some(outcome) = self.try_lock(request.ttid, stored.serial, request.oid)? else {
+            self.waiting.push(Waiting::Relock(conn, msg_id, request));
+            return Ok(());
+        };
+        let conflict = match outcome {
+            LockOutcome::Conflict(conflict_tid) => {
+                // Give the data back and forget it: the client may not have it.
+                let data = match stored.data_id {
+                    Some(data_id) => {
+                        self.backend
+                            .load_data(data_id)?
+                            .map(|(compression, checksum, data)| StoredData {
+                                compression,
+                                checksum,
+                                data: Bytes::from(data),
+                            })
+                    }
+                    None => None,
+                };
+                if let Some(transaction) = self.locks.transactions.get_mut(&request.ttid) {
+                    transaction.stored.remove(&request.oid);
+                }
+                if let Some(data_id) = stored.data_id {
+                    self.backend.release_data(&[data_id], true)?;
+                }
+                Some(RelockConflict {
+                    serial: stored.serial,
+                    conflict_tid,
+                    data,
+                })
+            }
+            _ => None,
+        };
+        self.answer(conn, msg_id, p::AnswerRelockObject { conflict });
+        Ok(())
+    }
+
+    /// Runs again the requests that wait for locks, oldest transaction first.
+    fn retry_waiting(&mut self) -> Handled {
+        let mut waiting = std::mem::take(&mut self.waiting);
+        waiting.sort_by_key(Waiting::ttid);
+        for request in waiting {
+            match request {
+                Waiting::Store(conn, msg_id, request) => self.store(conn, msg_id, request)?,
+                Waiting::Check(conn, msg_id, request) => {
+                    self.check_current(conn, msg_id, request)?
+                }
+                Waiting::Relock(conn, msg_id, request) => {
+                    let stored = self
+                        .locks
+                        .transactions
+                        .get(&request.ttid)
+                        .and_then(|t| t.stored.get(&request.oid))
+                        .cloned();
+                    match stored {
+                        Some(stored) => self.finish_relock(conn, msg_id, request, stored)?,
+                        None => self.answer(conn, msg_id, p::AnswerRelockObject { conflict: None }),
+                    }
+                }
+                Waiting::Load(conn, msg_id, request) => self.load(conn, msg_id, request)?,
+                Waiting::History(conn, msg_id, request) => {
+                    self.read(conn, msg_id, request.into())?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- reads ----
+
+    fn load(&mut self, conn: ConnId, msg_id: u32, request: p::AskObject) -> Handled {
+        if self.locks.is_read_locked(request.oid) {
+            self.waiting.push(Waiting::Load(conn, msg_id, request));
+            return Ok(());
+        }
+        let lookup = self
+            .backend
+            .get_object(request.oid, request.at, request.before);
+        match self.readable(conn, msg_id, lookup)? {
+            Some(ObjectLookup::Found(record)) => self.answer(
+                conn,
+                msg_id,
+                p::AnswerObject {
+                    oid: request.oid,
+                    serial: record.serial,
+                    next_serial: record.next_serial,
+                    compression: record.compression,
+                    checksum: record.checksum,
+                    data: Bytes::from(record.data),
+                    data_serial: record.data_serial,
+                },
+            ),
+            Some(ObjectLookup::NoMatchingRevision) => self.error(
+                conn,
+                msg_id,
+                ErrorCode::OidNotFound,
+                request.oid.to_string(),
+            ),
+            Some(ObjectLookup::OidDoesNotExist) => self.error(
+                conn,
+                msg_id,
+                ErrorCode::OidDoesNotExist,
+                request.oid.to_string(),
+            ),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Turns a non-readable partition into `Error(NON_READABLE_CELL)`;
+    /// `Ok(None)` then. Other database errors stop the node.
+    fn readable<T>(
+        &mut self,
+        conn: ConnId,
+        msg_id: u32,
+        result: Result<T, BackendError>,
+    ) -> Result<Option<T>, BackendError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(BackendError::NonReadableCell { .. }) => {
+                self.error(conn, msg_id, ErrorCode::NonReadableCell, "");
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// History, transaction metadata, TID and OID listings, undo lookups.
+    fn read(&mut self, conn: ConnId, msg_id: u32, packet: Packet) -> Handled {
+        match packet {
+            Packet::AskObjectHistory(request) => {
+                if self.locks.is_read_locked(request.oid) {
+                    self.waiting.push(Waiting::History(conn, msg_id, request));
+                    return Ok(());
+                }
+                let length = request.last.saturating_sub(request.first);
+                let result = self
+                    .backend
+                    .object_history(request.oid, request.first, length);
+                if let Some(history) = self.readable(conn, msg_id, result)? {
+                    if history.is_empty() {
+                        self.error(
+                            conn,
+                            msg_id,
+                            ErrorCode::OidNotFound,
+                            request.oid.to_string(),
+                        );
+                    } else {
+                        self.answer(
+                            conn,
+                            msg_id,
+                            p::AnswerObjectHistory {
+                                oid: request.oid,
+                                history,
+                            },
+                        );
+                    }
+                }
+            }
+            Packet::AskTransactionInformation(request) => {
+                let result = self.backend.get_transaction(request.tid, false);
+                match self.readable(conn, msg_id, result)? {
+                    Some(Some(meta)) => self.answer(
+                        conn,
+                        msg_id,
+                        p::AnswerTransactionInformation {
+                            tid: request.tid,
+                            user: Bytes::from(meta.user),
+                            description: Bytes::from(meta.description),
+                            extension: Bytes::from(meta.extension),
+                            packed: meta.packed,
+                            oids: meta.oids,
+                        },
+                    ),
+                    Some(None) => {
+                        let message = format!("{} does not exist", request.tid);
+                        self.error(conn, msg_id, ErrorCode::TidNotFound, message);
+                    }
+                    None => {}
+                }
+            }
+            Packet::AskTIDs(request) => {
+                if request.first >= request.last {
+                    self.refuse(conn, msg_id, ErrorCode::ProtocolError, "invalid TID range");
+                    return Ok(());
+                }
+                let partitions: Vec<u32> = if request.partition == INVALID_PARTITION {
+                    self.backend.readable_partitions().into_iter().collect()
+                } else {
+                    vec![request.partition]
+                };
+                let result =
+                    self.backend
+                        .tid_list(request.first, request.last - request.first, &partitions);
+                if let Some(tids) = self.readable(conn, msg_id, result)? {
+                    self.answer(conn, msg_id, p::AnswerTIDs { tids });
+                }
+            }
+            Packet::AskTIDsFrom(request) => {
+                if !self
+                    .backend
+                    .readable_partitions()
+                    .contains(&request.partition)
+                {
+                    self.error(conn, msg_id, ErrorCode::NonReadableCell, "");
+                    return Ok(());
+                }
+                let tids = self.backend.replication_tid_list(
+                    request.min_tid,
+                    request.max_tid,
+                    request.length.into(),
+                    request.partition,
+                )?;
+                self.answer(conn, msg_id, p::AnswerTIDsFrom { tids });
+            }
+            Packet::AskOIDsFrom(request) => {
+                let result = self.backend.oids_from(
+                    request.partition,
+                    request.length.into(),
+                    request.min_oid,
+                    request.tid,
+                );
+                if let Some((oids, next_min_oid)) = self.readable(conn, msg_id, result)? {
+                    self.answer(conn, msg_id, p::AnswerOIDsFrom { next_min_oid, oids });
+                }
+            }
+            Packet::AskObjectUndoSerial(request) => self.undo_serials(conn, msg_id, request)?,
+            packet => {
+                let message = format!("unexpected packet {} from a client", packet.name());
+                self.refuse(conn, msg_id, ErrorCode::ProtocolError, &message);
+            }
+        }
+        Ok(())
+    }
+
+    fn undo_serials(
+        &mut self,
+        conn: ConnId,
+        msg_id: u32,
+        request: p::AskObjectUndoSerial,
+    ) -> Handled {
+        let mut serials = Vec::new();
+        for oid in request.oids {
+            // What the undoing transaction itself already stored wins.
+            let current = self
+                .locks
+                .transactions
+                .get(&request.ttid)
+                .and_then(|t| t.stored.get(&oid))
+                .map(|stored| stored.data_serial.unwrap_or(request.ttid));
+            let result = self
+                .backend
+                .find_undo_tid(oid, request.ltid, request.undone_tid, current);
+            match self.readable(conn, msg_id, result)? {
+                Some(UndoLookup::Found(serial)) => serials.push((oid, serial)),
+                Some(UndoLookup::NoRecord) => {}
+                Some(UndoLookup::NotVisible) => {
+                    self.error(
+                        conn,
+                        msg_id,
+                        ErrorCode::OidNotFound,
+                        "non-undoable transaction",
+                    );
+                    return Ok(());
+                }
+                None => return Ok(()),
+            }
+        }
+        self.answer(
+            conn,
+            msg_id,
+            p::AnswerObjectUndoSerial {
+                serials: Map(serials),
+            },
+        );
+        Ok(())
+    }
+
+    // ---- connections ----
+
+    fn on_closed(&mut self, conn: ConnId) -> Handled {
+        if Some(conn) == self.master {
+            tracing::warn!("lost the master");
+            self.master = None;
+            self.stop_operation();
+            self.early_identifications.clear();
+            self.out.push(Output::ConnectMaster);
+            return Ok(());
+        }
+        self.peers.remove(&conn);
+        self.early_identifications.retain(|(c, _, _)| *c != conn);
+        self.waiting.retain(|waiting| match waiting {
+            Waiting::Store(c, ..)
+            | Waiting::Check(c, ..)
+            | Waiting::Relock(c, ..)
+            | Waiting::Load(c, ..)
+            | Waiting::History(c, ..) => *c != conn,
+        });
+        // Its transactions that did not vote are over; voted ones wait for
+        // the master (which may still lock them).
+        for ttid in self.locks.of_conn(conn) {
+            let voted = self.locks.transactions.get(&ttid).is_some_and(|t| t.voted);
+            if !voted {
+                self.abort(ttid)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SHA-1 of object data, as clients compute it.
+fn checksum(data: &[u8]) -> Checksum {
+    Checksum(Sha1::digest(data).into())
+}
