@@ -1,0 +1,911 @@
+//! The admin node as a state machine: [`Admin::handle`] takes one [`Input`]
+//! (a connection event, a packet, an answer, a tick) and the time, and
+//! returns what to do. No I/O and no clock: the shell (`shell.rs`) does
+//! both, so tests can drive whole scenarios deterministically.
+//!
+//! The admin has two kinds of connections (operations.md §4.1):
+//!
+//! - one to the primary master, which it finds by trying the configured
+//!   masters in turn (architecture.md §2.4), identifies on as ADMIN, and
+//!   through which it keeps a copy of the node table, the partition table
+//!   and the cluster state;
+//! - any number of unidentified `neoctl` connections (protocol.md §9.1),
+//!   whose requests it answers from that copy or relays to the master.
+//!
+//! Requests sent to the master are tagged with a [`Token`] chosen here; the
+//! shell maps the msg_id `neo-net` gives them back to the token. That is how
+//! an answer relayed to `neoctl` keeps `neoctl`'s msg_id whatever id the
+//! request had on the master connection.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use neo_cluster::{NodeTable, PartitionTable, UnixTime};
+use neo_proto::packets::{self as p, NodeInfo};
+use neo_proto::{Address, ClusterState, ErrorCode, Map, NodeId, NodeType, Packet, Tid, Value};
+
+use crate::summary::{self, ClusterReport};
+
+/// Identifies a connection for the state machine; the shell maps it to a
+/// real connection.
+pub type ConnId = u64;
+
+/// Tags a request sent to the master, so that its answer finds its way back
+/// whatever msg_id the connection gave the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(pub u64);
+
+/// Message of every refusal while no primary master is at hand; `neoctl`
+/// prints it after `ERROR: ` (operations.md §3.1).
+pub const NOT_CONNECTED: &str = "Not connected to a primary master.";
+
+/// At most one connection attempt per master address per this interval
+/// (protocol.md §9.5 "Reconnection").
+pub const RETRY_INTERVAL: f64 = 1.0;
+
+/// How long a monitoring question to the master may stay unanswered before
+/// the silent connection is closed (protocol.md §9.5).
+pub const MONITOR_TIMEOUT: f64 = 60.0;
+
+/// Largest number of master addresses remembered: `NotPrimaryMaster` lists
+/// come from the network and must not grow our list without bound.
+const MAX_MASTERS: usize = 64;
+
+/// Largest number of `neoctl` requests waiting for the master at once; more
+/// are refused rather than queued without bound.
+const MAX_FORWARDED: usize = 1024;
+
+/// What the admin is configured with (operations.md §1.3).
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// Name of the cluster; the master refuses any other.
+    pub cluster: String,
+    /// Masters to try, in this order, to find the primary.
+    pub masters: Vec<Address>,
+    /// The address published to the master (where `neoctl` connects).
+    pub bind: Address,
+    /// Names of the backup clusters this admin monitors (`--monitor-backup`),
+    /// announced to the master at identification.
+    pub monitor_backup: Vec<String>,
+}
+
+/// Why a configuration cannot run an admin node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// NEO/py refuses an empty cluster name too.
+    #[error("the cluster name must not be empty")]
+    EmptyCluster,
+    /// Nowhere to look for the primary master.
+    #[error("no master address given")]
+    NoMaster,
+}
+
+/// What happened.
+#[derive(Debug)]
+pub enum Input {
+    /// The node starts: look for the primary master.
+    Start,
+    /// A connection asked for with [`Output::Connect`] is established
+    /// (handshake done).
+    MasterConnected {
+        /// The new connection.
+        conn: ConnId,
+        /// The address it was asked for.
+        address: Address,
+    },
+    /// A connection asked for with [`Output::Connect`] failed (refused,
+    /// unreachable, no handshake).
+    MasterUnreachable {
+        /// The address it was asked for.
+        address: Address,
+    },
+    /// A connection was accepted on the listening socket (handshake done):
+    /// a `neoctl`.
+    Accepted {
+        /// The new connection.
+        conn: ConnId,
+    },
+    /// A request or notification arrived.
+    Packet {
+        /// Where from.
+        conn: ConnId,
+        /// Its msg_id, to answer with.
+        msg_id: u32,
+        /// The packet.
+        packet: Packet,
+    },
+    /// The answer to a request sent with [`Output::Request`].
+    Answer {
+        /// Where from.
+        conn: ConnId,
+        /// The token the request was sent with.
+        token: Token,
+        /// The answer or an `Error`.
+        packet: Packet,
+    },
+    /// The connection is gone (requests pending on it will get no answer).
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Time passes: the shell sends this about once a second, for timeouts.
+    Tick,
+}
+
+/// What to do.
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    /// Connect to a master after `delay`; the outcome comes back as
+    /// [`Input::MasterConnected`] or [`Input::MasterUnreachable`].
+    Connect {
+        /// The master to try.
+        address: Address,
+        /// How long to wait first (reconnection throttling).
+        delay: Duration,
+    },
+    /// Send a request; its answer comes back as [`Input::Answer`] with
+    /// `token`.
+    Request {
+        /// Where to.
+        conn: ConnId,
+        /// Tag for the answer.
+        token: Token,
+        /// The request.
+        packet: Packet,
+    },
+    /// Answer a request.
+    Answer {
+        /// Where to.
+        conn: ConnId,
+        /// msg_id of the request answered.
+        msg_id: u32,
+        /// The answer.
+        packet: Packet,
+    },
+    /// Send a notification.
+    Notify {
+        /// Where to.
+        conn: ConnId,
+        /// The notification.
+        packet: Packet,
+    },
+    /// Close after sending what is queued.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The cluster stopped: close everything and exit.
+    Exit,
+}
+
+/// Where the admin stands with the primary master.
+#[derive(Debug, Clone, PartialEq)]
+enum Link {
+    /// Nothing yet ([`Input::Start`] not received).
+    Idle,
+    /// A connection attempt to `address` is scheduled or running.
+    Connecting { address: Address },
+    /// Connected to `address`, `RequestIdentification` sent.
+    Identifying { conn: ConnId, address: Address },
+    /// Identified to the primary master: `neoctl` is served.
+    Ready { conn: ConnId },
+}
+
+/// Why a request to the master was sent.
+#[derive(Debug)]
+enum Pending {
+    /// Our `RequestIdentification`.
+    Identification,
+    /// The `AskClusterState` that follows identification.
+    ClusterState,
+    /// A `neoctl` request relayed; the answer goes back to `ctl` as `msg_id`.
+    Forward { ctl: ConnId, msg_id: u32 },
+    /// Refreshing the last TID (or backup TID) for a summary.
+    Monitor,
+}
+
+/// A summary being built: the last TID was asked of the master.
+#[derive(Debug)]
+struct MonitorRefresh {
+    asked_at: UnixTime,
+    /// `neoctl` requests waiting for the summary.
+    waiters: Vec<(ConnId, u32)>,
+}
+
+/// The admin node.
+#[derive(Debug)]
+pub struct Admin {
+    config: AdminConfig,
+    /// Masters known: the configured ones, then those learnt from
+    /// `NotPrimaryMaster`.
+    masters: Vec<Address>,
+    /// Index in `masters` of the next one to try.
+    next_master: usize,
+    /// When each address was (or will be) last tried.
+    last_attempt: HashMap<Address, UnixTime>,
+    link: Link,
+    /// Our id, as last given by a primary master; proposed again when
+    /// reconnecting.
+    nid: Option<NodeId>,
+    /// Id of the primary master we are identified to.
+    primary: Option<NodeId>,
+    /// `None` until the master tells it.
+    cluster_state: Option<ClusterState>,
+    nodes: NodeTable,
+    /// The next `NotifyNodeInformation` is the full list sent after
+    /// identification (architecture.md §1.4 rule 1).
+    expect_full_node_list: bool,
+    /// Timestamp of the last `NotifyNodeInformation` (must increase).
+    last_node_timestamp: Option<f64>,
+    /// `None` until the master sends a table with at least one partition.
+    pt: Option<PartitionTable>,
+    /// Open `neoctl` connections.
+    ctl: HashSet<ConnId>,
+    /// Requests sent to the master, not answered yet.
+    pending: HashMap<Token, Pending>,
+    next_token: u64,
+    monitor: Option<MonitorRefresh>,
+    out: Vec<Output>,
+}
+
+impl Admin {
+    /// An admin node that has not started yet (send [`Input::Start`]).
+    pub fn new(config: AdminConfig) -> Result<Admin, ConfigError> {
+        if config.cluster.is_empty() {
+            return Err(ConfigError::EmptyCluster);
+        }
+        if config.masters.is_empty() {
+            return Err(ConfigError::NoMaster);
+        }
+        let mut masters: Vec<Address> = Vec::new();
+        for address in &config.masters {
+            if !masters.contains(address) {
+                masters.push(address.clone());
+            }
+        }
+        Ok(Admin {
+            config,
+            masters,
+            next_master: 0,
+            last_attempt: HashMap::new(),
+            link: Link::Idle,
+            nid: None,
+            primary: None,
+            cluster_state: None,
+            nodes: NodeTable::new(),
+            expect_full_node_list: false,
+            last_node_timestamp: None,
+            pt: None,
+            ctl: HashSet::new(),
+            pending: HashMap::new(),
+            next_token: 0,
+            monitor: None,
+            out: Vec::new(),
+        })
+    }
+
+    /// Whether the admin is identified to a primary master (and so serves
+    /// `neoctl`).
+    pub fn is_connected(&self) -> bool {
+        matches!(self.link, Link::Ready { .. })
+    }
+
+    /// Our node id, once a master gave one.
+    pub fn nid(&self) -> Option<NodeId> {
+        self.nid
+    }
+
+    /// The cluster state as last told by the master.
+    pub fn cluster_state(&self) -> Option<ClusterState> {
+        self.cluster_state
+    }
+
+    /// The node table as the master announced it.
+    pub fn nodes(&self) -> &NodeTable {
+        &self.nodes
+    }
+
+    /// The partition table as the master announced it.
+    pub fn partition_table(&self) -> Option<&PartitionTable> {
+        self.pt.as_ref()
+    }
+
+    /// Processes one input at time `now`; returns what to do, in order.
+    pub fn handle(&mut self, input: Input, now: UnixTime) -> Vec<Output> {
+        match input {
+            Input::Start => {
+                if self.link == Link::Idle {
+                    self.connect_next(None, now);
+                }
+            }
+            Input::MasterConnected { conn, address } => self.on_connected(conn, address),
+            Input::MasterUnreachable { address } => {
+                if self.link == (Link::Connecting { address }) {
+                    self.connect_next(None, now);
+                }
+            }
+            Input::Accepted { conn } => {
+                self.ctl.insert(conn);
+            }
+            Input::Packet {
+                conn,
+                msg_id,
+                packet,
+            } => {
+                if self.ctl.contains(&conn) {
+                    self.on_ctl_packet(conn, msg_id, packet, now);
+                } else if self.master_conn() == Some(conn) {
+                    self.on_master_packet(conn, msg_id, packet, now);
+                } else {
+                    // A master connection we gave up (redirected): whatever
+                    // it still says is moot.
+                    tracing::debug!(conn, packet = packet.name(), "ignoring packet");
+                }
+            }
+            Input::Answer {
+                conn,
+                token,
+                packet,
+            } => self.on_answer(conn, token, packet),
+            Input::Closed { conn } => self.on_closed(conn, now),
+            Input::Tick => self.on_tick(now),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    // --- the master connection -------------------------------------------
+
+    /// The connection to the master, identified or not.
+    fn master_conn(&self) -> Option<ConnId> {
+        match self.link {
+            Link::Identifying { conn, .. } | Link::Ready { conn } => Some(conn),
+            Link::Idle | Link::Connecting { .. } => None,
+        }
+    }
+
+    /// Schedules a connection to `preferred` or else to the next master in
+    /// turn, no sooner than [`RETRY_INTERVAL`] after the last attempt to the
+    /// same address.
+    fn connect_next(&mut self, preferred: Option<Address>, now: UnixTime) {
+        let address = match preferred {
+            Some(address) => address,
+            None => {
+                let index = self.next_master % self.masters.len().max(1);
+                self.next_master = index + 1;
+                match self.masters.get(index) {
+                    Some(address) => address.clone(),
+                    // `new` refuses an empty list and it only grows.
+                    None => return,
+                }
+            }
+        };
+        let earliest = self
+            .last_attempt
+            .get(&address)
+            .map_or(now, |last| last + RETRY_INTERVAL);
+        let delay = (earliest - now).clamp(0.0, RETRY_INTERVAL);
+        self.last_attempt.insert(address.clone(), now + delay);
+        tracing::debug!(%address, delay, "connecting to master");
+        self.link = Link::Connecting {
+            address: address.clone(),
+        };
+        self.out.push(Output::Connect {
+            address,
+            delay: Duration::from_secs_f64(delay),
+        });
+    }
+
+    fn on_connected(&mut self, conn: ConnId, address: Address) {
+        if self.link
+            != (Link::Connecting {
+                address: address.clone(),
+            })
+        {
+            // Not the attempt we are waiting for.
+            self.out.push(Output::Close { conn });
+            return;
+        }
+        let backups = self
+            .config
+            .monitor_backup
+            .iter()
+            .map(|name| Value::Bin(name.clone().into_bytes().into()))
+            .collect();
+        let request = p::RequestIdentification {
+            node_type: NodeType::Admin,
+            nid: self.nid,
+            address: Some(self.config.bind.clone()),
+            cluster: self.config.cluster.clone(),
+            id_timestamp: None,
+            extra: Map(vec![("backup".to_owned(), Value::Array(backups))]),
+        };
+        self.link = Link::Identifying { conn, address };
+        self.request(conn, Pending::Identification, request);
+    }
+
+    fn request(&mut self, conn: ConnId, why: Pending, packet: impl Into<Packet>) -> Token {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.pending.insert(token, why);
+        self.out.push(Output::Request {
+            conn,
+            token,
+            packet: packet.into(),
+        });
+        token
+    }
+
+    fn on_master_packet(&mut self, conn: ConnId, msg_id: u32, packet: Packet, now: UnixTime) {
+        let ready = matches!(self.link, Link::Ready { .. });
+        match packet {
+            Packet::NotPrimaryMaster(redirect) if !ready => self.redirect(conn, redirect, now),
+            Packet::Ping(_) => self.answer(conn, msg_id, p::Pong {}),
+            Packet::NotifyNodeInformation(notification) if ready => {
+                self.on_node_information(notification.timestamp, &notification.nodes)
+            }
+            Packet::SendPartitionTable(table) if ready => {
+                if table.rows.is_empty() {
+                    self.pt = None;
+                } else {
+                    match PartitionTable::from_rows(table.ptid, table.num_replicas, &table.rows) {
+                        Ok(pt) => self.pt = Some(pt),
+                        Err(error) => self.master_protocol_error(conn, msg_id, &error.to_string()),
+                    }
+                }
+            }
+            Packet::NotifyPartitionChanges(changes) if ready => {
+                let applied = match &mut self.pt {
+                    Some(pt) => pt
+                        .apply_changes(changes.ptid, changes.num_replicas, &changes.changes)
+                        .map_err(|error| error.to_string()),
+                    None => Err("partition table change before any table".to_owned()),
+                };
+                if let Err(error) = applied {
+                    // Our copy is out of sync: a new session brings a full one.
+                    self.master_protocol_error(conn, msg_id, &error);
+                }
+            }
+            Packet::NotifyClusterInformation(notification) if ready => {
+                tracing::info!(state = %notification.state, "cluster state");
+                self.cluster_state = Some(notification.state);
+            }
+            Packet::NotifyUpstreamAdmin(notification) => {
+                tracing::warn!(
+                    address = %notification.address,
+                    "reporting to an upstream admin is not supported; ignoring"
+                );
+            }
+            // The master relays `neoctl flush_log` to every node; we keep no
+            // log backlog of our own.
+            Packet::FlushLog(_) => {}
+            Packet::Error(error) => {
+                tracing::warn!("error from the master: {error}");
+            }
+            packet if packet.kind() == p::PacketKind::Request => {
+                let message = format!("unexpected packet {} from the master", packet.name());
+                self.master_protocol_error(conn, msg_id, &message);
+            }
+            packet => {
+                tracing::warn!(
+                    packet = packet.name(),
+                    "ignoring unexpected notification from the master"
+                );
+            }
+        }
+    }
+
+    /// The master sent something we cannot accept: tell it and close; the
+    /// `Closed` that follows starts a new session.
+    fn master_protocol_error(&mut self, conn: ConnId, msg_id: u32, message: &str) {
+        tracing::error!("protocol error with the master: {message}");
+        self.answer(
+            conn,
+            msg_id,
+            p::Error::new(ErrorCode::ProtocolError, message),
+        );
+        self.out.push(Output::Close { conn });
+    }
+
+    /// A secondary master told us where the primary is (architecture.md
+    /// §2.4 step 3).
+    fn redirect(&mut self, conn: ConnId, redirect: p::NotPrimaryMaster, now: UnixTime) {
+        for address in &redirect.known_masters {
+            if self.masters.len() >= MAX_MASTERS {
+                break;
+            }
+            if !self.masters.contains(address) {
+                self.masters.push(address.clone());
+            }
+        }
+        let primary = redirect
+            .primary
+            .and_then(|index| redirect.known_masters.get(index as usize))
+            .cloned();
+        tracing::info!(?primary, "not the primary master");
+        self.fail_pending();
+        self.out.push(Output::Close { conn });
+        self.connect_next(primary, now);
+    }
+
+    fn on_node_information(&mut self, timestamp: f64, nodes: &[NodeInfo]) {
+        if let Some(last) = self.last_node_timestamp {
+            if timestamp <= last {
+                tracing::warn!(
+                    timestamp,
+                    last,
+                    "node notification timestamps do not increase"
+                );
+            }
+        }
+        self.last_node_timestamp = Some(timestamp);
+        if std::mem::take(&mut self.expect_full_node_list) {
+            let listed: HashSet<NodeId> = nodes.iter().filter_map(|node| node.nid).collect();
+            let forgotten: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .map(|node| node.nid)
+                .filter(|nid| !listed.contains(nid))
+                .collect();
+            for nid in forgotten {
+                self.nodes.remove(nid);
+            }
+        }
+        for node in nodes {
+            self.nodes.apply(node);
+        }
+    }
+
+    fn on_answer(&mut self, conn: ConnId, token: Token, packet: Packet) {
+        let Some(why) = self.pending.remove(&token) else {
+            return;
+        };
+        match why {
+            Pending::Identification => self.on_identification(conn, packet),
+            Pending::ClusterState => match packet {
+                Packet::AnswerClusterState(answer) => self.cluster_state = answer.state,
+                other => tracing::warn!(
+                    packet = other.name(),
+                    "unexpected answer to AskClusterState"
+                ),
+            },
+            Pending::Forward { ctl, msg_id } => {
+                if self.ctl.contains(&ctl) {
+                    let fatal = matches!(&packet, Packet::Error(error) if error.code == ErrorCode::ProtocolError);
+                    self.answer(ctl, msg_id, packet);
+                    if fatal {
+                        self.out.push(Output::Close { conn: ctl });
+                    }
+                }
+            }
+            Pending::Monitor => self.on_monitor_answer(packet),
+        }
+    }
+
+    fn on_identification(&mut self, conn: ConnId, packet: Packet) {
+        match packet {
+            Packet::AcceptIdentification(accept)
+                if accept.node_type == NodeType::Master && accept.your_nid.is_some() =>
+            {
+                tracing::info!(primary = ?accept.nid, nid = ?accept.your_nid, "identified to the primary master");
+                self.link = Link::Ready { conn };
+                self.nid = accept.your_nid;
+                self.primary = accept.nid;
+                self.cluster_state = None;
+                self.expect_full_node_list = true;
+                self.last_node_timestamp = None;
+                self.pt = None;
+                self.request(conn, Pending::ClusterState, p::AskClusterState {});
+            }
+            Packet::AcceptIdentification(accept) => {
+                tracing::warn!(node_type = %accept.node_type, "not a master, or no id given; closing");
+                self.out.push(Output::Close { conn });
+            }
+            Packet::Error(error) => {
+                tracing::warn!("identification refused: {error}");
+                self.out.push(Output::Close { conn });
+            }
+            other => {
+                tracing::warn!(packet = other.name(), "unexpected answer to identification");
+                self.out.push(Output::Close { conn });
+            }
+        }
+    }
+
+    fn on_closed(&mut self, conn: ConnId, now: UnixTime) {
+        if self.ctl.remove(&conn) {
+            self.pending
+                .retain(|_, why| !matches!(why, Pending::Forward { ctl, .. } if *ctl == conn));
+            if let Some(monitor) = &mut self.monitor {
+                monitor.waiters.retain(|(ctl, _)| *ctl != conn);
+            }
+            return;
+        }
+        if self.master_conn() != Some(conn) {
+            return;
+        }
+        let was_ready = matches!(self.link, Link::Ready { .. });
+        self.fail_pending();
+        if was_ready {
+            tracing::error!("primary master is down");
+            if self.cluster_state == Some(ClusterState::Stopping) {
+                self.link = Link::Idle;
+                self.out.push(Output::Exit);
+                return;
+            }
+        }
+        self.primary = None;
+        self.cluster_state = None;
+        self.connect_next(None, now);
+    }
+
+    /// Forgets the requests sent on the master connection, which is gone or
+    /// given up (there is only ever one with requests pending); `neoctl`
+    /// requests relayed on it, and summaries waiting for it, are refused.
+    fn fail_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let mut refused: Vec<(ConnId, u32)> = pending
+            .into_values()
+            .filter_map(|why| match why {
+                Pending::Forward { ctl, msg_id } => Some((ctl, msg_id)),
+                _ => None,
+            })
+            .collect();
+        if let Some(monitor) = self.monitor.take() {
+            refused.extend(monitor.waiters);
+        }
+        refused.sort_unstable();
+        for (ctl, msg_id) in refused {
+            if self.ctl.contains(&ctl) {
+                self.not_ready(ctl, msg_id);
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: UnixTime) {
+        let timed_out = self
+            .monitor
+            .as_ref()
+            .is_some_and(|monitor| now - monitor.asked_at > MONITOR_TIMEOUT);
+        if let (true, Some(conn)) = (timed_out, self.master_conn()) {
+            tracing::warn!("the master did not answer a monitoring question in time; closing");
+            self.out.push(Output::Close { conn });
+        }
+    }
+
+    // --- neoctl --------------------------------------------------------------
+
+    fn answer(&mut self, conn: ConnId, msg_id: u32, packet: impl Into<Packet>) {
+        self.out.push(Output::Answer {
+            conn,
+            msg_id,
+            packet: packet.into(),
+        });
+    }
+
+    fn not_ready(&mut self, conn: ConnId, msg_id: u32) {
+        self.answer(
+            conn,
+            msg_id,
+            p::Error::new(ErrorCode::NotReady, NOT_CONNECTED),
+        );
+    }
+
+    /// Answers PROTOCOL_ERROR, which ends the connection (protocol.md §8).
+    fn ctl_protocol_error(&mut self, conn: ConnId, msg_id: u32, message: &str) {
+        self.answer(
+            conn,
+            msg_id,
+            p::Error::new(ErrorCode::ProtocolError, message),
+        );
+        self.out.push(Output::Close { conn });
+    }
+
+    fn on_ctl_packet(&mut self, conn: ConnId, msg_id: u32, packet: Packet, now: UnixTime) {
+        let local = matches!(
+            packet,
+            Packet::AskClusterState(_)
+                | Packet::AskNodeList(_)
+                | Packet::AskPartitionList(_)
+                | Packet::AskPrimary(_)
+                | Packet::AskMonitorInformation(_)
+        );
+        let forwarded = matches!(
+            packet,
+            Packet::SetClusterState(_)
+                | Packet::AskLastIDs(_)
+                | Packet::AskRecovery(_)
+                | Packet::AskLastTransaction(_)
+                | Packet::AddPendingNodes(_)
+                | Packet::SetNodeState(_)
+                | Packet::SetNumReplicas(_)
+                | Packet::TweakPartitionTable(_)
+                | Packet::CheckReplicas(_)
+                | Packet::Repair(_)
+                | Packet::Truncate(_)
+        );
+        match packet {
+            Packet::Ping(_) => self.answer(conn, msg_id, p::Pong {}),
+            Packet::FlushLog(flush) => match self.link {
+                Link::Ready { conn: master } => self.out.push(Output::Notify {
+                    conn: master,
+                    packet: flush.into(),
+                }),
+                // A notification gets no answer, not even a refusal.
+                _ => tracing::debug!("flush_log while not connected to the master"),
+            },
+            Packet::RequestIdentification(request) => {
+                // Admins of monitored backup clusters would identify here
+                // (operations.md §4.5); that is not supported yet.
+                let message = format!(
+                    "monitoring of backup cluster {:?} is not supported by this admin",
+                    request.cluster
+                );
+                self.ctl_protocol_error(conn, msg_id, &message);
+            }
+            packet if !local && !forwarded => {
+                let message = format!("unexpected packet: {} from neoctl", packet.name());
+                self.ctl_protocol_error(conn, msg_id, &message);
+            }
+            _ if !self.is_connected() => self.not_ready(conn, msg_id),
+            Packet::AskClusterState(_) => {
+                let state = self.cluster_state;
+                self.answer(conn, msg_id, p::AnswerClusterState { state });
+            }
+            Packet::AskPrimary(_) => {
+                let primary = self.primary;
+                self.answer(conn, msg_id, p::AnswerPrimary { primary });
+            }
+            Packet::AskNodeList(request) => {
+                let nodes = self
+                    .nodes
+                    .iter()
+                    .filter(|node| match request.node_type {
+                        Some(node_type) => node_type == node.node_type,
+                        None => true,
+                    })
+                    .map(|node| node.info())
+                    .collect();
+                self.answer(conn, msg_id, p::AnswerNodeList { nodes });
+            }
+            Packet::AskPartitionList(request) => self.partition_list(conn, msg_id, &request),
+            Packet::AskMonitorInformation(_) => self.monitor_information(conn, msg_id, now),
+            packet => {
+                if self.pending.len() >= MAX_FORWARDED {
+                    self.answer(
+                        conn,
+                        msg_id,
+                        p::Error::new(ErrorCode::NotReady, "too many requests in progress"),
+                    );
+                    return;
+                }
+                if let Link::Ready { conn: master } = self.link {
+                    self.request(master, Pending::Forward { ctl: conn, msg_id }, packet);
+                }
+            }
+        }
+    }
+
+    /// Rows `min_offset .. max_offset` (0 = to the end) of the table. The
+    /// `nid` filter is ignored, as NEO/py does (operations.md §10 Q5).
+    /// Out-of-range bounds are a protocol error; unlike NEO/py, which sends
+    /// it with a fresh msg_id (protocol.md §2.3), we answer the request
+    /// itself so that `neoctl` can show the reason.
+    fn partition_list(&mut self, conn: ConnId, msg_id: u32, request: &p::AskPartitionList) {
+        let (ptid, num_replicas, rows) = match &self.pt {
+            Some(pt) => (pt.ptid(), pt.num_replicas(), pt.to_rows()),
+            None => (None, 0, Vec::new()),
+        };
+        let end = match request.max_offset {
+            0 => rows.len(),
+            max => max as usize,
+        };
+        if end > rows.len() {
+            self.ctl_protocol_error(conn, msg_id, "invalid partition table offset");
+            return;
+        }
+        let start = (request.min_offset as usize).min(end);
+        let rows = rows.into_iter().take(end).skip(start).collect::<Vec<_>>();
+        self.answer(
+            conn,
+            msg_id,
+            p::AnswerPartitionList {
+                ptid,
+                num_replicas,
+                rows,
+            },
+        );
+    }
+
+    // --- monitoring ----------------------------------------------------------
+
+    /// `neoctl print summary`: the report of operations.md §4.3. When the
+    /// cluster is operational the last TID (in BACKINGUP: the backup TID) is
+    /// asked of the master first, as NEO/py does.
+    fn monitor_information(&mut self, conn: ConnId, msg_id: u32, now: UnixTime) {
+        let Link::Ready { conn: master } = self.link else {
+            self.not_ready(conn, msg_id);
+            return;
+        };
+        if let Some(monitor) = &mut self.monitor {
+            monitor.waiters.push((conn, msg_id));
+            return;
+        }
+        let question: Packet = match self.cluster_state {
+            Some(ClusterState::Running) => p::AskLastTransaction {}.into(),
+            Some(ClusterState::BackingUp) => p::AskRecovery {}.into(),
+            _ => {
+                let report = self.report(None);
+                self.answer_summary(&[(conn, msg_id)], &report);
+                return;
+            }
+        };
+        self.request(master, Pending::Monitor, question);
+        self.monitor = Some(MonitorRefresh {
+            asked_at: now,
+            waiters: vec![(conn, msg_id)],
+        });
+    }
+
+    fn on_monitor_answer(&mut self, packet: Packet) {
+        let Some(monitor) = self.monitor.take() else {
+            return;
+        };
+        let tid = match packet {
+            Packet::AnswerLastTransaction(answer) => Some(answer.tid),
+            Packet::AnswerRecovery(answer) => answer.backup_tid,
+            other => {
+                tracing::warn!(packet = other.name(), "no last TID for the summary");
+                None
+            }
+        };
+        let report = self.report(tid);
+        self.answer_summary(&monitor.waiters, &report);
+    }
+
+    fn report(&self, last_tid: Option<Tid>) -> ClusterReport {
+        let mut histogram = BTreeMap::new();
+        let mut down = 0;
+        if let Some(pt) = &self.pt {
+            for partition in 0..pt.partitions() {
+                for cell in pt.cells(partition) {
+                    *histogram.entry(cell.state).or_insert(0) += 1;
+                }
+            }
+            down = pt
+                .nodes()
+                .into_iter()
+                .filter(|nid| !self.nodes.is_running(*nid))
+                .count();
+        }
+        ClusterReport {
+            state: self.cluster_state,
+            histogram,
+            down,
+            last_tid,
+        }
+    }
+
+    fn answer_summary(&mut self, waiters: &[(ConnId, u32)], report: &ClusterReport) {
+        let mut warning = Vec::new();
+        let mut problem = Vec::new();
+        match report.severity() {
+            summary::Severity::Problem => problem.push(None),
+            summary::Severity::Warning => warning.push(None),
+            summary::Severity::Ok => {}
+        }
+        let text = report.line();
+        for (conn, msg_id) in waiters {
+            if self.ctl.contains(conn) {
+                self.answer(
+                    *conn,
+                    *msg_id,
+                    p::AnswerMonitorInformation {
+                        warning: warning.clone(),
+                        problem: problem.clone(),
+                        summary: text.clone(),
+                    },
+                );
+            }
+        }
+    }
+}
