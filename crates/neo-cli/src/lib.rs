@@ -10,4 +10,5 @@ pub mod conf;
 pub mod daemon;
 pub mod neoctl;
 pub mod options;
+pub mod simple;
 pub mod timestamp;

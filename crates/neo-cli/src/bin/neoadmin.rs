@@ -1,0 +1,47 @@
+//! `neoadmin`: an admin node (operations.md §1.3).
+
+use std::process::ExitCode;
+
+use neo_admin::AdminConfig;
+use neo_cli::daemon::{fail, init_logging, runtime, shutdown_signal};
+use neo_cli::options::{parse_admin, report_and_exit};
+use neo_net::Listener;
+
+const PROGRAM: &str = "neoadmin";
+
+fn main() -> ExitCode {
+    let options = parse_admin(std::env::args_os().skip(1))
+        .unwrap_or_else(|error| report_and_exit(PROGRAM, &error));
+    if options.common.tls.is_some() {
+        return fail(PROGRAM, "TLS is not supported yet");
+    }
+    if !options.monitor_email.is_empty() {
+        return fail(PROGRAM, "e-mail monitoring is not supported yet");
+    }
+    if let Err(message) = init_logging(options.common.logfile.as_deref()) {
+        return fail(PROGRAM, message);
+    }
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(message) => return fail(PROGRAM, message),
+    };
+    let result = runtime.block_on(async {
+        let listener = Listener::bind(&options.common.bind)
+            .await
+            .map_err(|e| e.to_string())?;
+        let config = AdminConfig {
+            cluster: options.common.cluster.clone(),
+            masters: options.common.masters.clone(),
+            bind: listener.local_address().clone(),
+            monitor_backup: options.monitor_backup.clone(),
+        };
+        tracing::info!(address = %config.bind, "admin listening");
+        neo_admin::run(config, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(PROGRAM, message),
+    }
+}
