@@ -1,0 +1,104 @@
+//! How a client is set up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use neo_net::ConnectionConfig;
+use neo_proto::{Oid, Tid};
+
+/// What the client tells its user about commits of other clients, in
+/// commit order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// `InvalidateObjects`: these oids changed in transaction `tid`.
+    Objects {
+        /// The committed transaction.
+        tid: Tid,
+        /// The oids it modified.
+        oids: Vec<Oid>,
+    },
+    /// After a reconnection to the master: invalidations may have been
+    /// missed (or the database truncated), so every cached current revision
+    /// must be dropped. `tid` is the new last transaction.
+    All {
+        /// The last committed transaction now.
+        tid: Tid,
+    },
+}
+
+/// Receives [`Invalidation`]s. It is called from the task that reads the
+/// master connection, strictly in order and *before* `last_transaction()`
+/// reports the TID, so it must be quick and must not wait on the client.
+pub type InvalidationListener = Arc<dyn Fn(&Invalidation) + Send + Sync>;
+
+/// Client settings; [`ClientConfig::new`] gives the defaults.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Addresses of the masters; the primary is found among them.
+    pub masters: Vec<neo_proto::Address>,
+    /// Cluster name; the master refuses another.
+    pub cluster: String,
+    /// Identify as a read-only client (`extra = {read_only: true}`):
+    /// commits are refused locally.
+    pub read_only: bool,
+    /// How long an operation waits for a usable primary master before
+    /// failing with [`crate::ClientError::NotConnected`].
+    pub ready_timeout: Duration,
+    /// Bound on one attempt to reach a master or a storage: TCP connect,
+    /// handshake and identification.
+    pub connect_timeout: Duration,
+    /// At most one connection attempt per address per this interval.
+    pub retry_interval: Duration,
+    /// Bytes of store data a transaction may have unanswered before
+    /// `store` waits for answers (NEO/py: the cache size, 20 MiB).
+    pub max_store_bytes_in_flight: usize,
+    /// Largest object accepted, stored or loaded (after decompression).
+    pub max_object_size: usize,
+    /// Compress stored data with zlib when that makes it smaller.
+    pub compress: bool,
+    /// Tunables of every connection.
+    pub connection: ConnectionConfig,
+    /// Who gets invalidations, if anyone.
+    pub invalidation_listener: Option<InvalidationListener>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("masters", &self.masters)
+            .field("cluster", &self.cluster)
+            .field("read_only", &self.read_only)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    /// Defaults for a cluster named `cluster` with these masters.
+    pub fn new(masters: Vec<neo_proto::Address>, cluster: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            masters,
+            cluster: cluster.into(),
+            read_only: false,
+            ready_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(1),
+            max_store_bytes_in_flight: 20 << 20,
+            // Leaves room for the packet header below the 64 MiB limit.
+            max_object_size: (64 << 20) - 4096,
+            compress: true,
+            connection: ConnectionConfig::default(),
+            invalidation_listener: None,
+        }
+    }
+
+    /// Sets the invalidation listener.
+    pub fn on_invalidation(
+        mut self,
+        listener: impl Fn(&Invalidation) + Send + Sync + 'static,
+    ) -> ClientConfig {
+        self.invalidation_listener = Some(Arc::new(listener));
+        self
+    }
+}
