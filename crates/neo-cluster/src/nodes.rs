@@ -111,9 +111,9 @@ impl NodeTable {
 
     /// Primary master: the id to give a node of `node_type` that proposes
     /// `proposed` and listens on `address` (architecture.md §1.2). The
-    /// proposal is kept when free or held by a node at the same address (or
-    /// at no known address: a storage the master only knows from a partition
-    /// table); otherwise the smallest free id of the type's namespace.
+    /// proposal is kept when free, held by a node at the same address, or
+    /// held by a storage that is not running; otherwise the smallest free id
+    /// of the type's namespace.
     /// `reserved` is never given (the master's own id).
     pub fn allocate_nid(
         &self,
@@ -126,13 +126,20 @@ impl NodeTable {
             nid != reserved
                 && match self.get(nid) {
                     None => true,
-                    Some(node) => {
-                        address.is_some()
-                            && (node.address.is_none() || node.address.as_ref() == address)
-                    }
+                    Some(node) => address.is_some() && node.address.as_ref() == address,
                 }
         };
-        if let Some(nid) = proposed.filter(|nid| free_for(*nid)) {
+        // A storage id belongs to its database: a storage that is not
+        // running may claim it back from another address (ephemeral ports),
+        // or from none (known only from a partition table).
+        let returning_storage = |nid: NodeId| {
+            node_type == NodeType::Storage
+                && nid != reserved
+                && self.get(nid).is_some_and(|node| {
+                    node.node_type == NodeType::Storage && node.state != NodeState::Running
+                })
+        };
+        if let Some(nid) = proposed.filter(|nid| free_for(*nid) || returning_storage(*nid)) {
             return Some(nid);
         }
         (1..=NodeId::NUMBER_MAX)
@@ -168,6 +175,17 @@ mod tests {
         // S1 is taken by another address: the smallest free one.
         assert_eq!(
             table.allocate_nid(NodeType::Storage, Some(NodeId(1)), Some(&address), master),
+            Some(NodeId(2))
+        );
+        // A storage that is down comes back at another address: its id.
+        table.get_mut(NodeId(1)).expect("S1").state = NodeState::Down;
+        assert_eq!(
+            table.allocate_nid(NodeType::Storage, Some(NodeId(1)), Some(&address), master),
+            Some(NodeId(1))
+        );
+        // ...but a new storage never gets it.
+        assert_eq!(
+            table.allocate_nid(NodeType::Storage, None, Some(&address), master),
             Some(NodeId(2))
         );
         // Same address: the node keeps its id.

@@ -480,12 +480,10 @@ impl Master {
             }
         }
         if request.node_type == NodeType::Storage {
+            // A storage may come back at another address (ephemeral ports):
+            // only a connected holder of the id is a conflict (a clone).
             if let Some(nid) = request.nid {
-                let conflict = self.nodes.get(nid).is_some_and(|node| {
-                    taken_by_identified(nid)
-                        || node.address.is_some() && node.address != request.address
-                });
-                if conflict {
+                if taken_by_identified(nid) {
                     return self.refuse(
                         conn,
                         msg_id,
