@@ -55,6 +55,25 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Runs a daemon's node: logging to `logfile` (or stderr), the runtime,
+/// then `node` until it returns; an error is printed as one line.
+pub fn serve<Node>(program: &str, logfile: Option<&Path>, node: Node) -> ExitCode
+where
+    Node: std::future::Future<Output = Result<(), String>>,
+{
+    if let Err(message) = init_logging(logfile) {
+        return fail(program, message);
+    }
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(message) => return fail(program, message),
+    };
+    match runtime.block_on(node) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(program, message),
+    }
+}
+
 /// Prints `«program»: error: «message»` and gives the failure status.
 pub fn fail(program: &str, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("{program}: error: {message}");

@@ -5,6 +5,7 @@
 //! Calendar arithmetic is done by hand (days since the epoch ↔ civil date)
 //! so the crate needs no date library.
 
+use neo_cluster::{civil_from_days, days_from_civil};
 use neo_proto::Tid;
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
@@ -35,32 +36,6 @@ impl std::fmt::Display for DateTime {
         }
         Ok(())
     }
-}
-
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month = i64::from(month);
-    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// Civil date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The instant `micros` microseconds after the epoch.
@@ -117,28 +92,13 @@ pub fn unix_datetime(seconds: f64) -> String {
 /// the seconds within the minute scaled to 2^32 (truncated) in the low
 /// ones. `None` outside the years a TID can encode.
 pub fn tid_from_unix(seconds: f64) -> Option<Tid> {
-    if !seconds.is_finite() {
+    // TIDs start in 1900 and their minute count must fit 32 bits.
+    const FIRST: f64 = -2_208_988_800.0;
+    const LAST: f64 = FIRST + 4_294_967_295.0 * 60.0;
+    if !seconds.is_finite() || !(FIRST..LAST).contains(&seconds) {
         return None;
     }
-    let whole_minutes = (seconds / 60.0).floor();
-    if whole_minutes.abs() > 1e12 {
-        return None;
-    }
-    let minutes = whole_minutes as i64;
-    let in_minute = seconds - whole_minutes * 60.0;
-    let days = minutes.div_euclid(24 * 60);
-    let (year, month, day) = civil_from_days(days);
-    if year < 1900 {
-        return None;
-    }
-    let minute_of_day = minutes.rem_euclid(24 * 60);
-    let high = ((((year - 1900) * 12 + i64::from(month) - 1) * 31 + i64::from(day) - 1) * 24
-        + minute_of_day / 60)
-        * 60
-        + minute_of_day % 60;
-    let high = u32::try_from(high).ok()?;
-    let low = (in_minute / (60.0 / 4_294_967_296.0)).clamp(0.0, 4_294_967_295.0) as u64;
-    Some(Tid(u64::from(high) << 32 | low))
+    Some(neo_cluster::tid_from_unix(seconds))
 }
 
 #[cfg(test)]

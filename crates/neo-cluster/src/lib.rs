@@ -11,4 +11,7 @@ pub mod tid;
 
 pub use nodes::{Node, NodeTable};
 pub use pt::{Cell, PartitionTable, PtError};
-pub use tid::{add_tid, datetime_of_tid, tid_from_unix, DateTime, TidGenerator, UnixTime};
+pub use tid::{
+    add_tid, civil_from_days, datetime_of_tid, days_from_civil, tid_from_unix, DateTime,
+    TidGenerator, UnixTime,
+};

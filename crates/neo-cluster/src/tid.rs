@@ -27,7 +27,7 @@ pub struct DateTime {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     // Count years from March so that the leap day ends the year.
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
@@ -40,7 +40,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let days = days + 719468;
     let era = days.div_euclid(146097);
     let day_of_era = days - era * 146097;

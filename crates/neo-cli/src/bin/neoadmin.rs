@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use neo_admin::AdminConfig;
-use neo_cli::daemon::{fail, init_logging, runtime, shutdown_signal};
+use neo_cli::daemon::{fail, serve, shutdown_signal};
 use neo_cli::options::{parse_admin, report_and_exit};
 use neo_net::Listener;
 
@@ -18,14 +18,8 @@ fn main() -> ExitCode {
     if !options.monitor_email.is_empty() {
         return fail(PROGRAM, "e-mail monitoring is not supported yet");
     }
-    if let Err(message) = init_logging(options.common.logfile.as_deref()) {
-        return fail(PROGRAM, message);
-    }
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(message) => return fail(PROGRAM, message),
-    };
-    let result = runtime.block_on(async {
+    let logfile = options.common.logfile.clone();
+    serve(PROGRAM, logfile.as_deref(), async move {
         let listener = Listener::bind(&options.common.bind)
             .await
             .map_err(|e| e.to_string())?;
@@ -39,9 +33,5 @@ fn main() -> ExitCode {
         neo_admin::run(config, listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => fail(PROGRAM, message),
-    }
+    })
 }

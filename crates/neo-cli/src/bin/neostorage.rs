@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use neo_cli::daemon::{fail, init_logging, runtime, shutdown_signal};
+use neo_cli::daemon::{fail, serve, shutdown_signal};
 use neo_cli::options::{expand_user, parse_storage, report_and_exit, Adapter};
 use neo_net::Listener;
 use neo_storage::backend::{OpenOptions, SqliteBackend};
@@ -26,27 +26,18 @@ fn main() -> ExitCode {
     if options.new_nid || options.dedup {
         return fail(PROGRAM, "--new-nid and --dedup are not supported yet");
     }
-    if let Err(message) = init_logging(options.common.logfile.as_deref()) {
-        return fail(PROGRAM, message);
-    }
     let path = expand_user(&options.database);
     let open = OpenOptions {
         reset: options.reset,
         ..OpenOptions::default()
     };
-    let backend = match SqliteBackend::open(&path, &open) {
-        Ok(backend) => backend,
-        Err(error) => return fail(PROGRAM, error),
-    };
-    if options.reset {
-        // `--reset` erases the database and exits, as NEO/py does.
-        return ExitCode::SUCCESS;
-    }
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(message) => return fail(PROGRAM, message),
-    };
-    let result = runtime.block_on(async {
+    let logfile = options.common.logfile.clone();
+    serve(PROGRAM, logfile.as_deref(), async move {
+        let backend = SqliteBackend::open(&path, &open).map_err(|e| e.to_string())?;
+        if options.reset {
+            // `--reset` erases the database and exits, as NEO/py does.
+            return Ok(());
+        }
         let listener = Listener::bind(&options.common.bind)
             .await
             .map_err(|e| e.to_string())?;
@@ -64,9 +55,5 @@ fn main() -> ExitCode {
         )
         .await
         .map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => fail(PROGRAM, message),
-    }
+    })
 }
