@@ -204,6 +204,16 @@ impl BlockingClient {
             .run(self.client.oids_from(partition, length, min_oid, tid))
     }
 
+    /// See [`Client::pack`].
+    pub fn pack(&self, pack_tid: Tid, oids: Option<Vec<Oid>>) -> Result<Option<Tid>, ClientError> {
+        self.driver.run(self.client.pack(pack_tid, oids))
+    }
+
+    /// See [`Client::wait_for_pack`].
+    pub fn wait_for_pack(&self, pack_id: Tid) -> Result<(), ClientError> {
+        self.driver.run(self.client.wait_for_pack(pack_id))
+    }
+
     /// See [`Client::begin`].
     pub fn begin(&self, tid: Option<Tid>) -> Result<BlockingTransaction, ClientError> {
         let txn = self.driver.run(self.client.begin(tid))?;

@@ -486,6 +486,55 @@ impl Client {
         Ok(session.partitions().unwrap_or(0))
     }
 
+    /// `IStorage.pack` (§11.3 step 1): asks the cluster to remove the
+    /// history older than `pack_tid` (clamped to the last committed TID),
+    /// for every object or only for `oids` (partial pack). Commits an empty
+    /// transaction carrying the order and returns its TID, which is the
+    /// pack id to give to [`Client::wait_for_pack`]; `None` when there is
+    /// nothing to pack (empty database or `pack_tid` is `ZERO_TID`). The
+    /// storages pack in the background, after this returns.
+    pub async fn pack(
+        &self,
+        pack_tid: Tid,
+        oids: Option<Vec<Oid>>,
+    ) -> Result<Option<Tid>, ClientError> {
+        self.shared().session().await?;
+        let last = self.last_transaction().unwrap_or(Tid::ZERO);
+        let pack_tid = pack_tid.min(last);
+        if pack_tid == Tid::ZERO {
+            return Ok(None);
+        }
+        let oids = oids.map(|mut oids| {
+            oids.sort_unstable();
+            oids.dedup();
+            oids
+        });
+        let meta = crate::txn::TxnMeta {
+            description: Bytes::from_static(b"IStorage.pack"),
+            pack: Some(packets::PackRequest { oids, pack_tid }),
+            ..Default::default()
+        };
+        let mut txn = self.begin(None).await?;
+        if let Err(error) = txn.vote(&meta).await {
+            let _ = txn.abort().await;
+            return Err(error);
+        }
+        txn.finish().await.map(Some)
+    }
+
+    /// Waits until the pack order `pack_id` (the TID returned by
+    /// [`Client::pack`]) is completed by every storage with readable cells
+    /// (`WaitForPack`); returns at once for an unknown or finished order.
+    pub async fn wait_for_pack(&self, pack_id: Tid) -> Result<(), ClientError> {
+        let session = self.shared().session().await?;
+        session
+            .master
+            .ask(packets::WaitForPack { pack_id })
+            .await
+            .map_err(|e| ClientError::from_ask("WaitForPack", e))?;
+        Ok(())
+    }
+
     /// The readable storages of every partition, for diagnostics.
     pub fn readable_cells(&self) -> HashMap<Partition, Vec<NodeId>> {
         let mut cells = HashMap::new();

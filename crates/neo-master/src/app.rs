@@ -15,6 +15,7 @@ use neo_proto::{
     Address, CellState, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Oid, Packet, Tid,
 };
 
+use crate::pack::PackManager;
 use crate::transactions::{Finish, TransactionManager};
 
 /// Identifies a connection for the state machine; the shell maps it to a
@@ -146,6 +147,10 @@ struct Verification {
     final_round_started: bool,
     /// Whether the `AskLastIDs` round started.
     asking_last_ids: bool,
+    /// Storages asked `AskPackOrders`, not answered yet.
+    pack_orders_asked: BTreeSet<NodeId>,
+    /// Whether the `AskPackOrders` round started.
+    asking_pack_orders: bool,
 }
 
 /// The primary master.
@@ -169,6 +174,8 @@ pub struct Master {
     /// Storages that are ready (answered `NotifyReady`).
     ready: BTreeSet<NodeId>,
     transactions: TransactionManager,
+    /// Pack orders (§11.3).
+    packs: PackManager,
     /// Last value of the strictly increasing clock used for timestamps.
     last_timestamp: f64,
     /// Smallest first TID reported by storages (for `AskLastIDs` by neoctl).
@@ -205,6 +212,7 @@ impl Master {
             starting: BTreeSet::new(),
             ready: BTreeSet::new(),
             transactions: TransactionManager::default(),
+            packs: PackManager::default(),
             last_timestamp: 0.0,
             first_tid: Tid::MAX,
             stopped: false,
@@ -644,10 +652,15 @@ impl Master {
                 Some(answer) => self.answer(conn, msg_id, p::AnswerFinalTID { tid: answer }),
                 None => self.transactions.wait_final_tid(request.ttid, conn, msg_id),
             },
-            Packet::AskPackOrders(_) => {
-                self.answer(conn, msg_id, p::AnswerPackOrders { orders: vec![] })
+            Packet::AskPackOrders(request) => {
+                let orders = self.packs.orders_from(request.min_id);
+                self.answer(conn, msg_id, p::AnswerPackOrders { orders })
             }
-            Packet::WaitForPack(_) => self.answer(conn, msg_id, p::WaitedForPack {}),
+            Packet::WaitForPack(request) => {
+                if self.packs.wait(request.pack_id, conn, msg_id) {
+                    self.answer(conn, msg_id, p::WaitedForPack {});
+                }
+            }
             packet => {
                 let message = format!("unexpected packet {} from a client", packet.name());
                 self.refuse(conn, msg_id, ErrorCode::ProtocolError, &message);
@@ -681,13 +694,11 @@ impl Master {
         request: p::AskFinishTransaction,
         now: UnixTime,
     ) {
-        if request.pack.is_some() {
-            return self.refuse(
-                conn,
-                msg_id,
-                ErrorCode::ProtocolError,
-                "pack is not supported yet",
-            );
+        if let Some(pack) = &request.pack {
+            let last_tid = self.transactions.last_tid;
+            if pack.pack_tid == Tid::ZERO || pack.pack_tid > last_tid {
+                return self.refuse(conn, msg_id, ErrorCode::ProtocolError, "invalid pack time");
+            }
         }
         let Some(begun) = self.transactions.get(request.ttid) else {
             return self.refuse(
@@ -757,13 +768,17 @@ impl Master {
         let tid = self
             .transactions
             .prepare(request.ttid, finish, now, self.pt.partitions());
+        let pack_approved = match request.pack {
+            Some(pack) => self.packs.new_order(tid, pack),
+            None => false,
+        };
         for storage in involved {
             self.request_node(
                 storage,
                 p::AskLockInformation {
                     ttid: request.ttid,
                     tid,
-                    pack_approved: false,
+                    pack_approved,
                 },
             );
         }
@@ -837,6 +852,10 @@ impl Master {
             Packet::NotifyReady(_) => {
                 if self.starting.remove(&nid) {
                     self.ready.insert(nid);
+                    let (approved, rejected) = self.packs.signed();
+                    if !approved.is_empty() || !rejected.is_empty() {
+                        self.notify(conn, p::NotifyPackSigned { approved, rejected });
+                    }
                 }
                 if self.starting.is_empty() {
                     for (conn, msg_id, tid) in self.transactions.take_queued_begins() {
@@ -857,13 +876,17 @@ impl Master {
                     p::AnswerUnfinishedTransactions { max_tid, ttids },
                 );
             }
-            Packet::AskPackOrders(_) => {
-                self.answer(conn, msg_id, p::AnswerPackOrders { orders: vec![] })
+            Packet::AskPackOrders(request) => {
+                let orders = self.packs.first_approved(request.min_id);
+                self.answer(conn, msg_id, p::AnswerPackOrders { orders })
             }
-            Packet::NotifyPackCompleted(_)
-            | Packet::NotifyReplicationDone(_)
-            | Packet::NotifyPartitionCorrupted(_) => {
-                tracing::debug!(%nid, "ignoring storage notification (pack and replication come later)");
+            Packet::NotifyPackCompleted(completed) => {
+                tracing::debug!(%nid, pack_id = %completed.pack_id, "pack completed");
+                self.packs.set_reported(nid, completed.pack_id);
+                self.update_completed_pack();
+            }
+            Packet::NotifyReplicationDone(_) | Packet::NotifyPartitionCorrupted(_) => {
+                tracing::debug!(%nid, "ignoring storage notification (replication comes later)");
             }
             Packet::AskLastTransaction(_) => {
                 let tid = self.transactions.last_tid;
@@ -989,6 +1012,13 @@ impl Master {
             Packet::AnswerInformationLocked(answer) => {
                 self.transactions.locked(answer.ttid, nid);
             }
+            Packet::AnswerPackOrders(answer) => {
+                if self.verification.pack_orders_asked.remove(&nid) {
+                    for order in answer.orders {
+                        self.packs.add(order);
+                    }
+                }
+            }
             Packet::Error(error) => {
                 tracing::warn!(%nid, request = neo_proto::packet_name(request_code).unwrap_or("?"), "storage refused: {error}");
                 self.out.push(Output::Close { conn });
@@ -1081,6 +1111,7 @@ impl Master {
         tracing::info!(%nid, %node_type, "connection lost");
         match node_type {
             NodeType::Client => {
+                self.packs.client_lost(conn);
                 for storage in self.transactions.client_lost(conn) {
                     let (ttid, nids) = storage;
                     for nid in nids {
@@ -1106,6 +1137,7 @@ impl Master {
         self.verification.locked_asked.remove(&nid);
         self.verification.last_ids_asked.remove(&nid);
         self.verification.final_asked.remove(&nid);
+        self.verification.pack_orders_asked.remove(&nid);
         let has_cells = !self.pt.cells_of(nid).is_empty();
         let state = if has_cells {
             NodeState::Down
@@ -1118,6 +1150,7 @@ impl Master {
             ClusterState::Verifying | ClusterState::Running => {
                 let changes = self.pt.outdate(|n| self.nodes.is_running(n));
                 self.broadcast_pt_changes(changes);
+                self.update_completed_pack();
                 if !self.pt.is_operational(|n| self.nodes.is_running(n)) {
                     tracing::warn!("partition table no longer operational: back to recovery");
                     self.enter_recovering(now);
@@ -1145,6 +1178,7 @@ impl Master {
                 _ => {}
             }
             if node_type == NodeType::Client {
+                self.packs.client_lost(conn);
                 self.out.push(Output::Close { conn });
                 self.peers.remove(&conn);
                 self.conn_of.remove(&nid);
@@ -1266,6 +1300,7 @@ impl Master {
         }
         self.set_state(ClusterState::Verifying);
         self.verification = Verification::default();
+        self.packs.reset();
         let holders: BTreeSet<NodeId> = (0..self.pt.partitions())
             .flat_map(|partition| self.pt.readable_cells(partition).map(|cell| cell.nid))
             .filter(|nid| self.nodes.is_running(*nid))
@@ -1338,6 +1373,25 @@ impl Master {
         if !self.verification.last_ids_asked.is_empty() {
             return;
         }
+        if !self.verification.asking_pack_orders {
+            // Reload the pack orders not completed everywhere (§5.2 step 4).
+            self.verification.asking_pack_orders = true;
+            let holders = self.readable_nodes();
+            let min_id = self
+                .packs
+                .min_reported(&holders)
+                .map_or(Tid::ZERO, |id| Tid(id.0.saturating_add(1)));
+            for nid in holders {
+                if self.conn_of.contains_key(&nid) {
+                    self.verification.pack_orders_asked.insert(nid);
+                    self.request_node(nid, p::AskPackOrders { min_id });
+                }
+            }
+        }
+        if !self.verification.pack_orders_asked.is_empty() {
+            return;
+        }
+        self.update_completed_pack();
         self.verification = Verification::default();
         self.set_state(ClusterState::Running);
         for nid in self.storages_in(NodeState::Running) {
@@ -1373,6 +1427,18 @@ impl Master {
             for storage in &done.involved {
                 self.notify_node(*storage, p::NotifyUnlockInformation { ttid: done.ttid });
             }
+            if self.packs.is_approved(done.tid) {
+                let ready: Vec<NodeId> = self.ready.iter().copied().collect();
+                for storage in ready {
+                    self.notify_node(
+                        storage,
+                        p::NotifyPackSigned {
+                            approved: vec![done.tid],
+                            rejected: vec![],
+                        },
+                    );
+                }
+            }
             for storage in self.transactions.take_watchers(done.ttid) {
                 self.notify_node(
                     storage,
@@ -1394,6 +1460,22 @@ impl Master {
         }
     }
 
+    /// Storages owning readable cells.
+    fn readable_nodes(&self) -> BTreeSet<NodeId> {
+        (0..self.pt.partitions())
+            .flat_map(|partition| self.pt.readable_cells(partition).map(|cell| cell.nid))
+            .collect()
+    }
+
+    /// Answers the `WaitForPack` requests of orders the whole cluster
+    /// completed (§11.3 step 8).
+    fn update_completed_pack(&mut self) {
+        let readable = self.readable_nodes();
+        for (conn, msg_id) in self.packs.update_completed(&readable) {
+            self.answer(conn, msg_id, p::WaitedForPack {});
+        }
+    }
+
     /// A transaction some storage waited for (before replicating) is over.
     fn finished_for_replication(&mut self, ttid: Tid) {
         let max_tid = self.transactions.last_tid;
@@ -1412,5 +1494,10 @@ impl Master {
     /// Last OID handed out.
     pub fn last_oid(&self) -> Oid {
         self.transactions.last_ids().1
+    }
+
+    /// Pack orders kept in memory, with id `>= min_id`.
+    pub fn pack_orders(&self, min_id: Tid) -> Vec<p::PackOrder> {
+        self.packs.orders_from(min_id)
     }
 }

@@ -5,6 +5,7 @@
 //! [`run`] is the tokio shell that runs it on real connections.
 
 mod app;
+mod pack;
 mod shell;
 mod transactions;
 

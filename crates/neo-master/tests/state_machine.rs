@@ -179,6 +179,19 @@ fn running_cluster(sim: &mut Sim, count: u16) -> (Vec<ConnId>, ConnId) {
         };
         outputs = sim.reply(storage, p::AskLastIDs::CODE, last_ids);
     }
+    // Then the pack orders are reloaded from the storages (§5.2 step 4).
+    for &storage in &storages {
+        assert_eq!(
+            to(&outputs, storage),
+            [&Packet::AskPackOrders(p::AskPackOrders {
+                min_id: Tid::ZERO
+            })]
+        );
+    }
+    for &storage in &storages {
+        let orders = p::AnswerPackOrders { orders: vec![] };
+        outputs = sim.reply(storage, p::AskPackOrders::CODE, orders);
+    }
     assert_eq!(sim.master.cluster_state(), ClusterState::Running);
     for &storage in &storages {
         assert!(
@@ -524,7 +537,18 @@ fn verification_replays_locked_transactions() {
         last_oid: Some(Oid(7)),
         first_tid: Tid(1),
     };
-    sim.reply(storage, p::AskLastIDs::CODE, last_ids);
+    let outputs = sim.reply(storage, p::AskLastIDs::CODE, last_ids);
+    assert_eq!(
+        to(&outputs, storage),
+        [&Packet::AskPackOrders(p::AskPackOrders {
+            min_id: Tid::ZERO
+        })]
+    );
+    sim.reply(
+        storage,
+        p::AskPackOrders::CODE,
+        p::AnswerPackOrders { orders: vec![] },
+    );
     assert_eq!(sim.master.cluster_state(), ClusterState::Running);
     assert_eq!(sim.master.last_tid(), tid);
     assert_eq!(sim.master.last_oid(), Oid(7));
@@ -581,4 +605,297 @@ fn imposed_tids_and_new_oids_are_checked() {
             ..
         })
     ));
+}
+
+/// Commits a transaction of `client` through the master, every storage of
+/// `storages` locking it; returns the final TID and the outputs of the
+/// last lock.
+fn commit(
+    sim: &mut Sim,
+    client: ConnId,
+    storages: &[ConnId],
+    oids: Vec<Oid>,
+    pack: Option<p::PackRequest>,
+) -> (Tid, bool, Vec<Output>) {
+    let outputs = sim.send(client, 10, p::AskBeginTransaction { tid: None });
+    let Packet::AnswerBeginTransaction(begin) = to(&outputs, client)[0] else {
+        panic!("{outputs:?}")
+    };
+    let ttid = begin.ttid;
+    let finish = p::AskFinishTransaction {
+        ttid,
+        oids,
+        deleted: vec![],
+        checked: vec![],
+        pack,
+    };
+    let outputs = sim.send(client, 11, finish);
+    let mut lock = None;
+    for &storage in storages {
+        for packet in to(&outputs, storage) {
+            if let Packet::AskLockInformation(request) = packet {
+                lock = Some(request.clone());
+            }
+        }
+    }
+    let lock = lock.unwrap_or_else(|| panic!("no lock asked: {outputs:?}"));
+    let mut outputs = Vec::new();
+    for &storage in storages {
+        outputs = sim.reply(
+            storage,
+            p::AskLockInformation::CODE,
+            p::AnswerInformationLocked { ttid },
+        );
+    }
+    assert!(outputs.contains(&Output::Answer {
+        conn: client,
+        msg_id: 11,
+        packet: p::AnswerTransactionFinished {
+            ttid,
+            tid: lock.tid
+        }
+        .into()
+    }));
+    (lock.tid, lock.pack_approved, outputs)
+}
+
+fn pack_signed(approved: Vec<Tid>, rejected: Vec<Tid>) -> Packet {
+    p::NotifyPackSigned { approved, rejected }.into()
+}
+
+#[test]
+fn a_pack_order_is_checked_approved_signed_and_waited_for() {
+    let mut sim = Sim::new(2, 1, None);
+    let (storages, _) = running_cluster(&mut sim, 2);
+    for &storage in &storages {
+        let completed = p::NotifyPackCompleted { pack_id: Tid::ZERO };
+        sim.send(storage, 0, completed);
+    }
+    let (client, _, _) = sim.identify(NodeType::Client, None, None);
+    let (first, approved, _) = commit(&mut sim, client, &storages, vec![Oid(1)], None);
+    assert!(!approved);
+
+    // The pack time must be in (0, last TID].
+    for pack_tid in [Tid::ZERO, Tid(first.0 + 1)] {
+        let (bad_client, _, _) = sim.identify(NodeType::Client, None, None);
+        let outputs = sim.send(bad_client, 1, p::AskBeginTransaction { tid: None });
+        let Packet::AnswerBeginTransaction(begin) = to(&outputs, bad_client)[0] else {
+            panic!("{outputs:?}")
+        };
+        let finish = p::AskFinishTransaction {
+            ttid: begin.ttid,
+            oids: vec![],
+            deleted: vec![],
+            checked: vec![],
+            pack: Some(p::PackRequest {
+                oids: None,
+                pack_tid,
+            }),
+        };
+        let outputs = sim.send(bad_client, 2, finish);
+        let Packet::Error(error) = to(&outputs, bad_client)[0] else {
+            panic!("{outputs:?}")
+        };
+        assert_eq!(error.code, ErrorCode::ProtocolError);
+        assert!(closed(&outputs, bad_client));
+        for &storage in &storages {
+            assert!(to(&outputs, storage).is_empty());
+        }
+        sim.close(bad_client);
+    }
+
+    // A valid order is approved at once and announced after the commit.
+    let request = p::PackRequest {
+        oids: None,
+        pack_tid: first,
+    };
+    let (pack_id, approved, outputs) = commit(&mut sim, client, &storages, vec![], Some(request));
+    assert!(approved, "AskLockInformation carries the approval");
+    for &storage in &storages {
+        assert_eq!(
+            to(&outputs, storage),
+            [
+                &Packet::NotifyUnlockInformation(p::NotifyUnlockInformation {
+                    ttid: match to(&outputs, storage)[0] {
+                        Packet::NotifyUnlockInformation(unlock) => unlock.ttid,
+                        other => panic!("{other:?}"),
+                    }
+                }),
+                &pack_signed(vec![pack_id], vec![]),
+            ]
+        );
+    }
+    let order = p::PackOrder {
+        id: pack_id,
+        approved: Some(true),
+        partial: false,
+        oids: None,
+        pack_tid: first,
+    };
+    assert_eq!(
+        sim.master.pack_orders(Tid::ZERO),
+        std::slice::from_ref(&order)
+    );
+
+    // The client waits until every storage with readable cells is done.
+    let outputs = sim.send(client, 20, p::WaitForPack { pack_id });
+    assert!(to(&outputs, client).is_empty());
+    // A storage asks for the first approved order after what it completed.
+    let outputs = sim.send(storages[0], 5, p::AskPackOrders { min_id: Tid(1) });
+    assert_eq!(
+        to(&outputs, storages[0]),
+        [&Packet::AnswerPackOrders(p::AnswerPackOrders {
+            orders: vec![order.clone()]
+        })]
+    );
+    let outputs = sim.send(storages[0], 0, p::NotifyPackCompleted { pack_id });
+    assert!(to(&outputs, client).is_empty(), "S2 did not pack yet");
+    let outputs = sim.send(storages[1], 0, p::NotifyPackCompleted { pack_id });
+    assert_eq!(
+        to(&outputs, client),
+        [&Packet::WaitedForPack(p::WaitedForPack {})]
+    );
+    // Completed orders are forgotten; waiting for them returns at once.
+    assert!(sim.master.pack_orders(Tid::ZERO).is_empty());
+    let outputs = sim.send(client, 21, p::WaitForPack { pack_id });
+    assert_eq!(
+        to(&outputs, client),
+        [&Packet::WaitedForPack(p::WaitedForPack {})]
+    );
+    let outputs = sim.send(
+        client,
+        22,
+        p::WaitForPack {
+            pack_id: Tid(12345),
+        },
+    );
+    assert_eq!(
+        to(&outputs, client),
+        [&Packet::WaitedForPack(p::WaitedForPack {})]
+    );
+}
+
+#[test]
+fn losing_a_storage_that_did_not_pack_completes_the_wait() {
+    let mut sim = Sim::new(2, 1, None);
+    let (storages, _) = running_cluster(&mut sim, 2);
+    for &storage in &storages {
+        sim.send(storage, 0, p::NotifyPackCompleted { pack_id: Tid::ZERO });
+    }
+    let (client, _, _) = sim.identify(NodeType::Client, None, None);
+    let (first, _, _) = commit(&mut sim, client, &storages, vec![Oid(1)], None);
+    let request = p::PackRequest {
+        oids: Some(vec![Oid(1)]),
+        pack_tid: first,
+    };
+    let (pack_id, approved, _) = commit(&mut sim, client, &storages, vec![], Some(request));
+    assert!(approved);
+    let outputs = sim.send(client, 20, p::WaitForPack { pack_id });
+    assert!(to(&outputs, client).is_empty());
+    sim.send(storages[0], 0, p::NotifyPackCompleted { pack_id });
+    // S2 goes away: its cells are outdated, S1 alone has readable cells.
+    let outputs = sim.close(storages[1]);
+    assert_eq!(sim.master.cluster_state(), ClusterState::Running);
+    assert_eq!(
+        to(&outputs, client)
+            .into_iter()
+            .filter(|packet| packet.name() == "WaitedForPack")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn verification_reloads_orders_and_an_unsigned_one_blocks_approval() {
+    let mut sim = Sim::new(1, 0, Some(1));
+    let (storage, _, _) = sim.identify(NodeType::Storage, None, Some(20000));
+    sim.reply(storage, p::AskRecovery::CODE, empty_recovery());
+    let locked = p::AnswerLockedTransactions { ttids: Map::new() };
+    sim.reply(storage, p::AskLockedTransactions::CODE, locked);
+    // The storage reports its completed pack before answering AskLastIDs.
+    sim.send(storage, 0, p::NotifyPackCompleted { pack_id: Tid(5) });
+    let last_ids = p::AnswerLastIDs {
+        last_tid: Some(Tid(100)),
+        last_oid: Some(Oid(3)),
+        first_tid: Tid(1),
+    };
+    let outputs = sim.reply(storage, p::AskLastIDs::CODE, last_ids);
+    assert_eq!(
+        to(&outputs, storage),
+        [&Packet::AskPackOrders(p::AskPackOrders { min_id: Tid(6) })]
+    );
+    assert_eq!(sim.master.cluster_state(), ClusterState::Verifying);
+    let order = |id: u64, approved: Option<bool>| p::PackOrder {
+        id: Tid(id),
+        approved,
+        partial: false,
+        oids: None,
+        pack_tid: Tid(2),
+    };
+    let orders = vec![
+        order(10, Some(true)),
+        order(12, Some(false)),
+        order(20, None),
+    ];
+    let outputs = sim.reply(
+        storage,
+        p::AskPackOrders::CODE,
+        p::AnswerPackOrders { orders },
+    );
+    assert_eq!(sim.master.cluster_state(), ClusterState::Running);
+    assert!(names(&to(&outputs, storage)).contains(&"StartOperation"));
+    // Once ready, the storage learns what is signed (and how far the
+    // cluster went).
+    let outputs = sim.send(storage, 1, p::NotifyReady {});
+    assert_eq!(
+        to(&outputs, storage),
+        [&pack_signed(vec![Tid(5), Tid(10)], vec![Tid(12)])]
+    );
+    // Storages get the first approved order only.
+    let outputs = sim.send(storage, 2, p::AskPackOrders { min_id: Tid(6) });
+    assert_eq!(
+        to(&outputs, storage),
+        [&Packet::AnswerPackOrders(p::AnswerPackOrders {
+            orders: vec![order(10, Some(true))]
+        })]
+    );
+    let outputs = sim.send(storage, 3, p::AskPackOrders { min_id: Tid(11) });
+    assert_eq!(
+        to(&outputs, storage),
+        [&Packet::AnswerPackOrders(p::AnswerPackOrders {
+            orders: vec![]
+        })]
+    );
+
+    // Order 20 is unsigned: a new order is not approved automatically.
+    let (client, _, _) = sim.identify(NodeType::Client, None, None);
+    let request = p::PackRequest {
+        oids: None,
+        pack_tid: Tid(50),
+    };
+    let (pack_id, approved, outputs) = commit(&mut sim, client, &[storage], vec![], Some(request));
+    assert!(!approved);
+    assert!(!names(&to(&outputs, storage)).contains(&"NotifyPackSigned"));
+    // Clients see every order.
+    let outputs = sim.send(client, 30, p::AskPackOrders { min_id: Tid::ZERO });
+    let Packet::AnswerPackOrders(answer) = to(&outputs, client)[0] else {
+        panic!("{outputs:?}")
+    };
+    let ids: Vec<Tid> = answer.orders.iter().map(|order| order.id).collect();
+    assert_eq!(ids, [Tid(10), Tid(12), Tid(20), pack_id]);
+    // Completing up to 10 forgets it, and answers waits up to it only.
+    let outputs = sim.send(client, 31, p::WaitForPack { pack_id: Tid(10) });
+    assert!(to(&outputs, client).is_empty());
+    let outputs = sim.send(storage, 0, p::NotifyPackCompleted { pack_id: Tid(10) });
+    assert_eq!(
+        to(&outputs, client),
+        [&Packet::WaitedForPack(p::WaitedForPack {})]
+    );
+    let ids: Vec<Tid> = sim
+        .master
+        .pack_orders(Tid::ZERO)
+        .iter()
+        .map(|order| order.id)
+        .collect();
+    assert_eq!(ids, [Tid(12), Tid(20), pack_id]);
 }

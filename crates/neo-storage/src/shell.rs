@@ -99,6 +99,11 @@ pub async fn run<B: Backend + Send>(
                 }
             }
             _ = ticks.tick() => handle(&mut storage, Input::Tick),
+            // Background work (pack) goes on step by step, interleaved with
+            // the events above.
+            () = tokio::task::yield_now(), if storage.has_background_work() => {
+                handle(&mut storage, Input::Tick)
+            }
             () = &mut shutdown => break Ok(()),
         };
         let mut exit = None;

@@ -45,7 +45,8 @@ fn main() -> ExitCode {
             cluster: options.common.cluster.clone(),
             address: listener.local_address().clone(),
         };
-        let storage = Storage::new(config, backend)?;
+        let mut storage = Storage::new(config, backend)?;
+        storage.set_disable_pack(options.disable_pack);
         tracing::info!(address = %listener.local_address(), "storage listening");
         neo_storage::run(
             storage,

@@ -18,7 +18,7 @@ mod sqlite;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-pub use neo_proto::packets::{HistoryEntry, UndoSerial};
+pub use neo_proto::packets::{HistoryEntry, PackOrder, UndoSerial};
 use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Ptid, Tid};
 pub use sqlite::{OpenOptions, SqliteBackend, SCHEMA_VERSION};
 
@@ -388,13 +388,15 @@ pub trait Backend {
     /// Records the final `tid` of `ttid` and **commits**: from now on the
     /// commit decision survives a crash (§12.2).
     fn lock_transaction(&mut self, ttid: Tid, tid: Tid) -> Result<()>;
-    /// Moves the rows of `ttid` to `obj`/`trans` under `tid` and releases
-    /// their data holds; not committed (deferred commit).
+    /// Moves the rows of `ttid` to `obj`/`trans` under `tid`, re-keys its
+    /// pack order (if any) to `tid` and releases their data holds; not
+    /// committed (deferred commit).
     fn unlock_transaction(&mut self, ttid: Tid, tid: Tid) -> Result<()>;
-    /// Deletes the temporary rows of `ttid`, releasing and pruning their data.
+    /// Deletes the temporary rows of `ttid` (and its pack order), releasing
+    /// and pruning their data.
     fn abort_transaction(&mut self, ttid: Tid) -> Result<()>;
-    /// Deletes all temporary rows and their unreferenced data; forgets all
-    /// holds.
+    /// Deletes all temporary rows, the pack orders of unfinished
+    /// transactions and their unreferenced data; forgets all holds.
     fn drop_unfinished_data(&mut self) -> Result<()>;
     /// Executes a pending truncation (§11.1 step 5): deletes everything
     /// after `truncate_tid` in own partitions, prunes data, lowers the
@@ -406,4 +408,37 @@ pub trait Backend {
     /// Deletes the record `(oid, serial)` and prunes its data (replication
     /// fix-up).
     fn delete_object(&mut self, oid: Oid, serial: Tid) -> Result<()>;
+
+    // --- pack (§11.2, §11.3) -----------------------------------------------
+
+    /// Records a pack order in `pack`, keyed by `order.id` (the TTID while
+    /// the transaction carrying it is in progress: [`Backend::unlock_transaction`]
+    /// re-keys it to the final TID, [`Backend::abort_transaction`] and
+    /// [`Backend::drop_unfinished_data`] delete it). Replaces an order of
+    /// the same id. Not committed.
+    fn store_pack_order(&mut self, order: &PackOrder) -> Result<()>;
+    /// Marks the stored orders among `approved` as approved and those among
+    /// `rejected` as rejected; returns the ids that were found. Not
+    /// committed (a following [`Backend::lock_transaction`] commits it).
+    fn sign_pack_orders(&mut self, approved: &[Tid], rejected: &[Tid]) -> Result<Vec<Tid>>;
+    /// Committed pack orders of readable partitions with id `>= min_id`,
+    /// ascending (`AskPackOrders` from the master).
+    fn pack_orders(&mut self, min_id: Tid) -> Result<Vec<PackOrder>>;
+    /// Records that pack order `pack_id` is completed on own cell
+    /// `partition` (`pt.pack`); not committed.
+    fn set_partition_packed(&mut self, partition: Partition, pack_id: Tid) -> Result<()>;
+    /// Packs `partition` (§11.2) as `order` says, one bounded step: for at
+    /// most `limit` oids from `min_oid` (every oid of the partition with a
+    /// record at or before `order.pack_tid`, or only the listed ones of a
+    /// partial pack), keeps the newest record at or before `pack_tid`
+    /// unless it is a deletion, deletes the older ones, prunes the data
+    /// nothing references any more. Returns the `min_oid` of the next step,
+    /// or `None` when the partition is done. Idempotent. Not committed.
+    fn pack(
+        &mut self,
+        partition: Partition,
+        order: &PackOrder,
+        min_oid: Oid,
+        limit: u64,
+    ) -> Result<Option<Oid>>;
 }

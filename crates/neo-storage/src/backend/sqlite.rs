@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::lock::FileLock;
 use super::{
     AssignedCell, Backend, BackendError, DataId, HistoryEntry, LastIds, ObjectLookup, ObjectRecord,
-    ObjectRow, Result, TransactionMeta, UndoLookup, UndoSerial,
+    ObjectRow, PackOrder, Result, TransactionMeta, UndoLookup, UndoSerial,
 };
 
 /// Schema version this code reads and writes (`config.version`).
@@ -1613,6 +1613,8 @@ impl Backend for SqliteBackend {
              SELECT partition, ?1, packed, oids, user, description, ext, ttid
              FROM ttrans WHERE ttid = ?2",
             "DELETE FROM ttrans WHERE ttid = ?2",
+            // The pack order carried by the transaction takes its final id.
+            "UPDATE OR REPLACE pack SET tid = ?1 WHERE tid = ?2",
         ] {
             self.conn
                 .prepare_cached(statement)
@@ -1628,8 +1630,9 @@ impl Backend for SqliteBackend {
         let ids = self.tobj_data_ids(Some(ttid))?;
         self.begin()?;
         for statement in [
-            "DELETE FROM tobj WHERE tid = ?",
-            "DELETE FROM ttrans WHERE ttid = ?",
+            "DELETE FROM pack WHERE tid = ?1 AND EXISTS (SELECT 1 FROM ttrans WHERE ttid = ?1)",
+            "DELETE FROM tobj WHERE tid = ?1",
+            "DELETE FROM ttrans WHERE ttid = ?1",
         ] {
             self.conn
                 .prepare_cached(statement)
@@ -1648,7 +1651,10 @@ impl Backend for SqliteBackend {
         self.held.clear();
         self.begin()?;
         self.conn
-            .execute_batch("DELETE FROM tobj; DELETE FROM ttrans;")
+            .execute_batch(
+                "DELETE FROM pack WHERE tid IN (SELECT ttid FROM ttrans);
+                 DELETE FROM tobj; DELETE FROM ttrans;",
+            )
             .ctx(CONTEXT)?;
         self.prune_data(&ids)?;
         self.commit()
@@ -1738,5 +1744,210 @@ impl Backend for SqliteBackend {
             self.prune_data(&[unsigned("data id", id)?])?;
         }
         Ok(())
+    }
+
+    fn store_pack_order(&mut self, order: &PackOrder) -> Result<()> {
+        const CONTEXT: &str = "storing a pack order";
+        let id = sql("pack id", order.id.0)?;
+        let pack_tid = sql("pack tid", order.pack_tid.0)?;
+        let oids = order.oids.as_deref().map(encode_oids);
+        self.begin()?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO pack VALUES (?, ?, ?, ?, ?)")
+            .and_then(|mut stmt| {
+                stmt.execute(params![id, order.approved, order.partial, oids, pack_tid])
+            })
+            .ctx(CONTEXT)?;
+        Ok(())
+    }
+
+    fn sign_pack_orders(&mut self, approved: &[Tid], rejected: &[Tid]) -> Result<Vec<Tid>> {
+        const CONTEXT: &str = "signing pack orders";
+        let mut changed = Vec::new();
+        self.begin()?;
+        for (ids, value) in [(approved, true), (rejected, false)] {
+            for id in ids {
+                let count = self
+                    .conn
+                    .prepare_cached("UPDATE pack SET approved = ? WHERE tid = ?")
+                    .and_then(|mut stmt| stmt.execute(params![value, sql_bound(id.0)]))
+                    .ctx(CONTEXT)?;
+                if count > 0 {
+                    changed.push(*id);
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    fn pack_orders(&mut self, min_id: Tid) -> Result<Vec<PackOrder>> {
+        const CONTEXT: &str = "reading pack orders";
+        type RawOrder = (i64, Option<bool>, bool, Option<Vec<u8>>, i64);
+        let rows: Vec<RawOrder> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT tid, approved, partial, oids, pack_tid FROM pack
+                     WHERE tid >= ? AND tid NOT IN (SELECT ttid FROM ttrans) ORDER BY tid",
+                )
+                .ctx(CONTEXT)?;
+            let rows = stmt
+                .query_map([sql_bound(min_id.0)], |row| {
+                    let oids = match row.get_ref(3)? {
+                        ValueRef::Null => None,
+                        _ => Some(bytes(row, 3)?),
+                    };
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, oids, row.get(4)?))
+                })
+                .ctx(CONTEXT)?;
+            rows.collect::<rusqlite::Result<_>>().ctx(CONTEXT)?
+        };
+        let np = u64::from(self.num_partitions);
+        let mut orders = Vec::new();
+        for (id, approved, partial, oids, pack_tid) in rows {
+            let id = unsigned("pack id", id)?;
+            if np == 0 || !self.readable.contains(&((id % np) as Partition)) {
+                continue;
+            }
+            orders.push(PackOrder {
+                id: Tid(id),
+                approved,
+                partial,
+                oids: oids.map(|blob| decode_oids(&blob, id)).transpose()?,
+                pack_tid: tid_from("pack tid", pack_tid)?,
+            });
+        }
+        Ok(orders)
+    }
+
+    fn set_partition_packed(&mut self, partition: Partition, pack_id: Tid) -> Result<()> {
+        let Some(own) = self.own_nid else {
+            return Ok(());
+        };
+        let pack_id = sql("pack id", pack_id.0)?;
+        self.begin()?;
+        self.conn
+            .prepare_cached("UPDATE pt SET pack = ? WHERE partition = ? AND nid = ?")
+            .and_then(|mut stmt| stmt.execute(params![pack_id, partition, own.0]))
+            .ctx("recording a completed pack")?;
+        Ok(())
+    }
+
+    fn pack(
+        &mut self,
+        partition: Partition,
+        order: &PackOrder,
+        min_oid: Oid,
+        limit: u64,
+    ) -> Result<Option<Oid>> {
+        const CONTEXT: &str = "packing";
+        let pack_tid = sql_bound(order.pack_tid.0);
+        let limit = limit.max(1);
+        let np = u64::from(self.num_partitions);
+        if np == 0 {
+            return Err(BackendError::NoPartitionTable { context: CONTEXT });
+        }
+        // (oid, number of records at or before pack_tid, newest of them)
+        let mut candidates: Vec<(i64, i64, i64)> = Vec::new();
+        let next = match &order.oids {
+            Some(oids) => {
+                let mut listed: Vec<Oid> = oids
+                    .iter()
+                    .copied()
+                    .filter(|oid| oid.0 % np == u64::from(partition) && *oid >= min_oid)
+                    .collect();
+                listed.sort_unstable();
+                listed.dedup();
+                let next = listed.get(sql_count(limit) as usize).copied();
+                for oid in listed.into_iter().take(sql_count(limit) as usize) {
+                    let Ok(oid) = i64::try_from(oid.0) else {
+                        continue; // Above what SQLite stores: no record.
+                    };
+                    let (count, max): (i64, Option<i64>) = self
+                        .conn
+                        .prepare_cached(
+                            "SELECT COUNT(*), MAX(tid) FROM obj
+                             WHERE partition = ? AND oid = ? AND tid <= ?",
+                        )
+                        .and_then(|mut stmt| {
+                            stmt.query_row(params![partition, oid, pack_tid], |row| {
+                                Ok((row.get(0)?, row.get(1)?))
+                            })
+                        })
+                        .ctx(CONTEXT)?;
+                    if let Some(max) = max {
+                        candidates.push((oid, count, max));
+                    }
+                }
+                next
+            }
+            None => {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT oid, COUNT(*), MAX(tid) FROM obj
+                         WHERE partition = ?1 AND oid >= ?2 AND tid <= ?3
+                         GROUP BY oid ORDER BY oid LIMIT ?4",
+                    )
+                    .ctx(CONTEXT)?;
+                let rows = stmt
+                    .query_map(
+                        params![partition, sql_bound(min_oid.0), pack_tid, sql_count(limit)],
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    )
+                    .ctx(CONTEXT)?;
+                candidates = rows.collect::<rusqlite::Result<_>>().ctx(CONTEXT)?;
+                match candidates.last() {
+                    Some((oid, _, _)) if candidates.len() as u64 >= limit => {
+                        unsigned("oid", *oid)?.checked_add(1).map(Oid)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let mut freed = Vec::new();
+        for (oid, count, max) in candidates {
+            let data_id: Option<Option<i64>> = self
+                .conn
+                .prepare_cached(
+                    "SELECT data_id FROM obj WHERE partition = ? AND oid = ? AND tid = ?",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![partition, oid, max], |row| row.get(0))
+                        .optional()
+                })
+                .ctx(CONTEXT)?;
+            // A deletion goes with everything before it; otherwise the
+            // revision current at pack_tid stays.
+            let upto = match data_id {
+                Some(None) => max,
+                _ if count > 1 => max - 1,
+                _ => continue,
+            };
+            {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT DISTINCT data_id FROM obj
+                         WHERE partition = ? AND oid = ? AND tid <= ? AND data_id IS NOT NULL",
+                    )
+                    .ctx(CONTEXT)?;
+                let rows = stmt
+                    .query_map(params![partition, oid, upto], |row| row.get::<_, i64>(0))
+                    .ctx(CONTEXT)?;
+                for id in rows {
+                    freed.push(unsigned("data id", id.ctx(CONTEXT)?)?);
+                }
+            }
+            self.begin()?;
+            self.conn
+                .prepare_cached("DELETE FROM obj WHERE partition = ? AND oid = ? AND tid <= ?")
+                .and_then(|mut stmt| stmt.execute(params![partition, oid, upto]))
+                .ctx(CONTEXT)?;
+        }
+        freed.sort_unstable();
+        freed.dedup();
+        self.prune_data(&freed)?;
+        Ok(next)
     }
 }

@@ -9,6 +9,7 @@
 //! (identification to a storage).
 
 mod locks;
+mod pack;
 
 use std::collections::BTreeMap;
 
@@ -23,6 +24,7 @@ use sha1::{Digest, Sha1};
 
 use crate::backend::{Backend, BackendError, ObjectLookup, ObjectRow, TransactionMeta, UndoLookup};
 use locks::{LockManager, LockOutcome, Stored};
+use pack::PackState;
 
 /// Identifies a connection for the state machine.
 pub type ConnId = u64;
@@ -167,6 +169,8 @@ pub struct Storage<B: Backend> {
     waiting: Vec<Waiting>,
     /// When the deferred commit of unlocked transactions is due.
     commit_due: Option<UnixTime>,
+    /// Pack orders and the pack in progress (§11.3).
+    pack: PackState,
     now: UnixTime,
     out: Vec<Output>,
 }
@@ -209,9 +213,16 @@ impl<B: Backend> Storage<B> {
             locks: LockManager::default(),
             waiting: Vec::new(),
             commit_due: None,
+            pack: PackState::default(),
             now: 0.0,
             out: Vec::new(),
         })
+    }
+
+    /// `--disable-pack`: pack orders are not carried out, only reported as
+    /// completed so that the master is not blocked (§11.3 step 12).
+    pub fn set_disable_pack(&mut self, disabled: bool) {
+        self.pack.disabled = disabled;
     }
 
     /// Own node id, once known.
@@ -277,6 +288,7 @@ impl<B: Backend> Storage<B> {
 
     fn identify_to_master(&mut self, conn: ConnId) {
         self.master = Some(conn);
+        self.pack.reset();
         let extra = Map(vec![
             ("devpath".to_owned(), Value::Array(vec![])),
             ("new_nid".to_owned(), Value::Array(vec![])),
@@ -315,6 +327,7 @@ impl<B: Backend> Storage<B> {
                 }
                 tracing::info!(%nid, "identified to the primary master");
             }
+            Packet::AnswerPackOrders(answer) => self.on_pack_orders(answer)?,
             Packet::Error(error) => {
                 tracing::warn!("the master refused us: {error}");
                 self.out.push(Output::Close { conn });
@@ -327,7 +340,8 @@ impl<B: Backend> Storage<B> {
     fn on_master_packet(&mut self, conn: ConnId, msg_id: u32, packet: Packet) -> Handled {
         match packet {
             Packet::NotifyNodeInformation(notification) => self.on_nodes(notification)?,
-            Packet::NotifyClusterInformation(_) | Packet::NotifyPackSigned(_) => {}
+            Packet::NotifyClusterInformation(_) => {}
+            Packet::NotifyPackSigned(signed) => self.on_pack_signed(signed)?,
             Packet::AskRecovery(_) => {
                 let answer = p::AnswerRecovery {
                     ptid: self.backend.ptid()?,
@@ -381,6 +395,11 @@ impl<B: Backend> Storage<B> {
                     &cells,
                     false,
                 )?;
+                if self.operational {
+                    // Cells that went away may raise the smallest pack id.
+                    self.report_pack_completed()?;
+                    self.maybe_pack()?;
+                }
             }
             Packet::AskLockedTransactions(_) => {
                 let ttids = Map(self
@@ -407,6 +426,9 @@ impl<B: Backend> Storage<B> {
             Packet::AskLastIDs(_) => {
                 // A pending truncation is carried out before answering.
                 self.backend.truncate()?;
+                if !self.pack.disabled {
+                    self.report_pack_completed()?;
+                }
                 let last = self.backend.last_ids()?;
                 let answer = p::AnswerLastIDs {
                     last_tid: last.tid,
@@ -415,8 +437,9 @@ impl<B: Backend> Storage<B> {
                 };
                 self.answer(conn, msg_id, answer);
             }
-            Packet::AskPackOrders(_) => {
-                self.answer(conn, msg_id, p::AnswerPackOrders { orders: vec![] });
+            Packet::AskPackOrders(request) => {
+                let orders = self.backend.pack_orders(request.min_id)?;
+                self.answer(conn, msg_id, p::AnswerPackOrders { orders });
             }
             Packet::StartOperation(_) => {
                 self.backend.drop_unfinished_data()?;
@@ -426,6 +449,7 @@ impl<B: Backend> Storage<B> {
                 self.operational = true;
                 tracing::info!("operational");
                 self.notify(conn, p::NotifyReady {});
+                self.maybe_pack()?;
             }
             Packet::StopOperation(_) => self.stop_operation(),
             Packet::AskLockInformation(request) => self.lock_transaction(conn, msg_id, request)?,
@@ -510,6 +534,7 @@ impl<B: Backend> Storage<B> {
 
     fn stop_operation(&mut self) {
         self.operational = false;
+        self.pack.stop();
         self.locks.clear();
         self.waiting.clear();
         let conns: Vec<ConnId> = self.peers.keys().copied().collect();
@@ -551,6 +576,10 @@ impl<B: Backend> Storage<B> {
             .get(&request.ttid)
             .is_some_and(|t| t.has_metadata);
         if has_metadata {
+            if request.pack_approved {
+                // Approved in the same durable lock (§11.3 step 3).
+                self.backend.sign_pack_orders(&[request.ttid], &[])?;
+            }
             // The commit decision becomes durable here (§12.2).
             self.backend.lock_transaction(request.ttid, request.tid)?;
         }
@@ -603,7 +632,7 @@ impl<B: Backend> Storage<B> {
         if self.commit_due.is_some_and(|due| self.now >= due) {
             self.commit()?;
         }
-        Ok(())
+        self.pack_step()
     }
 
     /// Commits, which also covers any deferred unlock.
@@ -740,6 +769,16 @@ impl<B: Backend> Storage<B> {
                     packed: false,
                     ttid: request.ttid,
                 };
+                if let Some(pack) = request.pack {
+                    // Unsigned until the lock (§11.3 step 3); durable with the vote.
+                    self.backend.store_pack_order(&p::PackOrder {
+                        id: request.ttid,
+                        approved: None,
+                        partial: pack.oids.is_some(),
+                        oids: pack.oids,
+                        pack_tid: pack.pack_tid,
+                    })?;
+                }
                 self.vote(request.ttid, Some(&meta))?;
                 self.answer(conn, msg_id, p::AnswerStoreTransaction {});
                 Ok(())
