@@ -1,0 +1,230 @@
+//! A cluster of release binaries started for the benchmark, and what
+//! /proc says about its processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use neo_net::{connect_alone, ConnectionConfig};
+use neo_proto::packets::{AskClusterState, SetClusterState};
+use neo_proto::{Address, ClusterState};
+
+/// A port nobody listens on right now.
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// One node process.
+pub struct Node {
+    /// `master`, `storage0`, `admin`.
+    pub label: String,
+    child: Child,
+}
+
+/// The benchmark's cluster: killed on drop if not stopped.
+pub struct Cluster {
+    /// Cluster name.
+    pub name: String,
+    /// Master address.
+    pub master: Address,
+    admin: Address,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Starts a master, `storages` SQLite storages in `dir` and an admin
+    /// from the binaries in `bin_dir`, and waits until it runs.
+    pub fn start(bin_dir: &Path, dir: &Path, storages: usize) -> Result<Cluster, String> {
+        let name = "bench".to_owned();
+        let master = Address::new("127.0.0.1", free_port()?);
+        let admin = Address::new("127.0.0.1", free_port()?);
+        let mut cluster = Cluster {
+            name: name.clone(),
+            master: master.clone(),
+            admin: admin.clone(),
+            nodes: Vec::new(),
+        };
+        let autostart = storages.to_string();
+        let (master_text, admin_text) = (master.to_string(), admin.to_string());
+        cluster.spawn(
+            bin_dir,
+            dir,
+            "master",
+            "neomaster",
+            &[
+                "-c",
+                &name,
+                "-b",
+                &master_text,
+                "-p",
+                "12",
+                "--autostart",
+                &autostart,
+            ],
+        )?;
+        for index in 0..storages {
+            let database = dir.join(format!("storage{index}.sqlite"));
+            let database = database.to_string_lossy().into_owned();
+            cluster.spawn(
+                bin_dir,
+                dir,
+                &format!("storage{index}"),
+                "neostorage",
+                &[
+                    "-c",
+                    &name,
+                    "-m",
+                    &master_text,
+                    "-a",
+                    "SQLite",
+                    "-d",
+                    &database,
+                ],
+            )?;
+        }
+        cluster.spawn(
+            bin_dir,
+            dir,
+            "admin",
+            "neoadmin",
+            &["-c", &name, "-m", &master_text, "-b", &admin_text],
+        )?;
+        cluster.wait_running()?;
+        Ok(cluster)
+    }
+
+    fn spawn(
+        &mut self,
+        bin_dir: &Path,
+        dir: &Path,
+        label: &str,
+        program: &str,
+        args: &[&str],
+    ) -> Result<(), String> {
+        let log =
+            std::fs::File::create(dir.join(format!("{label}.log"))).map_err(|e| e.to_string())?;
+        let path: PathBuf = bin_dir.join(program);
+        let child = Command::new(&path)
+            .args(args)
+            .env("NEO_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+        self.nodes.push(Node {
+            label: label.to_owned(),
+            child,
+        });
+        Ok(())
+    }
+
+    fn wait_running(&self) -> Result<(), String> {
+        let runtime = runtime()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        runtime.block_on(async {
+            loop {
+                let config = ConnectionConfig::default();
+                if let Ok((connection, _inbox)) = connect_alone(&self.admin, &config).await {
+                    let state = connection
+                        .ask(AskClusterState {})
+                        .await
+                        .ok()
+                        .and_then(|a| a.state);
+                    connection.close().await;
+                    if state == Some(ClusterState::Running) {
+                        return Ok(());
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err("the benchmark cluster did not start within 30 s".to_owned());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+
+    /// The node processes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Stops the cluster cleanly and waits for the processes.
+    pub fn stop(mut self) -> Result<(), String> {
+        let runtime = runtime()?;
+        runtime.block_on(async {
+            let config = ConnectionConfig::default();
+            let (connection, _inbox) = connect_alone(&self.admin, &config)
+                .await
+                .map_err(|e| e.to_string())?;
+            connection
+                .ask(SetClusterState {
+                    state: ClusterState::Stopping,
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &mut self.nodes {
+            while node.child.try_wait().map_err(|e| e.to_string())?.is_none() {
+                if Instant::now() > deadline {
+                    return Err(format!("{} did not stop", node.label));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.nodes.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+}
+
+impl Node {
+    /// CPU time (user + system) the process used so far.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.child.id()).unwrap_or_default()
+    }
+
+    /// Peak resident set size so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        status_field(self.child.id(), "VmHWM:").unwrap_or(0)
+    }
+
+    /// Current resident set size, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        status_field(self.child.id(), "VmRSS:").unwrap_or(0)
+    }
+}
+
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // Linux reports clock ticks of 1/100 s on every supported platform.
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A small runtime for the benchmark's own admin requests.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,507 @@
+//! `neobench`: measures a NEO cluster of this project's release binaries
+//! against the machine's floors (a loopback TCP round trip between two
+//! processes, an append + fsync), in one run, and prints ratios.
+//!
+//! Every loop is bounded in count and in time. Sizes: `--size smoke`
+//! (seconds, to prove it works), `--size default` (a few minutes).
+
+mod cluster;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use neo_client::{BlockingClient, ClientConfig, TxnMeta};
+use neo_proto::{Oid, Tid};
+use serde_json::{json, Value};
+
+use cluster::Cluster;
+
+#[derive(Parser)]
+#[command(
+    name = "neobench",
+    about = "Benchmark a NEO cluster against the machine's floors"
+)]
+struct Cli {
+    /// How much to measure.
+    #[arg(long, value_enum, default_value = "default")]
+    size: Size,
+    /// Where the release binaries are (neomaster, neostorage, neoadmin).
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Where to write bench.json and bench.md.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    #[command(subcommand)]
+    command: Option<Hidden>,
+}
+
+#[derive(Subcommand)]
+enum Hidden {
+    /// (internal) the other end of the loopback round-trip floor.
+    #[command(hide = true)]
+    Echo,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Size {
+    Smoke,
+    Default,
+}
+
+/// Counts and time limits of one run.
+struct Plan {
+    round_trips: usize,
+    fsyncs: usize,
+    objects: usize,
+    load_clients: &'static [usize],
+    parallel_window: Duration,
+    serial_commits: usize,
+    commit_clients: &'static [usize],
+    commit_window: Duration,
+}
+
+impl Plan {
+    fn of(size: Size) -> Plan {
+        match size {
+            Size::Smoke => Plan {
+                round_trips: 500,
+                fsyncs: 20,
+                objects: 300,
+                load_clients: &[1, 2],
+                parallel_window: Duration::from_millis(300),
+                serial_commits: 20,
+                commit_clients: &[1, 2],
+                commit_window: Duration::from_millis(300),
+            },
+            Size::Default => Plan {
+                round_trips: 20_000,
+                fsyncs: 300,
+                objects: 20_000,
+                load_clients: &[1, 2, 4, 8, 16],
+                parallel_window: Duration::from_secs(3),
+                serial_commits: 400,
+                commit_clients: &[1, 2, 4, 8],
+                commit_window: Duration::from_secs(3),
+            },
+        }
+    }
+}
+
+/// Median and 99th percentile of durations, in µs.
+fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0);
+    }
+    samples.sort_unstable();
+    let at =
+        |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e6;
+    (at(0.5), at(0.99))
+}
+
+/// A small deterministic generator (xorshift), so runs are repeatable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, size: usize) -> Bytes {
+        (0..size)
+            .map(|_| self.next() as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+fn echo() -> Result<(), String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        listener.local_addr().map_err(|e| e.to_string())?.port()
+    );
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let (mut stream, _) = listener.accept().map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut buffer = [0u8; 64];
+    loop {
+        let read = stream.read(&mut buffer).map_err(|e| e.to_string())?;
+        if read == 0 {
+            return Ok(());
+        }
+        stream
+            .write_all(&buffer[..read])
+            .map_err(|e| e.to_string())?;
+    }
+}
+
+/// Round trip of a small message between two processes over 127.0.0.1.
+fn floor_round_trip(count: usize) -> Result<(f64, f64), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg("echo")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut port = String::new();
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).map_err(|e| e.to_string())? == 1 && byte[0] != b'\n' {
+        port.push(byte[0] as char);
+    }
+    let mut stream = std::net::TcpStream::connect((
+        "127.0.0.1",
+        port.trim().parse::<u16>().map_err(|e| e.to_string())?,
+    ))
+    .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut samples = Vec::with_capacity(count);
+    let message = [7u8; 32];
+    let mut answer = [0u8; 32];
+    for _ in 0..count {
+        let start = Instant::now();
+        stream.write_all(&message).map_err(|e| e.to_string())?;
+        stream.read_exact(&mut answer).map_err(|e| e.to_string())?;
+        samples.push(start.elapsed());
+    }
+    drop(stream);
+    let _ = child.wait();
+    Ok(percentiles(&mut samples))
+}
+
+/// A 4 KiB append + fsync in the data directory.
+fn floor_fsync(dir: &Path, count: usize) -> Result<(f64, f64), String> {
+    let path = dir.join("fsync-floor");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| e.to_string())?;
+    let block = [0x5a_u8; 4096];
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        file.write_all(&block).map_err(|e| e.to_string())?;
+        file.sync_data().map_err(|e| e.to_string())?;
+        samples.push(start.elapsed());
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(percentiles(&mut samples))
+}
+
+fn connect(cluster: &Cluster) -> Result<BlockingClient, String> {
+    let config = ClientConfig::new(vec![cluster.master.clone()], cluster.name.clone());
+    BlockingClient::connect(config).map_err(|e| e.to_string())
+}
+
+fn meta() -> TxnMeta {
+    TxnMeta {
+        user: Bytes::from_static(b"bench"),
+        description: Bytes::new(),
+        extension: Bytes::new(),
+        pack: None,
+    }
+}
+
+/// Commits new objects of these sizes in one transaction.
+fn commit_new(client: &BlockingClient, rng: &mut Rng, sizes: &[usize]) -> Result<Vec<Oid>, String> {
+    let mut txn = client.begin(None).map_err(|e| e.to_string())?;
+    let mut oids = Vec::with_capacity(sizes.len());
+    for size in sizes {
+        let oid = client.new_oid().map_err(|e| e.to_string())?;
+        txn.store(oid, Tid::ZERO, rng.bytes(*size))
+            .map_err(|e| e.to_string())?;
+        oids.push(oid);
+    }
+    txn.vote(&meta()).map_err(|e| e.to_string())?;
+    txn.finish().map_err(|e| e.to_string())?;
+    Ok(oids)
+}
+
+fn server_cpu(cluster: &Cluster, labels: &[&str]) -> Duration {
+    cluster
+        .nodes()
+        .iter()
+        .filter(|node| labels.iter().any(|label| node.label.starts_with(label)))
+        .map(|node| node.cpu_time())
+        .sum()
+}
+
+/// Runs `operation` in a loop on `clients` threads, each with its own
+/// client, during `window`; returns operations per second over all.
+fn throughput(
+    cluster: &Cluster,
+    clients: usize,
+    window: Duration,
+    operation: impl Fn(&BlockingClient, &mut Rng) -> Result<(), String> + Sync,
+) -> Result<f64, String> {
+    let clients: Vec<BlockingClient> = (0..clients)
+        .map(|_| connect(cluster))
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    let operation = &operation;
+    let total: Result<usize, String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(index, client)| {
+                scope.spawn(move || {
+                    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1));
+                    let mut done = 0usize;
+                    while start.elapsed() < window {
+                        operation(client, &mut rng)?;
+                        done += 1;
+                    }
+                    Ok::<usize, String>(done)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().map_err(|_| "worker panicked".to_owned())?)
+            .sum()
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    for client in clients {
+        let _ = client.close();
+    }
+    Ok(total? as f64 / elapsed)
+}
+
+fn run(cli: &Cli) -> Result<Value, String> {
+    let plan = Plan::of(cli.size);
+    let data = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut report = serde_json::Map::new();
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+
+    let (rtt_median, rtt_p99) = floor_round_trip(plan.round_trips)?;
+    let (fsync_median, fsync_p99) = floor_fsync(data.path(), plan.fsyncs)?;
+    report.insert(
+        "floor_round_trip_us".into(),
+        json!({"median": rtt_median, "p99": rtt_p99}),
+    );
+    report.insert(
+        "floor_fsync_4k_us".into(),
+        json!({"median": fsync_median, "p99": fsync_p99}),
+    );
+
+    let cluster = Cluster::start(&cli.bin_dir, data.path(), 1)?;
+    let rest_rss: u64 = cluster.nodes().iter().map(|node| node.rss_kib()).sum();
+    report.insert("rss_at_rest_kib".into(), json!(rest_rss));
+
+    // Objects to load: 100 B to 1 KiB, 100 per transaction.
+    let writer = connect(&cluster)?;
+    let mut oids = Vec::with_capacity(plan.objects);
+    while oids.len() < plan.objects {
+        let sizes: Vec<usize> = (0..100)
+            .map(|_| 100 + (rng.next() % 924) as usize)
+            .collect();
+        oids.extend(commit_new(&writer, &mut rng, &sizes)?);
+    }
+
+    // Serial cold loads by a fresh client, each object once, random order.
+    let reader = connect(&cluster)?;
+    let mut order = oids.clone();
+    rng.shuffle(&mut order);
+    let cpu_before = server_cpu(&cluster, &["storage"]);
+    let mut samples = Vec::with_capacity(order.len());
+    for oid in &order {
+        let start = Instant::now();
+        reader.load(*oid).map_err(|e| e.to_string())?;
+        samples.push(start.elapsed());
+    }
+    let storage_cpu = server_cpu(&cluster, &["storage"]) - cpu_before;
+    let (load_median, load_p99) = percentiles(&mut samples);
+    report.insert(
+        "serial_cold_load_us".into(),
+        json!({"median": load_median, "p99": load_p99, "ratio_to_round_trip": load_median / rtt_median}),
+    );
+    report.insert(
+        "storage_cpu_per_load_us".into(),
+        json!(storage_cpu.as_secs_f64() * 1e6 / order.len() as f64),
+    );
+    let _ = reader.close();
+
+    let mut parallel = serde_json::Map::new();
+    for clients in plan.load_clients {
+        let loads = throughput(&cluster, *clients, plan.parallel_window, |client, rng| {
+            let oid = oids[(rng.next() % oids.len() as u64) as usize];
+            client.load(oid).map(drop).map_err(|e| e.to_string())
+        })?;
+        parallel.insert(clients.to_string(), json!(loads));
+    }
+    report.insert("parallel_loads_per_s".into(), Value::Object(parallel));
+
+    // Serial commits: latency of 10-object transactions of three sizes.
+    let mut commits = serde_json::Map::new();
+    for size in [100usize, 1024, 65536] {
+        let cpu_before = server_cpu(&cluster, &["master", "storage"]);
+        let mut samples = Vec::with_capacity(plan.serial_commits);
+        let started = Instant::now();
+        for _ in 0..plan.serial_commits {
+            let start = Instant::now();
+            commit_new(&writer, &mut rng, &[size; 10])?;
+            samples.push(start.elapsed());
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = server_cpu(&cluster, &["master", "storage"]) - cpu_before;
+        let (median, p99) = percentiles(&mut samples);
+        commits.insert(
+            format!("10x{size}B"),
+            json!({
+                "median_us": median,
+                "p99_us": p99,
+                "tx_per_s": plan.serial_commits as f64 / elapsed,
+                "server_cpu_per_tx_us": cpu.as_secs_f64() * 1e6 / plan.serial_commits as f64,
+                "ratio_to_fsync": median / fsync_median,
+            }),
+        );
+    }
+    report.insert("serial_commits".into(), Value::Object(commits));
+
+    let mut concurrent = serde_json::Map::new();
+    for clients in plan.commit_clients {
+        let commits = throughput(&cluster, *clients, plan.commit_window, |client, rng| {
+            commit_new(client, rng, &[1024; 10]).map(drop)
+        })?;
+        concurrent.insert(clients.to_string(), json!(commits));
+    }
+    report.insert(
+        "concurrent_commits_tx_per_s".into(),
+        Value::Object(concurrent),
+    );
+    let _ = writer.close();
+
+    let peak: serde_json::Map<String, Value> = cluster
+        .nodes()
+        .iter()
+        .map(|node| (node.label.clone(), json!(node.peak_rss_kib())))
+        .collect();
+    report.insert("peak_rss_kib".into(), Value::Object(peak));
+    cluster.stop()?;
+    Ok(Value::Object(report))
+}
+
+/// The report as a markdown table.
+fn markdown(report: &Value) -> String {
+    let number = |path: &[&str]| {
+        path.iter()
+            .try_fold(report, |value, key| value.get(*key))
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::NAN)
+    };
+    let mut table = String::from("| measure | value |\n|---|---|\n");
+    let mut row = |name: &str, value: String| table.push_str(&format!("| {name} | {value} |\n"));
+    row(
+        "loopback round trip (floor), median",
+        format!("{:.1} µs", number(&["floor_round_trip_us", "median"])),
+    );
+    row(
+        "4 KiB append + fsync (floor), median",
+        format!("{:.1} µs", number(&["floor_fsync_4k_us", "median"])),
+    );
+    row(
+        "serial cold load, median / p99",
+        format!(
+            "{:.1} / {:.1} µs ({:.2} × round trip)",
+            number(&["serial_cold_load_us", "median"]),
+            number(&["serial_cold_load_us", "p99"]),
+            number(&["serial_cold_load_us", "ratio_to_round_trip"])
+        ),
+    );
+    row(
+        "storage CPU per load",
+        format!("{:.1} µs", number(&["storage_cpu_per_load_us"])),
+    );
+    if let Some(Value::Object(parallel)) = report.get("parallel_loads_per_s") {
+        for (clients, rate) in parallel {
+            row(
+                &format!("parallel loads, {clients} clients"),
+                format!("{:.0} loads/s", rate.as_f64().unwrap_or(0.0)),
+            );
+        }
+    }
+    if let Some(Value::Object(commits)) = report.get("serial_commits") {
+        for (kind, figures) in commits {
+            let get = |key: &str| figures.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN);
+            row(
+                &format!("serial commit {kind}"),
+                format!(
+                    "{:.0} µs median, {:.0} tx/s, server CPU {:.0} µs/tx, {:.1} × fsync",
+                    get("median_us"),
+                    get("tx_per_s"),
+                    get("server_cpu_per_tx_us"),
+                    get("ratio_to_fsync")
+                ),
+            );
+        }
+    }
+    if let Some(Value::Object(concurrent)) = report.get("concurrent_commits_tx_per_s") {
+        for (clients, rate) in concurrent {
+            row(
+                &format!("10 × 1 KiB commits, {clients} committers"),
+                format!("{:.0} tx/s", rate.as_f64().unwrap_or(0.0)),
+            );
+        }
+    }
+    row(
+        "RSS of the 3 servers at rest",
+        format!("{:.1} MiB", number(&["rss_at_rest_kib"]) / 1024.0),
+    );
+    if let Some(Value::Object(peak)) = report.get("peak_rss_kib") {
+        for (node, kib) in peak {
+            row(
+                &format!("peak RSS {node}"),
+                format!("{:.1} MiB", kib.as_f64().unwrap_or(0.0) / 1024.0),
+            );
+        }
+    }
+    table
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Hidden::Echo) = cli.command {
+        return match echo() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("neobench echo: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let report = match run(&cli) {
+        Ok(report) => report,
+        Err(message) => {
+            eprintln!("neobench: error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = markdown(&report);
+    print!("{table}");
+    let written = std::fs::create_dir_all(&cli.out)
+        .and_then(|()| std::fs::write(cli.out.join("bench.md"), &table))
+        .and_then(|()| std::fs::write(cli.out.join("bench.json"), report.to_string()));
+    if let Err(error) = written {
+        eprintln!(
+            "neobench: error: cannot write {}: {error}",
+            cli.out.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
