@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use neo_net::{Connection, ConnectionConfig, ConnectionId, Event, EventKind, Listener};
+use neo_net::{
+    accept_loop, Connection, ConnectionConfig, ConnectionId, Event, EventKind, Listener, Registry,
+};
 use neo_proto::Address;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -24,10 +26,6 @@ pub enum AdminError {
 
 /// Events of all connections, waiting for the state machine.
 const EVENT_QUEUE: usize = 4096;
-
-/// Events held for connections not registered yet; beyond this they are
-/// dropped (it would take a peer flooding us during its own handshake).
-const MAX_EARLY_EVENTS: usize = 4096;
 
 /// One connection attempt to a master: TCP connect plus handshake. A
 /// black-holed address must not stall the search for the primary for the
@@ -54,12 +52,9 @@ enum Attempt {
 
 /// The shell's view of the connections and of the requests in flight.
 struct Shell {
-    connections: HashMap<ConnectionId, Connection>,
+    registry: Registry,
     /// Token of each request sent, by connection and msg_id.
     tokens: HashMap<(ConnectionId, u32), Token>,
-    /// Events that overtook the registration of their connection.
-    early: HashMap<ConnectionId, Vec<Event>>,
-    early_count: usize,
     events: mpsc::Sender<Event>,
     attempts: mpsc::Sender<Attempt>,
     /// The connection attempt in progress, if any.
@@ -81,10 +76,8 @@ pub async fn run(
     let (attempts, mut attempt_rx) = mpsc::channel::<Attempt>(4);
     let accept_loop = tokio::spawn(accept_loop(listener, events.clone(), accepted));
     let mut shell = Shell {
-        connections: HashMap::new(),
+        registry: Registry::new(),
         tokens: HashMap::new(),
-        early: HashMap::new(),
-        early_count: 0,
         events,
         attempts,
         connecting: None,
@@ -99,19 +92,21 @@ pub async fn run(
         }
         outputs = tokio::select! {
             Some(connection) = accepted_rx.recv() => {
-                let id = shell.register(connection);
-                let mut outputs = admin.handle(Input::Accepted { conn: id.0 }, now());
-                outputs.extend(shell.replay_early(id, &mut admin));
+                let conn = connection.id().0;
+                let early = shell.registry.register(connection);
+                let mut outputs = admin.handle(Input::Accepted { conn }, now());
+                outputs.extend(shell.replay(early, &mut admin));
                 outputs
             }
             Some(attempt) = attempt_rx.recv() => {
                 shell.connecting = None;
                 match attempt {
                     Attempt::Connected(connection, address) => {
-                        let id = shell.register(connection);
+                        let conn = connection.id().0;
+                        let early = shell.registry.register(connection);
                         let mut outputs =
-                            admin.handle(Input::MasterConnected { conn: id.0, address }, now());
-                        outputs.extend(shell.replay_early(id, &mut admin));
+                            admin.handle(Input::MasterConnected { conn, address }, now());
+                        outputs.extend(shell.replay(early, &mut admin));
                         outputs
                     }
                     Attempt::Failed(address) => {
@@ -120,10 +115,9 @@ pub async fn run(
                 }
             }
             Some(event) = event_rx.recv() => {
-                if !shell.connections.contains_key(&event.connection) {
-                    shell.hold_early(event);
+                let Some(event) = shell.registry.admit(event) else {
                     continue;
-                }
+                };
                 match shell.input_of(event) {
                     Some(input) => admin.handle(input, now()),
                     None => continue,
@@ -137,26 +131,9 @@ pub async fn run(
     if let Some(connecting) = shell.connecting.take() {
         connecting.abort();
     }
-    for connection in shell.connections.values() {
-        connection.close().await;
-    }
     // Let the last answers (the acknowledgement of `set cluster STOPPING`)
     // reach `neoctl`.
-    let drain = async {
-        while !shell.connections.is_empty() {
-            match event_rx.recv().await {
-                Some(Event {
-                    connection,
-                    kind: EventKind::Closed(_),
-                }) => {
-                    shell.connections.remove(&connection);
-                }
-                Some(_) => {}
-                None => break,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+    shell.registry.close_all(&mut event_rx, DRAIN_TIMEOUT).await;
     if exited {
         tracing::info!("cluster stopped; admin exiting");
     } else {
@@ -166,27 +143,10 @@ pub async fn run(
 }
 
 impl Shell {
-    fn register(&mut self, connection: Connection) -> ConnectionId {
-        let id = connection.id();
-        self.connections.insert(id, connection);
-        id
-    }
-
-    fn hold_early(&mut self, event: Event) {
-        if self.early_count >= MAX_EARLY_EVENTS {
-            tracing::warn!("dropping an event of an unregistered connection");
-            return;
-        }
-        self.early_count += 1;
-        self.early.entry(event.connection).or_default().push(event);
-    }
-
-    /// Feeds the events that arrived before the connection was registered.
-    fn replay_early(&mut self, id: ConnectionId, admin: &mut Admin) -> Vec<Output> {
+    /// Feeds the events that arrived before their connection was registered.
+    fn replay(&mut self, early: Vec<Event>, admin: &mut Admin) -> Vec<Output> {
         let mut outputs = Vec::new();
-        let held = self.early.remove(&id).unwrap_or_default();
-        self.early_count -= held.len();
-        for event in held {
+        for event in early {
             if let Some(input) = self.input_of(event) {
                 outputs.extend(admin.handle(input, now()));
             }
@@ -220,7 +180,6 @@ impl Shell {
                 if let Some(error) = reason {
                     tracing::info!("connection {conn} closed: {error}");
                 }
-                self.connections.remove(&id);
                 self.tokens.retain(|(connection, _), _| *connection != id);
                 Some(Input::Closed { conn })
             }
@@ -240,34 +199,19 @@ impl Shell {
                     token,
                     packet,
                 } => {
-                    let id = ConnectionId(conn);
-                    if let Some(connection) = self.connections.get(&id) {
-                        if let Ok(msg_id) = connection.send_request(packet).await {
-                            // The answer cannot be processed before this:
-                            // events are handled by this same task.
-                            self.tokens.insert((id, msg_id), token);
-                        }
+                    if let Some(msg_id) = self.registry.request(conn, packet).await {
+                        // The answer cannot be processed before this:
+                        // events are handled by this same task.
+                        self.tokens.insert((ConnectionId(conn), msg_id), token);
                     }
                 }
                 Output::Answer {
                     conn,
                     msg_id,
                     packet,
-                } => {
-                    if let Some(connection) = self.connections.get(&ConnectionId(conn)) {
-                        let _ = connection.answer(msg_id, packet).await;
-                    }
-                }
-                Output::Notify { conn, packet } => {
-                    if let Some(connection) = self.connections.get(&ConnectionId(conn)) {
-                        let _ = connection.notify(packet).await;
-                    }
-                }
-                Output::Close { conn } => {
-                    if let Some(connection) = self.connections.get(&ConnectionId(conn)) {
-                        connection.close().await;
-                    }
-                }
+                } => self.registry.answer(conn, msg_id, packet).await,
+                Output::Notify { conn, packet } => self.registry.notify(conn, packet).await,
+                Output::Close { conn } => self.registry.close(conn).await,
                 Output::Exit => exit = true,
             }
         }
@@ -304,36 +248,5 @@ impl Shell {
             };
             let _ = attempts.send(outcome).await;
         }));
-    }
-}
-
-async fn accept_loop(
-    listener: Listener,
-    events: mpsc::Sender<Event>,
-    accepted: mpsc::Sender<Connection>,
-) {
-    let config = ConnectionConfig::default();
-    loop {
-        let incoming = match listener.accept().await {
-            Ok(incoming) => incoming,
-            Err(error) => {
-                tracing::warn!("{error}");
-                // Out of file descriptors and the like: do not spin.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let events = events.clone();
-        let accepted = accepted.clone();
-        let config = config.clone();
-        // The handshake runs aside so a slow peer holds up nobody.
-        tokio::spawn(async move {
-            match incoming.establish(events, &config).await {
-                Ok(connection) => {
-                    let _ = accepted.send(connection).await;
-                }
-                Err(error) => tracing::info!("{error}"),
-            }
-        });
     }
 }

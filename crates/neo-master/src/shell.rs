@@ -2,11 +2,10 @@
 //! events to the state machine with the wall-clock time, and carries out
 //! its outputs. All decisions are the state machine's.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use neo_net::{Connection, ConnectionConfig, ConnectionId, Event, EventKind, Listener};
+use neo_net::{accept_loop, Connection, Event, EventKind, Listener, Registry};
 use tokio::sync::mpsc;
 
 use crate::app::{Input, Master, MasterConfig, Output};
@@ -43,67 +42,36 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let mut master = Master::new(config)?;
     let (events, mut event_rx) = mpsc::channel::<Event>(EVENT_QUEUE);
-    let (connected, mut connected_rx) = mpsc::channel::<Connection>(64);
-    let accept_loop = tokio::spawn(accept_loop(listener, events, connected));
-    let mut connections: HashMap<ConnectionId, Connection> = HashMap::new();
-    // Events that overtook the registration of their connection.
-    let mut early: HashMap<ConnectionId, Vec<Event>> = HashMap::new();
+    let (accepted, mut accepted_rx) = mpsc::channel::<Connection>(64);
+    let accept_task = tokio::spawn(accept_loop(listener, events, accepted));
+    let mut registry = Registry::new();
     tokio::pin!(shutdown);
-    let exit = loop {
+    loop {
         let outputs = tokio::select! {
-            Some(connection) = connected_rx.recv() => {
-                let id = connection.id();
-                connections.insert(id, connection);
-                let mut outputs = master.handle(Input::Accepted { conn: id.0 }, now());
-                for event in early.remove(&id).unwrap_or_default() {
-                    if let Some(input) = to_input(event) {
-                        outputs.extend(master.handle(input, now()));
-                    }
+            Some(connection) = accepted_rx.recv() => {
+                let conn = connection.id().0;
+                let early = registry.register(connection);
+                let mut outputs = master.handle(Input::Accepted { conn }, now());
+                for input in early.into_iter().filter_map(to_input) {
+                    outputs.extend(master.handle(input, now()));
                 }
                 outputs
             }
             Some(event) = event_rx.recv() => {
-                if !connections.contains_key(&event.connection) {
-                    early.entry(event.connection).or_default().push(event);
-                    continue;
-                }
-                if let EventKind::Closed(_) = event.kind {
-                    connections.remove(&event.connection);
-                }
-                match to_input(event) {
+                match registry.admit(event).and_then(to_input) {
                     Some(input) => master.handle(input, now()),
                     None => continue,
                 }
             }
-            () = &mut shutdown => break false,
+            () = &mut shutdown => break,
         };
-        if apply(outputs, &connections).await {
-            break true;
-        }
-    };
-    accept_loop.abort();
-    if exit {
-        // Let the last notifications (storages told DOWN) reach their peers.
-        let drain = async {
-            while !connections.is_empty() {
-                match event_rx.recv().await {
-                    Some(Event {
-                        connection,
-                        kind: EventKind::Closed(_),
-                    }) => {
-                        connections.remove(&connection);
-                    }
-                    Some(_) => {}
-                    None => break,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
-    } else {
-        for connection in connections.values() {
-            connection.close().await;
+        if apply(outputs, &registry).await {
+            break;
         }
     }
+    accept_task.abort();
+    // Let the last notifications (storages told DOWN) reach their peers.
+    registry.close_all(&mut event_rx, DRAIN_TIMEOUT).await;
     tracing::info!("master stopped");
     Ok(())
 }
@@ -137,69 +105,22 @@ fn to_input(event: Event) -> Option<Input> {
 }
 
 /// Carries out the outputs; returns whether the master must exit.
-async fn apply(outputs: Vec<Output>, connections: &HashMap<ConnectionId, Connection>) -> bool {
+async fn apply(outputs: Vec<Output>, registry: &Registry) -> bool {
     let mut exit = false;
     for output in outputs {
-        // A failed send means the connection is closing: its `Closed`
-        // event will tell the state machine.
         match output {
             Output::Answer {
                 conn,
                 msg_id,
                 packet,
-            } => {
-                if let Some(connection) = connections.get(&ConnectionId(conn)) {
-                    let _ = connection.answer(msg_id, packet).await;
-                }
-            }
-            Output::Notify { conn, packet } => {
-                if let Some(connection) = connections.get(&ConnectionId(conn)) {
-                    let _ = connection.notify(packet).await;
-                }
-            }
+            } => registry.answer(conn, msg_id, packet).await,
+            Output::Notify { conn, packet } => registry.notify(conn, packet).await,
             Output::Request { conn, packet } => {
-                if let Some(connection) = connections.get(&ConnectionId(conn)) {
-                    let _ = connection.send_request(packet).await;
-                }
+                registry.request(conn, packet).await;
             }
-            Output::Close { conn } => {
-                if let Some(connection) = connections.get(&ConnectionId(conn)) {
-                    connection.close().await;
-                }
-            }
+            Output::Close { conn } => registry.close(conn).await,
             Output::Exit => exit = true,
         }
     }
     exit
-}
-
-async fn accept_loop(
-    listener: Listener,
-    events: mpsc::Sender<Event>,
-    connected: mpsc::Sender<Connection>,
-) {
-    let config = ConnectionConfig::default();
-    loop {
-        let accepted = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!("{error}");
-                // Out of file descriptors and the like: do not spin.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let events = events.clone();
-        let connected = connected.clone();
-        let config = config.clone();
-        // The handshake runs aside so a slow peer holds up nobody.
-        tokio::spawn(async move {
-            match accepted.establish(events, &config).await {
-                Ok(connection) => {
-                    let _ = connected.send(connection).await;
-                }
-                Err(error) => tracing::info!("{error}"),
-            }
-        });
-    }
 }

@@ -8,6 +8,7 @@
 
 mod connection;
 mod error;
+mod registry;
 mod tcp;
 mod transport;
 
@@ -15,5 +16,6 @@ pub use connection::{
     AskError, Connection, ConnectionConfig, ConnectionId, Event, EventKind, Inbox, Side,
 };
 pub use error::NetError;
+pub use registry::{accept_loop, Registry};
 pub use tcp::{connect, connect_alone, resolve, Accepted, Listener};
 pub use transport::Transport;

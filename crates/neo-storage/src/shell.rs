@@ -6,11 +6,12 @@
 //! `block_in_place`, so the connection tasks keep reading and writing on
 //! the other worker threads meanwhile.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use neo_net::{connect, Connection, ConnectionConfig, ConnectionId, Event, EventKind, Listener};
+use neo_net::{
+    accept_loop, connect, Connection, ConnectionConfig, Event, EventKind, Listener, Registry,
+};
 use neo_proto::Address;
 use tokio::sync::mpsc;
 
@@ -38,11 +39,8 @@ fn now() -> f64 {
         .map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
-/// What the connection tasks tell the main loop.
-enum Arrival {
-    Accepted(Connection),
-    Master(Connection),
-}
+/// How long connections get to flush when the node stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a storage node until the master tells it to stop or `shutdown`
 /// completes. Needs the multi-threaded tokio runtime.
@@ -53,16 +51,19 @@ pub async fn run<B: Backend + Send>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let (events, mut event_rx) = mpsc::channel::<Event>(4096);
-    let (arrivals, mut arrival_rx) = mpsc::channel::<Arrival>(64);
-    let accept_task = tokio::spawn(accept_loop(listener, events.clone(), arrivals.clone()));
-    let mut connect_task = Some(tokio::spawn(connect_master(
-        masters.clone(),
-        events.clone(),
-        arrivals.clone(),
-        Duration::ZERO,
-    )));
-    let mut connections: HashMap<ConnectionId, Connection> = HashMap::new();
-    let mut early: HashMap<ConnectionId, Vec<Event>> = HashMap::new();
+    let (accepted, mut accepted_rx) = mpsc::channel::<Connection>(64);
+    let (master, mut master_rx) = mpsc::channel::<Connection>(1);
+    let accept_task = tokio::spawn(accept_loop(listener, events.clone(), accepted));
+    let connect = |delay| {
+        tokio::spawn(connect_master(
+            masters.clone(),
+            events.clone(),
+            master.clone(),
+            delay,
+        ))
+    };
+    let mut connect_task = Some(connect(Duration::ZERO));
+    let mut registry = Registry::new();
     let mut ticks = tokio::time::interval(TICK);
     tokio::pin!(shutdown);
     let handle = |storage: &mut Storage<B>, input: Input| {
@@ -70,30 +71,26 @@ pub async fn run<B: Backend + Send>(
     };
     let result = loop {
         let outputs = tokio::select! {
-            Some(arrival) = arrival_rx.recv() => {
-                let (connection, input) = match arrival {
-                    Arrival::Accepted(c) => { let conn = c.id().0; (c, Input::Accepted { conn }) }
-                    Arrival::Master(c) => { let conn = c.id().0; (c, Input::MasterConnected { conn }) }
-                };
-                let id = connection.id();
-                connections.insert(id, connection);
-                let mut outputs = handle(&mut storage, input);
-                for event in early.remove(&id).unwrap_or_default() {
-                    if let Some(input) = to_input(event) {
-                        outputs.extend(handle(&mut storage, input));
-                    }
+            Some(connection) = accepted_rx.recv() => {
+                let conn = connection.id().0;
+                let early = registry.register(connection);
+                let mut outputs = handle(&mut storage, Input::Accepted { conn });
+                for input in early.into_iter().filter_map(to_input) {
+                    outputs.extend(handle(&mut storage, input));
+                }
+                outputs
+            }
+            Some(connection) = master_rx.recv() => {
+                let conn = connection.id().0;
+                let early = registry.register(connection);
+                let mut outputs = handle(&mut storage, Input::MasterConnected { conn });
+                for input in early.into_iter().filter_map(to_input) {
+                    outputs.extend(handle(&mut storage, input));
                 }
                 outputs
             }
             Some(event) = event_rx.recv() => {
-                if !connections.contains_key(&event.connection) {
-                    early.entry(event.connection).or_default().push(event);
-                    continue;
-                }
-                if let EventKind::Closed(_) = event.kind {
-                    connections.remove(&event.connection);
-                }
-                match to_input(event) {
+                match registry.admit(event).and_then(to_input) {
                     Some(input) => handle(&mut storage, input),
                     None => continue,
                 }
@@ -113,36 +110,17 @@ pub async fn run<B: Backend + Send>(
                     conn,
                     msg_id,
                     packet,
-                } => {
-                    if let Some(connection) = connections.get(&ConnectionId(conn)) {
-                        let _ = connection.answer(msg_id, packet).await;
-                    }
-                }
-                Output::Notify { conn, packet } => {
-                    if let Some(connection) = connections.get(&ConnectionId(conn)) {
-                        let _ = connection.notify(packet).await;
-                    }
-                }
+                } => registry.answer(conn, msg_id, packet).await,
+                Output::Notify { conn, packet } => registry.notify(conn, packet).await,
                 Output::Request { conn, packet } => {
-                    if let Some(connection) = connections.get(&ConnectionId(conn)) {
-                        let _ = connection.send_request(packet).await;
-                    }
+                    registry.request(conn, packet).await;
                 }
-                Output::Close { conn } => {
-                    if let Some(connection) = connections.get(&ConnectionId(conn)) {
-                        connection.close().await;
-                    }
-                }
+                Output::Close { conn } => registry.close(conn).await,
                 Output::ConnectMaster => {
                     if let Some(task) = connect_task.take() {
                         task.abort();
                     }
-                    connect_task = Some(tokio::spawn(connect_master(
-                        masters.clone(),
-                        events.clone(),
-                        arrivals.clone(),
-                        RECONNECT_DELAY,
-                    )));
+                    connect_task = Some(connect(RECONNECT_DELAY));
                 }
                 Output::Exit(result) => exit = Some(result),
             }
@@ -155,9 +133,7 @@ pub async fn run<B: Backend + Send>(
     if let Some(task) = connect_task {
         task.abort();
     }
-    for connection in connections.values() {
-        connection.close().await;
-    }
+    registry.close_all(&mut event_rx, DRAIN_TIMEOUT).await;
     result
 }
 
@@ -185,7 +161,7 @@ fn to_input(event: Event) -> Option<Input> {
 async fn connect_master(
     masters: Vec<Address>,
     events: mpsc::Sender<Event>,
-    arrivals: mpsc::Sender<Arrival>,
+    connected: mpsc::Sender<Connection>,
     first_delay: Duration,
 ) {
     let config = ConnectionConfig::default();
@@ -194,41 +170,12 @@ async fn connect_master(
         for address in &masters {
             match connect(address, events.clone(), &config).await {
                 Ok(connection) => {
-                    let _ = arrivals.send(Arrival::Master(connection)).await;
+                    let _ = connected.send(connection).await;
                     return;
                 }
                 Err(error) => tracing::info!("cannot reach master {address}: {error}"),
             }
         }
         tokio::time::sleep(RECONNECT_DELAY).await;
-    }
-}
-
-async fn accept_loop(
-    listener: Listener,
-    events: mpsc::Sender<Event>,
-    arrivals: mpsc::Sender<Arrival>,
-) {
-    let config = ConnectionConfig::default();
-    loop {
-        let accepted = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!("{error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let events = events.clone();
-        let arrivals = arrivals.clone();
-        let config = config.clone();
-        tokio::spawn(async move {
-            match accepted.establish(events, &config).await {
-                Ok(connection) => {
-                    let _ = arrivals.send(Arrival::Accepted(connection)).await;
-                }
-                Err(error) => tracing::info!("{error}"),
-            }
-        });
     }
 }
