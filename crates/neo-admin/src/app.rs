@@ -626,12 +626,13 @@ impl Admin {
         let was_ready = matches!(self.link, Link::Ready { .. });
         self.fail_pending();
         if was_ready {
-            tracing::error!("primary master is down");
             if self.cluster_state == Some(ClusterState::Stopping) {
+                tracing::info!("the cluster is stopped");
                 self.link = Link::Idle;
                 self.out.push(Output::Exit);
                 return;
             }
+            tracing::error!("primary master is down");
         }
         self.primary = None;
         self.cluster_state = None;
