@@ -185,3 +185,49 @@ fn a_database_of_another_cluster_is_refused() {
 fn path(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// Garbage on a connection closes that connection only: the master, the
+/// storage and the admin keep serving.
+#[test]
+fn garbage_closes_only_that_connection() {
+    use std::io::{Read, Write};
+    let mut cluster = Cluster::new("garbage");
+    cluster.start(1, 0);
+    for address in [cluster.master.clone(), cluster.admin.clone()] {
+        for garbage in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            &[0x92, 0xa3, b'N', b'E', b'O', 5, 0xc1, 0xff][..],
+        ] {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            stream.write_all(garbage).unwrap();
+            let mut rest = Vec::new();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            // The node closes the connection (after its own magic).
+            stream.read_to_end(&mut rest).unwrap();
+            assert_eq!(rest, neo_proto::MAGIC, "{address}");
+        }
+    }
+    assert_eq!(cluster.neoctl_stdout("print cluster").trim(), "RUNNING");
+    let client = cluster.client();
+    let oid = client.new_oid().unwrap();
+    let mut txn = client.begin(None).unwrap();
+    txn.store(
+        oid,
+        neo_proto::Tid::ZERO,
+        bytes::Bytes::from_static(b"still here"),
+    )
+    .unwrap();
+    txn.vote(&neo_client::TxnMeta {
+        user: bytes::Bytes::new(),
+        description: bytes::Bytes::new(),
+        extension: bytes::Bytes::new(),
+        pack: None,
+    })
+    .unwrap();
+    txn.finish().unwrap();
+    assert_eq!(&client.load(oid).unwrap().data[..], b"still here");
+    client.close().unwrap();
+    cluster.stop();
+}
