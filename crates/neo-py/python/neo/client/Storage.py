@@ -1,0 +1,713 @@
+"""``neo.client.Storage.Storage``: a ZODB storage on a NEO cluster.
+
+Everything that touches the network is in the native module ``neo._neo``
+(the Rust client, with its object cache); this module gives it ZODB's
+storage API: per-transaction state, conflict resolution, mapping of errors
+to ZODB exceptions, and delivery of invalidations.
+
+Invalidations and commit notifications are queued by the Rust client in
+commit order, without the GIL. They are delivered to ZODB (``registerDB``)
+by whichever Python thread drains the queue first -- a background thread,
+or any call that needs an up-to-date view (``lastTransaction``, ``sync``,
+``load``, ``tpc_finish``) -- under one lock, so that ZODB always sees them
+in order and before ``lastTransaction()`` returns their TID.
+"""
+
+import logging
+import threading
+import time
+import weakref
+from pickle import dumps, loads
+
+import ZODB.interfaces
+from ZODB.BaseStorage import DataRecord, TransactionRecord
+from ZODB.ConflictResolution import ConflictResolvingStorage
+from ZODB.POSException import (
+    ConflictError, POSKeyError, ReadConflictError, ReadOnlyError,
+    StorageTransactionError, UndoError)
+from ZODB.TimeStamp import TimeStamp
+from ZODB.utils import p64, u64, z64
+from zope.interface import implementer
+
+from .. import _neo
+from .exception import (
+    NEOPrimaryMasterLost, NEOStorageClosedError, NEOStorageConnectionError,
+    NEOStorageError)
+
+logger = logging.getLogger('neo.client')
+
+MAX_TID = b'\x7f\xff\xff\xff\xff\xff\xff\xff'
+
+_log_handler = None
+
+
+def _setup_logfile(path):
+    """Only one NEO log per process: the last one configured wins."""
+    global _log_handler
+    root = logging.getLogger('neo')
+    if _log_handler is not None:
+        root.removeHandler(_log_handler)
+        _log_handler.close()
+    _log_handler = logging.FileHandler(path)
+    _log_handler.setFormatter(logging.Formatter(
+        '%(asctime)s %(levelname)s %(name)s %(message)s'))
+    root.addHandler(_log_handler)
+    root.setLevel(logging.INFO)
+
+
+def _tid_from_time(t):
+    """The first TID at or after time `t` (seconds since the epoch)."""
+    gm = time.gmtime(t)
+    return TimeStamp(*(gm[:5] + (gm[5] + t % 1,))).raw()
+
+
+def _error(e, oid=None):
+    """A ZODB exception for a ``neo._neo.NeoError``."""
+    kind, message, e_oid, serial = e.args
+    oid = e_oid if e_oid is not None else oid
+    if kind in ('oid_does_not_exist', 'oid_not_found', 'no_data'):
+        return POSKeyError(oid)
+    if kind == 'read_only':
+        return ReadOnlyError(message)
+    if kind == 'not_undoable':
+        return UndoError('non-undoable transaction', oid)
+    if kind == 'invalid_use':
+        return StorageTransactionError(message)
+    if kind == 'master_lost':
+        return NEOPrimaryMasterLost(message)
+    if kind == 'closed':
+        return NEOStorageClosedError(message)
+    if kind == 'not_connected':
+        return NEOStorageConnectionError(message)
+    return NEOStorageError(message)
+
+
+def _compress_option(compress):
+    """``True``/``False``/``None``/``(0, level)``/``'zlib'``/``'zlib=N'``."""
+    if compress is None:
+        return True
+    if isinstance(compress, str):
+        text = compress.strip().lower()
+        if text in ('false', 'off', 'no', '0'):
+            return False
+        if text in ('true', 'on', 'yes', '1', 'zlib') or text.startswith('zlib='):
+            return True
+        raise ValueError('not a valid %r option: %r' % ('compress', compress))
+    if isinstance(compress, tuple):
+        return True
+    return bool(compress)
+
+
+class _Context:
+    """What a storage knows of one transaction between tpc_begin and
+    tpc_finish/tpc_abort."""
+
+    __slots__ = ('native', 'resolved', 'preindex', 'voted', 'stores')
+
+    def __init__(self, native):
+        self.native = native
+        # oid -> (base serial, data) of its last store in this transaction
+        self.stores = {}
+        # oid -> the committed serial a conflict on it was resolved against
+        self.resolved = {}
+        # oid -> revision restored in this transaction (restore)
+        self.preindex = {}
+        self.voted = False
+
+
+def _deliver_forever(ref):
+    """Background delivery of invalidations, until the storage goes."""
+    while True:
+        storage = ref()
+        if storage is None or storage._closed:
+            return
+        client = storage._client
+        del storage
+        try:
+            ready = client.wait_events(0.2)
+        except Exception:
+            return
+        if ready:
+            storage = ref()
+            if storage is None or storage._closed:
+                return
+            try:
+                storage._deliver()
+            except Exception:
+                logger.exception('delivering invalidations')
+            del storage
+
+
+@implementer(
+    ZODB.interfaces.IStorage,
+    ZODB.interfaces.IStorageRestoreable,
+    ZODB.interfaces.IStorageIteration,
+    ZODB.interfaces.IStorageUndoable,
+    ZODB.interfaces.IExternalGC,
+    ZODB.interfaces.ReadVerifyingStorage,
+)
+class Storage(ConflictResolvingStorage):
+    """A ZODB storage on a NEO cluster (a drop-in for NEO/py's client)."""
+
+    def __init__(self, master_nodes, name, compress=None, logfile=None,
+                 read_only=False, cache_size=20 * 1024 * 1024,
+                 dynamic_master_list=None, ignore_wrong_checksum=False,
+                 ca=None, cert=None, key=None, _ready_timeout=10.0):
+        if ca or cert or key:
+            raise NotImplementedError(
+                'TLS (ca/cert/key) is not supported yet by this NEO client')
+        if logfile:
+            _setup_logfile(logfile)
+        self._name = name
+        self.__name__ = 'NEOStorage(%s)' % (name,)
+        self._is_read_only = bool(read_only)
+        self._closed = False
+        self._db = None
+        self._lock = threading.Lock()
+        self._deliver_lock = threading.RLock()
+        self._txns = {}
+        self._callbacks = {}
+        self._thread = None
+        try:
+            self._client = _neo.Client(
+                master_nodes, name, read_only=self._is_read_only,
+                compress=_compress_option(compress),
+                cache_size=int(cache_size or 0),
+                ready_timeout=float(_ready_timeout),
+                dynamic_master_list=dynamic_master_list)
+        except _neo.NeoError as e:
+            raise _error(e) from None
+        self._ltid = self._call(self._client.last_tid)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _call(self, method, *args, oid=None):
+        try:
+            return method(*args)
+        except _neo.NeoError as e:
+            raise _error(e, oid) from None
+
+    def _context(self, transaction):
+        try:
+            return self._txns[transaction]
+        except (KeyError, TypeError):
+            raise StorageTransactionError(
+                'transaction not begun on this storage: %r' % (transaction,))
+
+    def _deliver(self):
+        """Delivers queued invalidations and commit callbacks, in order."""
+        with self._deliver_lock:
+            events = self._client.drain_events()
+            for event in events:
+                kind, tid = event[0], event[1]
+                if kind == 'objects':
+                    db = self._db
+                    if db is not None:
+                        try:
+                            db.invalidate(tid, event[2])
+                        except Exception:
+                            logger.exception('invalidating %d oids',
+                                             len(event[2]))
+                    if tid > self._ltid:
+                        self._ltid = tid
+                elif kind == 'finished':
+                    callback = self._callbacks.pop(event[2], None)
+                    if callback is not None:
+                        try:
+                            callback(tid)
+                        except Exception:
+                            logger.exception('tpc_finish callback')
+                    if tid > self._ltid:
+                        self._ltid = tid
+                else:  # 'all': invalidations may have been missed
+                    db = self._db
+                    if db is not None:
+                        try:
+                            db.invalidateCache()
+                        except Exception:
+                            logger.exception('invalidating all caches')
+                    self._ltid = tid
+
+    def _resolve(self, ctx, conflicts):
+        """Resolves conflicts reported by the storages and stores the
+        results; raises ConflictError/ReadConflictError when that fails."""
+        while conflicts:
+            oid, serial, conflict_serial, data, checked = conflicts.pop(0)
+            if checked:
+                raise ReadConflictError(
+                    oid=oid, serials=(conflict_serial, serial))
+            resolved = ctx.resolved.get(oid)
+            if resolved is not None and conflict_serial <= resolved:
+                continue  # late answer of a slower replica
+            if data is None:
+                raise ConflictError(oid=oid, serials=(conflict_serial, serial))
+            if conflict_serial > self._call(self._client.last_tid):
+                self.sync()
+            new_data = self.tryToResolveConflict(
+                oid, conflict_serial, serial, data)
+            ctx.resolved[oid] = conflict_serial
+            ctx.stores[oid] = (conflict_serial, new_data)
+            conflicts.extend(self._call(
+                ctx.native.store, oid, conflict_serial, new_data, None,
+                oid=oid))
+
+    def _store(self, ctx, oid, serial, data, data_serial=None):
+        ctx.stores[oid] = (serial, data)
+        self._resolve(ctx, self._call(
+            ctx.native.store, oid, serial, data, data_serial, oid=oid))
+
+    # -- IStorage -----------------------------------------------------------
+
+    def getName(self):
+        return self.__name__
+
+    def sortKey(self):
+        return self.__name__
+
+    def getSize(self):
+        # Not tracked by NEO; the interface only wants something printable.
+        return 0
+
+    def __len__(self):
+        return self._call(self._client.object_count)
+
+    def isReadOnly(self):
+        return self._is_read_only
+
+    def supportsUndo(self):
+        return True
+
+    def registerDB(self, db, limit=None):
+        self._db = db
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(
+                target=_deliver_forever, args=(weakref.ref(self),),
+                name='neo-invalidations %s' % self._name, daemon=True)
+            self._thread.start()
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            txns = list(self._txns.values())
+            self._txns.clear()
+        for ctx in txns:
+            try:
+                ctx.native.abort()
+            except Exception:
+                pass
+        try:
+            self._client.close()
+        except _neo.NeoError:
+            pass
+
+    def lastTransaction(self):
+        self._deliver()
+        return self._ltid
+
+    def sync(self, force=True):
+        self._call(self._client.sync)
+        self._deliver()
+
+    def new_oid(self):
+        if self._is_read_only:
+            raise ReadOnlyError()
+        return self._call(self._client.new_oid)
+
+    def load(self, oid, version=''):
+        r = self.loadBefore(oid, p64(u64(self.lastTransaction()) + 1))
+        if r is None:
+            raise POSKeyError(oid)
+        return r[0], r[1]
+
+    def loadBefore(self, oid, tid):
+        return self._call(self._client.load_before, oid, tid, oid=oid)
+
+    def loadSerial(self, oid, serial):
+        return self._call(self._client.load_serial, oid, serial, oid=oid)
+
+    def getTid(self, oid):
+        return self.load(oid)[1]
+
+    def history(self, oid, size=1, filter=None):
+        entries = self._call(self._client.history, oid, 0, max(size, 1),
+                             oid=oid)
+        result = []
+        for serial, length in entries:
+            info = self._transaction_info(serial)
+            if info is None:
+                continue
+            user, description, extension, _, _ = info
+            d = {
+                'tid': serial,
+                'serial': serial,
+                'time': TimeStamp(serial).timeTime(),
+                'user_name': user,
+                'description': description,
+                'size': length,
+                'version': '',
+            }
+            if extension:
+                try:
+                    d.update(loads(extension))
+                except Exception:
+                    pass
+            if filter is None or filter(d):
+                result.append(d)
+        return result
+
+    def _transaction_info(self, tid):
+        try:
+            return self._client.transaction_info(tid)
+        except _neo.NeoError as e:
+            if e.args[0] == 'tid_not_found':
+                return None
+            raise _error(e) from None
+
+    # -- two-phase commit ---------------------------------------------------
+
+    def tpc_begin(self, transaction, tid=None, status=' '):
+        if self._is_read_only:
+            raise ReadOnlyError()
+        with self._lock:
+            if transaction in self._txns:
+                raise StorageTransactionError(
+                    'Duplicate tpc_begin calls for same transaction')
+        native = self._call(self._client.begin, tid)
+        with self._lock:
+            self._txns[transaction] = _Context(native)
+
+    def store(self, oid, serial, data, version, transaction):
+        if self._is_read_only:
+            raise ReadOnlyError()
+        if version:
+            raise ValueError('versions are not supported')
+        ctx = self._context(transaction)
+        self._store(ctx, oid, serial or z64, data)
+
+    def deleteObject(self, oid, serial, transaction):
+        if self._is_read_only:
+            raise ReadOnlyError()
+        ctx = self._context(transaction)
+        self._store(ctx, oid, serial, None)
+
+    def checkCurrentSerialInTransaction(self, oid, serial, transaction):
+        ctx = self._context(transaction)
+        self._resolve(ctx, self._call(
+            ctx.native.check_current, oid, serial, oid=oid))
+
+    def restore(self, oid, serial, data, version, prev_txn, transaction):
+        """Stores the revision `serial` (the TID given to tpc_begin) as is,
+        based on the revision current in the storage (copying history)."""
+        if self._is_read_only:
+            raise ReadOnlyError()
+        ctx = self._context(transaction)
+        base = ctx.preindex.get(oid)
+        if base is None:
+            try:
+                base = self.loadBefore(oid, serial)
+                base = z64 if base is None else base[1]
+            except POSKeyError:
+                # deleted or never stored: the latest record, if any
+                try:
+                    base = self._client.object(oid, None, serial)[0]
+                except _neo.NeoError:
+                    base = z64
+        self._store(ctx, oid, base, data)
+        ctx.preindex[oid] = serial
+
+    def tpc_vote(self, transaction):
+        ctx = self._context(transaction)
+        native = ctx.native
+        self._resolve(ctx, self._call(native.wait_stores))
+        extension = getattr(transaction, 'extension_bytes', None)
+        if extension is None:
+            ext = getattr(transaction, 'extension', None)
+            extension = dumps(ext, 2) if ext else b''
+        user = transaction.user
+        description = transaction.description
+        if isinstance(user, str):
+            user = user.encode('utf-8')
+        if isinstance(description, str):
+            description = description.encode('utf-8')
+        while True:
+            conflicts = self._call(native.vote, user, description, extension)
+            if not conflicts:
+                break
+            self._resolve(ctx, conflicts)
+            self._resolve(ctx, self._call(native.wait_stores))
+        ctx.voted = True
+        return list(ctx.resolved) or None
+
+    def tpc_finish(self, transaction, f=None):
+        ctx = self._context(transaction)
+        ttid = None
+        if f is not None:
+            ttid = ctx.native.ttid
+            self._callbacks[ttid] = f
+        try:
+            tid = self._call(ctx.native.finish)
+        except BaseException:
+            if ttid is not None:
+                self._callbacks.pop(ttid, None)
+            raise
+        with self._lock:
+            self._txns.pop(transaction, None)
+        # Runs our callback (and earlier invalidations) in commit order.
+        self._deliver()
+        return tid
+
+    def tpc_abort(self, transaction):
+        with self._lock:
+            ctx = self._txns.pop(transaction, None)
+        if ctx is not None:
+            try:
+                ctx.native.abort()
+            except _neo.NeoError as e:
+                logger.warning('tpc_abort: %s', e.args[1])
+
+    # Whether pack() waits for the storages to complete the pack (as
+    # FileStorage does). NEO/py's client returns once the order is
+    # committed; so does this one unless this is set (tests do).
+    wait_for_pack = False
+
+    def pack(self, t, referencesf=None, gc=None):
+        """Removes the history older than time `t`, without garbage
+        collection (NEO leaves that to external tools)."""
+        if self._is_read_only:
+            raise ReadOnlyError()
+        if referencesf is not None and gc is not False:
+            logger.warning('pack: NEO removes old revisions only; unreachable'
+                           ' objects are left to an external collector')
+        pack_tid = min(_tid_from_time(t), self.lastTransaction())
+        pack_id = self._call(self._client.pack, pack_tid)
+        if pack_id is None:
+            return
+        with self._deliver_lock:
+            if pack_id > self._ltid:
+                self._ltid = pack_id
+        if self.wait_for_pack:
+            self._call(self._client.wait_for_pack, pack_id)
+            # Only then are the pruned revisions gone: forget them here too
+            # (other clients may keep serving what they cached).
+            self._client.clear_cache()
+
+    # -- undo ---------------------------------------------------------------
+
+    def undo(self, transaction_id, transaction):
+        if self._is_read_only:
+            raise ReadOnlyError()
+        ctx = self._context(transaction)
+        info = self._transaction_info(transaction_id)
+        if info is None:
+            raise UndoError('non-undoable transaction')
+        oids = info[4]
+        for delay in (0.05, 0.1, 0.2, None):
+            try:
+                serials = ctx.native.undo_serials(transaction_id, oids)
+            except _neo.NeoError as e:
+                raise _error(e) from None
+            if delay is None or all(s[2] for s in serials.values()):
+                break
+            # A storage may answer before it processed the unlock of a
+            # transaction whose tpc_finish already returned (it does not
+            # delay AskObjectUndoSerial): what looks like a later change
+            # may be that. Ask again shortly; a real one stays.
+            time.sleep(delay)
+        ttid = ctx.native.ttid
+        undone = []
+        for oid, (current, undo_serial, is_current) in serials.items():
+            # Stored already by this transaction (undoing several
+            # transactions at once): build on what it stored.
+            earlier = ctx.stores.get(oid) if current == ttid else None
+            base = current
+            if is_current:
+                if undo_serial is None:
+                    data = None  # undo of the creation
+                else:
+                    # None if that revision has no data (an undone creation)
+                    data = self._call(self._client.object, oid, undo_serial,
+                                      None, oid=oid)[2]
+                try:
+                    self._store(ctx, oid, base, data, undo_serial)
+                except ConflictError:
+                    raise UndoError(
+                        'Some data were modified by a later transaction', oid)
+            else:
+                # Changed since: let the object's class merge the undo.
+                if undo_serial is None:
+                    raise UndoError(
+                        'Some data were modified by a later transaction', oid)
+                try:
+                    undo_data = self.loadSerial(oid, undo_serial)
+                    if earlier is None:
+                        current_data = self.loadSerial(oid, current)
+                    else:
+                        current_data = earlier[1]
+                    if current_data is None:
+                        raise ConflictError(oid=oid)
+                    data = self.tryToResolveConflict(
+                        oid, base, transaction_id, undo_data, current_data)
+                    self._store(ctx, oid, base, data)
+                except (ConflictError, POSKeyError):
+                    raise UndoError(
+                        'Some data were modified by a later transaction', oid)
+            undone.append(oid)
+        try:
+            self._resolve(ctx, self._call(ctx.native.wait_stores))
+        except ConflictError as e:
+            raise UndoError(
+                'Some data were modified by a later transaction', e.oid)
+        return None, undone
+
+    def _txn_description(self, tid, info):
+        user, description, extension, packed, oids = info
+        d = {
+            'id': tid,
+            'time': TimeStamp(tid).timeTime(),
+            'user_name': user,
+            'description': description,
+        }
+        if extension:
+            try:
+                d.update(loads(extension))
+            except Exception:
+                pass
+        return d
+
+    def undoLog(self, first=0, last=-20, filter=None):
+        if last < 0:
+            last = first - last
+        if last <= first:
+            return []
+        if filter is None:
+            tids = self._call(self._client.undo_log_tids, first, last)
+            skip = 0
+        else:
+            tids = None
+            skip = first
+        result = []
+        window = last
+        while True:
+            if tids is None:
+                tids = self._call(self._client.undo_log_tids, 0, window)
+            for tid in tids:
+                info = self._transaction_info(tid)
+                if info is None:
+                    continue
+                d = self._txn_description(tid, info)
+                if filter is not None and not filter(d):
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                result.append(d)
+                if len(result) >= last - first:
+                    return result
+            if filter is None or len(tids) < window:
+                return result
+            # Not enough matches in this window: look further back.
+            window *= 5
+            tids, skip, result = None, first, []
+
+    def undoInfo(self, first=0, last=-20, specification=None):
+        if specification:
+            def filter(d):
+                for k, v in specification.items():
+                    if k not in d or d[k] != v:
+                        return False
+                return True
+        else:
+            filter = None
+        return self.undoLog(first, last, filter)
+
+    # -- iteration ----------------------------------------------------------
+
+    def iterator(self, start=None, stop=None):
+        return _Iterator(self, start, stop)
+
+    def copyTransactionsFrom(self, other, verbose=False):
+        """Copies every transaction of `other` with its TID."""
+        for txn in other.iterator():
+            if verbose:
+                logger.info('copying transaction %s', txn.tid.hex())
+            self.tpc_begin(txn, txn.tid, txn.status)
+            try:
+                for record in txn:
+                    self.restore(record.oid, record.tid, record.data, '',
+                                 record.data_txn, txn)
+                self.tpc_vote(txn)
+                self.tpc_finish(txn)
+            except BaseException:
+                self.tpc_abort(txn)
+                raise
+
+
+class _Iterator:
+    """``iterator(start, stop)``: transactions in TID order, in chunks."""
+
+    def __init__(self, storage, start, stop):
+        self._storage = storage
+        self._next = start or z64
+        # What is committed later is not seen by this iterator.
+        last = storage.lastTransaction()
+        self._stop = last if stop is None else min(stop, last)
+        self._chunk = []
+        self._done = False
+
+    def __iter__(self):
+        return self
+
+    def close(self):
+        self._done = True
+        self._chunk = []
+
+    def __next__(self):
+        storage = self._storage
+        while not self._chunk:
+            if self._done:
+                raise StopIteration
+            tids = storage._call(storage._client.iterate_tids,
+                                 self._next, self._stop, 100)
+            if not tids:
+                self._done = True
+                raise StopIteration
+            self._chunk = list(tids)
+            self._next = p64(u64(tids[-1]) + 1)
+        tid = self._chunk.pop(0)
+        info = storage._transaction_info(tid)
+        if info is None:
+            return next(self)
+        user, description, extension, packed, oids = info
+        ext = {}
+        if extension:
+            try:
+                ext = loads(extension)
+            except Exception:
+                ext = {}
+        txn = _TransactionRecord(tid, 'p' if packed else ' ', user,
+                                 description, ext)
+        txn._storage = storage
+        txn._oids = oids
+        return txn
+
+
+class _TransactionRecord(TransactionRecord):
+    """One transaction of the iterator; its records are loaded lazily."""
+
+    _oids = ()
+    _storage = None
+
+    def __iter__(self):
+        storage = self._storage
+        for oid in self._oids:
+            try:
+                serial, _, data, data_serial = storage._client.object(
+                    oid, self.tid, None)
+            except _neo.NeoError as e:
+                if e.args[0] in ('oid_not_found', 'oid_does_not_exist',
+                                 'no_data'):
+                    continue  # only checked, or removed by pack
+                raise _error(e, oid) from None
+            yield DataRecord(oid, serial, data, data_serial)

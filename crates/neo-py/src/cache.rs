@@ -1,0 +1,295 @@
+//! The client cache (architecture.md §7.3–7.4): uncompressed object
+//! revisions `(oid, tid, next_tid, data)` within a byte budget.
+//!
+//! Invalidations are applied here by the thread that reads the master
+//! connection, before the client's last TID moves, so a lookup never serves
+//! a revision that an invalidation already ended. Loads in progress record
+//! the invalidations of their oid meanwhile (rule 3), and a reconnection
+//! drops every current entry (§7.5). Eviction is least-recently-used: only
+//! the validity rules matter for correctness.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use neo_proto::{Oid, Tid};
+
+/// Bytes counted per entry on top of its data.
+const ENTRY_OVERHEAD: usize = 80;
+
+struct Entry {
+    tid: Tid,
+    /// `None`: current as far as the client knows.
+    next: Option<Tid>,
+    data: Bytes,
+    /// Key in `Inner::lru`.
+    used: u64,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.data.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// A load of one oid from a storage, in progress.
+#[derive(Default)]
+struct Loading {
+    count: usize,
+    /// Invalidation TIDs received for the oid while loading.
+    invalidated: Vec<Tid>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Revisions of each oid, ascending by tid.
+    entries: HashMap<Oid, Vec<Entry>>,
+    lru: BTreeMap<u64, (Oid, Tid)>,
+    clock: u64,
+    size: usize,
+    loading: HashMap<Oid, Loading>,
+    /// Bumped by `invalidate_all`: loads started before must not be cached.
+    epoch: u64,
+    hits: u64,
+    misses: u64,
+}
+
+/// What a lookup found.
+pub struct Hit {
+    pub data: Bytes,
+    pub serial: Tid,
+    pub next: Option<Tid>,
+}
+
+/// Handle of a load in progress, from [`Cache::begin_load`].
+pub struct LoadToken {
+    oid: Oid,
+    epoch: u64,
+}
+
+/// Counters, for tests and diagnostics.
+pub struct Stats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+    pub size: usize,
+    pub budget: usize,
+}
+
+/// The cache; shared between the Python threads and the client's tasks.
+pub struct Cache {
+    budget: usize,
+    inner: Mutex<Inner>,
+}
+
+impl Cache {
+    pub fn new(budget: usize) -> Cache {
+        Cache {
+            budget,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data: keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The revision current just before `before`, if cached and known valid.
+    /// `last` is the client's last TID: an entry still current is only
+    /// valid up to it.
+    pub fn lookup_before(&self, oid: Oid, before: Tid, last: Tid) -> Option<Hit> {
+        let mut inner = self.lock();
+        let found = inner.entries.get(&oid).and_then(|revisions| {
+            let index = revisions.iter().rposition(|e| e.tid < before)?;
+            let entry = &revisions[index];
+            let valid = match entry.next {
+                Some(next) => next >= before,
+                None => before.0 <= last.0.saturating_add(1),
+            };
+            valid.then_some(index)
+        });
+        inner.record(oid, found)
+    }
+
+    /// The revision written by `serial`, if cached.
+    pub fn lookup_serial(&self, oid: Oid, serial: Tid) -> Option<Hit> {
+        let mut inner = self.lock();
+        let found = inner
+            .entries
+            .get(&oid)
+            .and_then(|revisions| revisions.iter().position(|e| e.tid == serial));
+        inner.record(oid, found)
+    }
+
+    pub fn begin_load(&self, oid: Oid) -> LoadToken {
+        let mut inner = self.lock();
+        inner.loading.entry(oid).or_default().count += 1;
+        LoadToken {
+            oid,
+            epoch: inner.epoch,
+        }
+    }
+
+    /// Ends a load; caches what it found (`None`: nothing to cache).
+    pub fn end_load(&self, token: LoadToken, found: Option<(Tid, Option<Tid>, Bytes)>) {
+        let mut inner = self.lock();
+        let oid = token.oid;
+        let invalidated = match inner.loading.get_mut(&oid) {
+            Some(loading) => {
+                loading.count -= 1;
+                let invalidated = loading.invalidated.clone();
+                if loading.count == 0 {
+                    inner.loading.remove(&oid);
+                }
+                invalidated
+            }
+            None => Vec::new(),
+        };
+        let Some((serial, next, data)) = found else {
+            return;
+        };
+        if token.epoch != inner.epoch {
+            return;
+        }
+        let next = next.or_else(|| invalidated.iter().copied().filter(|t| *t > serial).min());
+        inner.insert(self.budget, oid, serial, next, data);
+    }
+
+    /// `InvalidateObjects(tid, oids)`, or our own commit of them.
+    pub fn invalidate(&self, tid: Tid, oids: &[Oid]) {
+        let mut inner = self.lock();
+        for oid in oids {
+            if let Some(loading) = inner.loading.get_mut(oid) {
+                loading.invalidated.push(tid);
+            }
+            if let Some(revisions) = inner.entries.get_mut(oid) {
+                if let Some(last) = revisions.last_mut() {
+                    if last.next.is_none() && last.tid < tid {
+                        last.next = Some(tid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Our own commit wrote `data` as revision `tid` of `oid`.
+    pub fn committed(&self, oid: Oid, tid: Tid, data: Bytes) {
+        let mut inner = self.lock();
+        inner.insert(self.budget, oid, tid, None, data);
+    }
+
+    /// Invalidations may have been missed: drop every current entry and
+    /// forget loads in progress.
+    pub fn invalidate_all(&self) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        let mut dropped = Vec::new();
+        for (oid, revisions) in &inner.entries {
+            for entry in revisions.iter().filter(|e| e.next.is_none()) {
+                dropped.push((*oid, entry.tid));
+            }
+        }
+        for (oid, tid) in dropped {
+            inner.remove(oid, tid);
+        }
+    }
+
+    /// Drops everything (database truncated, storage closed).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        let epoch = inner.epoch + 1;
+        let (hits, misses) = (inner.hits, inner.misses);
+        *inner = Inner {
+            epoch,
+            hits,
+            misses,
+            ..Inner::default()
+        };
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = self.lock();
+        Stats {
+            hits: inner.hits,
+            misses: inner.misses,
+            entries: inner.lru.len(),
+            size: inner.size,
+            budget: self.budget,
+        }
+    }
+}
+
+impl Inner {
+    /// Counts a lookup and marks the entry found as used.
+    fn record(&mut self, oid: Oid, found: Option<usize>) -> Option<Hit> {
+        let Some(index) = found else {
+            self.misses += 1;
+            return None;
+        };
+        self.hits += 1;
+        self.clock += 1;
+        let clock = self.clock;
+        let revisions = self.entries.get_mut(&oid)?;
+        let entry = &mut revisions[index];
+        self.lru.remove(&entry.used);
+        entry.used = clock;
+        self.lru.insert(clock, (oid, entry.tid));
+        Some(Hit {
+            data: entry.data.clone(),
+            serial: entry.tid,
+            next: entry.next,
+        })
+    }
+
+    fn insert(&mut self, budget: usize, oid: Oid, tid: Tid, next: Option<Tid>, data: Bytes) {
+        if data.len() + ENTRY_OVERHEAD > budget {
+            return;
+        }
+        self.remove(oid, tid);
+        self.clock += 1;
+        let entry = Entry {
+            tid,
+            next,
+            data,
+            used: self.clock,
+        };
+        self.size += entry.cost();
+        self.lru.insert(self.clock, (oid, tid));
+        let revisions = self.entries.entry(oid).or_default();
+        let position = revisions.partition_point(|e| e.tid < tid);
+        if next.is_none() {
+            // A newer revision is current now: the previous one ended here.
+            if let Some(previous) = position.checked_sub(1).map(|i| &mut revisions[i]) {
+                if previous.next.is_none() {
+                    previous.next = Some(tid);
+                }
+            }
+        }
+        revisions.insert(position, entry);
+        while self.size > budget {
+            let Some((_, (oid, tid))) = self.lru.pop_first() else {
+                break;
+            };
+            self.remove(oid, tid);
+        }
+    }
+
+    fn remove(&mut self, oid: Oid, tid: Tid) {
+        let Some(revisions) = self.entries.get_mut(&oid) else {
+            return;
+        };
+        if let Some(index) = revisions.iter().position(|e| e.tid == tid) {
+            let entry = revisions.remove(index);
+            self.size -= entry.cost();
+            self.lru.remove(&entry.used);
+        }
+        if revisions.is_empty() {
+            self.entries.remove(&oid);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+"""Live NEO clusters for the tests: ``neosimple`` on free 127.0.0.1 ports.
+
+The binaries are taken from ``$NEO_BIN_DIR``, else from the workspace's
+``target/release``, else ``target/debug``.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..'))
+
+
+def bin_dir():
+    env = os.environ.get('NEO_BIN_DIR')
+    if env:
+        return env
+    for profile in ('release', 'debug'):
+        path = os.path.join(ROOT, 'target', profile)
+        if os.path.exists(os.path.join(path, 'neosimple')):
+            return path
+    raise RuntimeError('neosimple not built: run cargo build --bin neosimple')
+
+
+_counter = [0]
+
+
+class Cluster:
+    """One neosimple process: a master, `storages` storages, an admin."""
+
+    def __init__(self, storages=1, replicas=0, name=None, partitions=4):
+        _counter[0] += 1
+        self.name = name or 'pytest%d_%d' % (os.getpid(), _counter[0])
+        self.storages = storages
+        self.replicas = replicas
+        self.partitions = partitions
+        self.process = None
+        self.master_nodes = None
+        self.dir = tempfile.mkdtemp(prefix='neo-pytest-')
+
+    def start(self, timeout=30):
+        names = ['s%d' % i for i in range(self.storages)]
+        self.log = open(os.path.join(self.dir, 'neosimple.log'), 'wb+')
+        self.process = subprocess.Popen(
+            [os.path.join(bin_dir(), 'neosimple'), *names,
+             '--temp_dir', os.path.join(self.dir, 'data'),
+             '--name', self.name,
+             '--replicas', str(self.replicas),
+             '--partitions', str(self.partitions),
+             '--master_port', '0', '--admin_port', '0'],
+            stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL)
+        deadline = time.time() + timeout
+        for line in self.process.stdout:
+            line = line.decode()
+            if line.startswith('master_nodes = '):
+                self.master_nodes = line.split('=', 1)[1].strip()
+            elif line.startswith('admin = '):
+                self.admin = line.split('=', 1)[1].strip()
+                break
+            if time.time() > deadline:
+                break
+        if self.master_nodes is None:
+            self.stop()
+            raise RuntimeError('neosimple did not start: see %s' % self.dir)
+        return self
+
+    def storage(self, **kw):
+        from neo.client.Storage import Storage
+        return Storage(master_nodes=self.master_nodes, name=self.name, **kw)
+
+    def stop(self):
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process is not None and process.stdout:
+            process.stdout.close()
+        if getattr(self, 'log', None):
+            self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,352 @@
+"""The storage through ZODB's application stack (DB, Connection,
+transaction, BTrees), configuration (ZConfig, zodburi), invalidations
+between clients, the cache, and the errors a user can make."""
+
+import threading
+import time
+
+import pytest
+import transaction
+import ZODB
+import ZODB.config
+from BTrees.OOBTree import OOBTree
+from persistent.mapping import PersistentMapping
+from ZODB.POSException import ConflictError, POSKeyError, ReadOnlyError
+from ZODB.utils import p64, z64
+
+from neocluster import Cluster
+from neo.client.Storage import Storage
+from neo.client.exception import NEOStorageClosedError, NEOStorageConnectionError
+
+N_ENTRIES = 100000
+
+
+@pytest.fixture(scope='module', params=[(1, 0), (2, 1)],
+                ids=['1storage', '2storages-replicas1'])
+def cluster(request):
+    storages, replicas = request.param
+    c = Cluster(storages, replicas).start()
+    yield c
+    c.stop()
+
+
+def test_btree_100k(cluster):
+    """Writes 100,000 OOBTree entries through ZODB.DB, reads them back
+    through a second client."""
+    db = ZODB.DB(cluster.storage())
+    try:
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        root = conn.root()
+        root['tree'] = tree = OOBTree()
+        for i in range(N_ENTRIES):
+            tree['key%06d' % i] = i
+            if i % 20000 == 19999:
+                tm.commit()
+        tm.commit()
+        conn.close()
+    finally:
+        db.close()
+    db = ZODB.DB(cluster.storage())
+    try:
+        conn = db.open()
+        tree = conn.root()['tree']
+        assert len(tree) == N_ENTRIES
+        expected = 0
+        for key, value in tree.items():
+            assert key == 'key%06d' % expected
+            assert value == expected
+            expected += 1
+        assert expected == N_ENTRIES
+        assert tree['key054321'] == 54321
+        conn.close()
+    finally:
+        db.close()
+
+
+def test_invalidations_between_clients(cluster):
+    """A commit by one client is seen by another's DB on its next
+    transaction, and its cache is invalidated."""
+    db1 = ZODB.DB(cluster.storage())
+    db2 = ZODB.DB(cluster.storage())
+    try:
+        tm1 = transaction.TransactionManager()
+        tm2 = transaction.TransactionManager()
+        c1 = db1.open(tm1)
+        c1.root()['m'] = PersistentMapping(v=1)
+        tm1.commit()
+        c2 = db2.open(tm2)
+        tm2.begin()
+        assert c2.root()['m']['v'] == 1
+        for value in range(2, 6):
+            c1.root()['m']['v'] = value
+            tm1.commit()
+            deadline = time.time() + 10
+            while True:
+                tm2.begin()
+                if c2.root()['m']['v'] == value:
+                    break
+                assert time.time() < deadline, 'invalidation not received'
+                time.sleep(0.01)
+        # Concurrent change of the same object: ConflictError.
+        tm1.begin()
+        tm2.begin()
+        c1.root()['m']['v'] = 'a'
+        c2.root()['m']['v'] = 'b'
+        tm1.commit()
+        with pytest.raises(ConflictError):
+            tm2.commit()
+        tm2.abort()
+    finally:
+        db1.close()
+        db2.close()
+
+
+def test_conflict_resolution_counter(cluster):
+    """Concurrent increments of a BTrees Length resolve their conflicts."""
+    from BTrees.Length import Length
+    db = ZODB.DB(cluster.storage())
+    try:
+        tm = transaction.TransactionManager()
+        c = db.open(tm)
+        c.root()['len'] = Length()
+        tm.commit()
+        errors = []
+
+        def work():
+            try:
+                tm = transaction.TransactionManager()
+                c = db.open(tm)
+                for _ in range(20):
+                    for attempt in range(10):
+                        try:
+                            c.root()['len'].change(1)
+                            tm.commit()
+                            break
+                        except ConflictError:
+                            tm.abort()
+                c.close()
+            except Exception as e:  # pragma: no cover
+                errors.append(e)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors
+        tm.begin()
+        assert c.root()['len']() == 80
+    finally:
+        db.close()
+
+
+def test_cache_avoids_network(cluster):
+    storage = cluster.storage()
+    try:
+        oid = storage.new_oid()
+        from ZODB.Connection import TransactionMetaData
+        t = TransactionMetaData()
+        storage.tpc_begin(t)
+        storage.store(oid, z64, b'x' * 1000, '', t)
+        storage.tpc_vote(t)
+        tid = storage.tpc_finish(t)
+        storage._client.clear_cache()
+        before = storage._client.cache_stats()
+        assert storage.load(oid) == (b'x' * 1000, tid)  # miss: network
+        start = time.perf_counter()
+        for _ in range(1000):
+            assert storage.load(oid) == (b'x' * 1000, tid)
+        cached = time.perf_counter() - start
+        after = storage._client.cache_stats()
+        assert after['misses'] - before['misses'] == 1
+        assert after['hits'] - before['hits'] >= 1000
+        storage._client.clear_cache()
+        start = time.perf_counter()
+        for _ in range(200):
+            storage._client.clear_cache()
+            storage.load(oid)
+        uncached = (time.perf_counter() - start) * 5
+        # Cached loads are much faster than loads from the storage node.
+        assert cached < uncached, (cached, uncached)
+    finally:
+        storage.close()
+
+
+def test_zconfig(cluster):
+    config = """
+    %%import neo.client
+    <zodb>
+      <NEOStorage>
+        master_nodes %s
+        name %s
+        cache-size 1MB
+        compress zlib=9
+      </NEOStorage>
+    </zodb>
+    """ % (cluster.master_nodes, cluster.name)
+    db = ZODB.config.databaseFromString(config)
+    try:
+        assert db.storage.getName() == 'NEOStorage(%s)' % cluster.name
+        assert db.storage._client.cache_stats()['budget'] == 1 << 20
+        with db.transaction() as conn:
+            conn.root()['zconfig'] = 1
+    finally:
+        db.close()
+
+
+def test_zconfig_bad_compress(cluster):
+    import ZConfig
+    config = """
+    %%import neo.client
+    <zodb>
+      <NEOStorage>
+        master_nodes %s
+        name %s
+        compress zlib=10
+      </NEOStorage>
+    </zodb>
+    """ % (cluster.master_nodes, cluster.name)
+    with pytest.raises(ZConfig.DataConversionError,
+                       match='invalid compression level: 10'):
+        ZODB.config.databaseFromString(config)
+
+
+def test_zodburi(cluster):
+    import zodburi
+    from neo.client.zodburi import resolve_uri
+    uri = 'neo://%s@%s?read_only=true&cache_size=2MB&pool_size=7' % (
+        cluster.name, cluster.master_nodes)
+    assert resolve_uri(uri)[1] == {'pool_size': '7'}
+    # Through zodburi's entry point, with its own database keywords.
+    uri = 'neo://%s@%s?read_only=true&cache_size=2MB&database_name=x' % (
+        cluster.name, cluster.master_nodes)
+    factory, dbkw = zodburi.resolve_uri(uri)
+    assert dbkw['database_name'] == 'x'
+    storage = factory()
+    try:
+        assert storage.isReadOnly()
+        assert storage._client.cache_stats()['budget'] == 2 << 20
+        with pytest.raises(ReadOnlyError):
+            storage.new_oid()
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize('uri,message', [
+    ('neo://n@127.0.0.1:1/x', 'non-empty path'),
+    ('neo://n@127.0.0.1:1#f', 'non-empty fragment'),
+    ('zeo://n@127.0.0.1:1', 'expected neo:// or neos:// scheme'),
+    ('neo://n@127.0.0.1:1?name=x', 'invalid option name'),
+])
+def test_zodburi_errors(uri, message):
+    from neo.client.zodburi import resolve_uri
+    with pytest.raises(ValueError, match=message):
+        resolve_uri(uri)
+
+
+def test_read_only(cluster):
+    storage = cluster.storage(read_only=True)
+    try:
+        from ZODB.Connection import TransactionMetaData
+        with pytest.raises(ReadOnlyError):
+            storage.tpc_begin(TransactionMetaData())
+        with pytest.raises(POSKeyError):
+            storage.load(p64(1 << 40))
+    finally:
+        storage.close()
+
+
+def test_many_storages_many_threads(cluster):
+    storages = [cluster.storage() for _ in range(3)]
+    errors = []
+
+    def work(storage, n):
+        from ZODB.Connection import TransactionMetaData
+        try:
+            for i in range(10):
+                oid = storage.new_oid()
+                t = TransactionMetaData()
+                storage.tpc_begin(t)
+                storage.store(oid, z64, b'%d-%d' % (n, i), '', t)
+                storage.tpc_vote(t)
+                tid = storage.tpc_finish(t)
+                for s in storages:
+                    assert s.loadSerial(oid, tid) == b'%d-%d' % (n, i)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(storages[n % 3], n))
+               for n in range(9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for s in storages:
+        s.close()
+    assert not errors
+
+
+def test_tls_refused(cluster):
+    with pytest.raises(NotImplementedError, match='TLS'):
+        Storage(master_nodes=cluster.master_nodes, name=cluster.name,
+                ca='ca.pem', cert='cert.pem', key='key.pem')
+
+
+def test_unknown_keyword(cluster):
+    with pytest.raises(TypeError):
+        Storage(master_nodes=cluster.master_nodes, name=cluster.name,
+                bogus=1)
+
+
+def test_wrong_cluster_name(cluster):
+    start = time.time()
+    with pytest.raises(NEOStorageConnectionError):
+        Storage(master_nodes=cluster.master_nodes, name='not-' + cluster.name,
+                _ready_timeout=2)
+    assert time.time() - start < 10
+
+
+def test_wrong_master_address():
+    import socket
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()  # nobody listens there now
+    start = time.time()
+    with pytest.raises(NEOStorageConnectionError):
+        Storage(master_nodes='127.0.0.1:%d' % port, name='x',
+                _ready_timeout=2)
+    assert time.time() - start < 10
+
+
+def test_bad_master_syntax():
+    with pytest.raises(ValueError):
+        Storage(master_nodes='127.0.0.1:notaport', name='x')
+
+
+def test_closed_storage(cluster):
+    storage = cluster.storage()
+    storage.close()
+    with pytest.raises(NEOStorageClosedError):
+        storage.load(z64)
+    with pytest.raises(NEOStorageClosedError):
+        storage.new_oid()
+    storage.close()  # twice is fine
+
+
+def test_cluster_stopped():
+    """The cluster going away: operations fail with a clear error in a
+    bounded time."""
+    c = Cluster().start()
+    storage = c.storage(_ready_timeout=2)
+    try:
+        c.stop()
+        start = time.time()
+        with pytest.raises(Exception) as info:
+            storage.sync()
+        assert 'neo' in type(info.value).__module__
+        assert time.time() - start < 30
+    finally:
+        storage.close()
+        c.stop()
