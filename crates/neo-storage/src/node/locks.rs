@@ -201,6 +201,12 @@ impl LockManager {
             .collect()
     }
 
+    /// Whether a transaction locked with final TID `tid` is not unlocked
+    /// yet (its metadata is not readable in the permanent tables).
+    pub fn is_being_unlocked(&self, tid: Tid) -> bool {
+        self.transactions.values().any(|t| t.tid == Some(tid))
+    }
+
     /// Final TID of a locked transaction.
     pub fn locked_tid(&self, ttid: Tid) -> Option<Tid> {
         self.transactions.get(&ttid).and_then(|t| t.tid)

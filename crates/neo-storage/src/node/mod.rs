@@ -129,6 +129,8 @@ enum Waiting {
     Relock(ConnId, u32, p::AskRelockObject),
     Load(ConnId, u32, p::AskObject),
     History(ConnId, u32, p::AskObjectHistory),
+    UndoSerials(ConnId, u32, p::AskObjectUndoSerial),
+    TransactionInformation(ConnId, u32, p::AskTransactionInformation),
 }
 
 impl Waiting {
@@ -138,7 +140,10 @@ impl Waiting {
             Waiting::Store(_, _, r) => r.ttid,
             Waiting::Check(_, _, r) => r.ttid,
             Waiting::Relock(_, _, r) => r.ttid,
-            Waiting::Load(..) | Waiting::History(..) => Tid::ZERO,
+            Waiting::Load(..)
+            | Waiting::History(..)
+            | Waiting::UndoSerials(..)
+            | Waiting::TransactionInformation(..) => Tid::ZERO,
         }
     }
 }
@@ -1046,6 +1051,12 @@ impl<B: Backend> Storage<B> {
                 Waiting::History(conn, msg_id, request) => {
                     self.read(conn, msg_id, request.into())?
                 }
+                Waiting::UndoSerials(conn, msg_id, request) => {
+                    self.undo_serials(conn, msg_id, request)?
+                }
+                Waiting::TransactionInformation(conn, msg_id, request) => {
+                    self.read(conn, msg_id, request.into())?
+                }
             }
         }
         Ok(())
@@ -1143,6 +1154,11 @@ impl<B: Backend> Storage<B> {
                 }
             }
             Packet::AskTransactionInformation(request) => {
+                if self.locks.is_being_unlocked(request.tid) {
+                    self.waiting
+                        .push(Waiting::TransactionInformation(conn, msg_id, request));
+                    return Ok(());
+                }
                 let result = self.backend.get_transaction(request.tid, false);
                 match self.readable(conn, msg_id, result)? {
                     Some(Some(meta)) => self.answer(
@@ -1224,6 +1240,18 @@ impl<B: Backend> Storage<B> {
         msg_id: u32,
         request: p::AskObjectUndoSerial,
     ) -> Handled {
+        // Like loads, wait until a transaction being committed on these
+        // oids is unlocked: its commit may already have been reported to
+        // the client that is undoing.
+        if request
+            .oids
+            .iter()
+            .any(|oid| self.locks.is_read_locked(*oid))
+        {
+            self.waiting
+                .push(Waiting::UndoSerials(conn, msg_id, request));
+            return Ok(());
+        }
         let mut serials = Vec::new();
         for oid in request.oids {
             // What the undoing transaction itself already stored wins.
@@ -1279,7 +1307,9 @@ impl<B: Backend> Storage<B> {
             | Waiting::Check(c, ..)
             | Waiting::Relock(c, ..)
             | Waiting::Load(c, ..)
-            | Waiting::History(c, ..) => *c != conn,
+            | Waiting::History(c, ..)
+            | Waiting::UndoSerials(c, ..)
+            | Waiting::TransactionInformation(c, ..) => *c != conn,
         });
         // Its transactions that did not vote are over; voted ones wait for
         // the master (which may still lock them).
