@@ -236,6 +236,29 @@ impl Client {
         Ok(self.get()?.last_transaction().unwrap_or(Tid::ZERO))
     }
 
+    /// Calls `f` with each page of the oids existing at `tid`, partition
+    /// by partition (`AskOIDsFrom`, §8.6).
+    fn each_oid_at(
+        &self,
+        client: &BlockingClient,
+        tid: Tid,
+        mut f: impl FnMut(&[Oid]),
+    ) -> Result<(), ClientError> {
+        let partitions = client.client().readable_cells().len() as u32;
+        for partition in 0..partitions {
+            let mut min_oid = Oid::ZERO;
+            loop {
+                let (oids, next) = client.oids_from(partition, 1000, min_oid, tid)?;
+                f(&oids);
+                match next {
+                    Some(next) => min_oid = next,
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn load_before_inner(
         &self,
         oid: Oid,
@@ -577,21 +600,24 @@ impl Client {
         nogil(py, || {
             let client = self.get()?;
             let last = client.last_transaction().unwrap_or(Tid::ZERO);
-            let partitions = client.client().readable_cells().len() as u32;
             let mut count = 0u64;
-            for partition in 0..partitions {
-                let mut min_oid = Oid::ZERO;
-                loop {
-                    let (oids, next) = client.oids_from(partition, 1000, min_oid, last)?;
-                    count += oids.len() as u64;
-                    match next {
-                        Some(next) => min_oid = next,
-                        None => break,
-                    }
-                }
-            }
+            self.each_oid_at(&client, last, |oids| count += oids.len() as u64)?;
             Ok(count)
         })
+    }
+
+    /// The oids existing at `tid` (their latest record at or before it has
+    /// data), ascending: what pack's garbage collection starts from.
+    fn oids_at<'py>(&self, py: Python<'py>, tid: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        let tid = tid_of(tid)?;
+        let mut all = nogil(py, || {
+            let client = self.get()?;
+            let mut all = Vec::new();
+            self.each_oid_at(&client, tid, |oids| all.extend_from_slice(oids))?;
+            Ok(all)
+        })?;
+        all.sort_unstable();
+        PyList::new(py, all.iter().map(|o| py_id(py, o.0)))
     }
 
     /// `tpc_begin`: a new transaction (with an imposed TID, to restore).
@@ -610,12 +636,22 @@ impl Client {
         })
     }
 
-    /// Asks the cluster to pack at `pack_tid` (clamped to the last TID);
+    /// Asks the cluster to pack at `pack_tid` (clamped to the last TID),
+    /// only the given oids if `oids` is not `None` (a partial pack);
     /// returns the pack id (the TID of the transaction carrying the order),
     /// or `None` when there is nothing to pack.
-    fn pack<'py>(&self, py: Python<'py>, pack_tid: &[u8]) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    #[pyo3(signature = (pack_tid, oids=None))]
+    fn pack<'py>(
+        &self,
+        py: Python<'py>,
+        pack_tid: &[u8],
+        oids: Option<Vec<Vec<u8>>>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let pack_tid = tid_of(pack_tid)?;
-        let pack_id = nogil(py, || self.get()?.pack(pack_tid, None))?;
+        let oids = oids
+            .map(|oids| oids.iter().map(|o| oid_of(o)).collect::<PyResult<Vec<_>>>())
+            .transpose()?;
+        let pack_id = nogil(py, || self.get()?.pack(pack_tid, oids))?;
         Ok(pack_id.map(|tid| py_id(py, tid.0)))
     }
 

@@ -20,14 +20,11 @@ try:
 except ImportError:
     HAVE_RACETEST = False
 
-# NEO does no garbage collection when packing (NEO/py documents it and
-# marks the same ZODB tests as expected failures).
-NO_GC = 'NEO packs without garbage collection (as NEO/py)'
-
 
 def _hide_pack_transactions(storage):
-    """Like NEO/py's tests: the transactions carrying pack orders are not
-    in undoLog, as ZODB's tests expect of a pack."""
+    """Like NEO/py's tests: the transactions carrying pack orders (and the
+    deletions of pack's garbage collection) are not in undoLog, as ZODB's
+    tests expect of a pack."""
     undo_log = storage.undoLog
 
     def undoLog(*args, **kw):
@@ -109,9 +106,6 @@ def _expect_failures(cls):
     """ZODB tests that need what NEO does not do (NEO/py marks them as
     expected failures too)."""
     for name, reason in (
-            ('testPackAllRevisions', NO_GC),
-            ('testPackWithGCOnDestinationAfterRestore', NO_GC),
-            ('testPackWithMultiDatabaseReferences', NO_GC),
             ('testPackUndoLog', 'the pack order is a transaction of its own,'
                                 ' listed by undoLog (as NEO/py)'),
             ('testTransactionalUndoAfterPack',

@@ -98,6 +98,14 @@ def _compress_option(compress):
     return bool(compress)
 
 
+class _GCRetry(Exception):
+    """A concurrent commit disturbed garbage collection: start over."""
+
+
+class _GCImpossible(Exception):
+    """Garbage collection cannot be done safely (unreadable references)."""
+
+
 class _Context:
     """What a storage knows of one transaction between tpc_begin and
     tpc_finish/tpc_abort."""
@@ -473,25 +481,187 @@ class Storage(ConflictResolvingStorage):
     wait_for_pack = False
 
     def pack(self, t, referencesf=None, gc=None):
-        """Removes the history older than time `t`, without garbage
-        collection (NEO leaves that to external tools)."""
+        """Removes the history older than time `t` and, given `referencesf`
+        (unless `gc` is false), the objects unreachable at that time (see
+        `_collect_garbage`)."""
         if self._is_read_only:
             raise ReadOnlyError()
-        if referencesf is not None and gc is not False:
-            logger.warning('pack: NEO removes old revisions only; unreachable'
-                           ' objects are left to an external collector')
+        self.sync()
         pack_tid = min(_tid_from_time(t), self.lastTransaction())
-        pack_id = self._call(self._client.pack, pack_tid)
-        if pack_id is None:
+        if pack_tid == z64:
+            return
+        garbage = None
+        if referencesf is not None and gc is not False:
+            garbage = self._collect_garbage(pack_tid, referencesf)
+        pack_ids = [self._call(self._client.pack, pack_tid)]
+        if garbage is not None:
+            # The deletions and everything before them go (sec. 11.2).
+            deleted_tid, oids = garbage
+            pack_ids.append(self._call(self._client.pack, deleted_tid, oids))
+        pack_ids = [pack_id for pack_id in pack_ids if pack_id is not None]
+        if not pack_ids:
             return
         with self._deliver_lock:
-            if pack_id > self._ltid:
-                self._ltid = pack_id
+            if pack_ids[-1] > self._ltid:
+                self._ltid = pack_ids[-1]
         if self.wait_for_pack:
-            self._call(self._client.wait_for_pack, pack_id)
+            for pack_id in pack_ids:
+                self._call(self._client.wait_for_pack, pack_id)
             # Only then are the pruned revisions gone: forget them here too
             # (other clients may keep serving what they cached).
             self._client.clear_cache()
+
+    # -- garbage collection -------------------------------------------------
+
+    # How many times GC starts over when a concurrent commit touches (or
+    # links again) an object it is about to delete.
+    gc_attempts = 3
+
+    def _collect_garbage(self, pack_tid, referencesf):
+        """Deletes the objects that exist at `pack_tid` but are garbage:
+
+        - kept are the root (oid 0), every object written after `pack_tid`
+          (transactions in ``(pack_tid, last]``), and, transitively, every
+          object referenced by a kept object's revision current at
+          `pack_tid` or by any of its later revisions (so that every
+          snapshot from `pack_tid` on stays loadable);
+        - the others (not modified since `pack_tid`) are deleted by one
+          transaction, each based on its revision current at `pack_tid`:
+          a concurrent change of one of them is a conflict, and a commit
+          that references one again is seen before that transaction
+          finishes; either way GC starts over with a new snapshot.
+
+        Returns ``(tid of that transaction, [oids])``, for a partial pack
+        at that TID that removes the deletions and all that precedes them,
+        or None if there is nothing to delete (or GC was not possible)."""
+        for _ in range(self.gc_attempts):
+            try:
+                result = self._try_collect_garbage(pack_tid, referencesf)
+            except _GCRetry as e:
+                logger.info('pack: garbage collection starts over: %s', e)
+                continue
+            except _GCImpossible as e:
+                logger.warning('pack: no garbage collection: %s', e)
+                return None
+            return result
+        logger.warning('pack: no garbage collection (%d attempts disturbed'
+                       ' by concurrent commits)', self.gc_attempts)
+        return None
+
+    def _record(self, oid, at=None, before=None):
+        """``(serial, next_serial, data or None)``, or None if there is no
+        such record (never created, or packed away)."""
+        try:
+            serial, next_serial, data, _ = self._client.object(
+                oid, at, before)
+        except _neo.NeoError as e:
+            if e.args[0] in ('oid_not_found', 'oid_does_not_exist',
+                             'no_data'):
+                return None
+            raise _error(e, oid) from None
+        return serial, next_serial, data
+
+    def _references(self, referencesf, oid, data):
+        try:
+            return referencesf(data)
+        except Exception as e:
+            raise _GCImpossible('cannot read the references of %s: %r'
+                                % (oid.hex(), e)) from None
+
+    def _written_between(self, first, last):
+        """``[(tid, [oids])]`` of the transactions in ``[first, last]``."""
+        result = []
+        start = first
+        while start <= last:
+            tids = self._call(self._client.iterate_tids, start, last, 100)
+            if not tids:
+                break
+            for tid in tids:
+                info = self._transaction_info(tid)
+                if info is not None:
+                    result.append((tid, info[4]))
+            start = p64(u64(tids[-1]) + 1)
+        return result
+
+    def _try_collect_garbage(self, pack_tid, referencesf):
+        self.sync()
+        last = self._call(self._client.last_tid)
+        after_pack = p64(u64(pack_tid) + 1)
+        candidates = set(self._call(self._client.oids_at, pack_tid))
+        if not candidates:
+            return None
+        # Roots: oid 0 and whatever was written after pack_tid.
+        todo = [z64]
+        for _, oids in self._written_between(after_pack, last):
+            todo.extend(oids)
+        kept = set()
+        while todo:
+            oid = todo.pop()
+            if oid in kept:
+                continue
+            kept.add(oid)
+            # Its revisions from the newest down to the one current at
+            # pack_tid (older ones are not readable after the pack).
+            record = self._record(oid)
+            while record is not None:
+                serial, _, data = record
+                if data is not None:
+                    for ref in self._references(referencesf, oid, data):
+                        if ref not in kept:
+                            todo.append(ref)
+                if serial <= pack_tid:
+                    break
+                record = self._record(oid, before=serial)
+        root = self._record(z64)
+        if root is None or root[2] is None:
+            # Without a root, nothing is known to be reachable: keep all.
+            return None
+        garbage = candidates - kept
+        if not garbage:
+            return None
+        serials = {}
+        for oid in sorted(garbage):
+            record = self._record(oid, before=after_pack)
+            if record is None or record[1] is not None or record[2] is None:
+                raise _GCRetry('%s changed meanwhile' % oid.hex())
+            serials[oid] = record[0]
+        native = self._call(self._client.begin, None)
+        try:
+            conflicts = []
+            for oid, serial in serials.items():
+                conflicts.extend(self._call(
+                    native.store, oid, serial, None, None, oid=oid))
+            conflicts.extend(self._call(native.wait_stores))
+            if conflicts:
+                raise _GCRetry('%s modified meanwhile' % conflicts[0][0].hex())
+            if self._call(native.vote, b'', b'IStorage.pack', b''):
+                raise _GCRetry('conflicts at vote')
+            # Our deletions are locked now: did a commit since our snapshot
+            # write or reference again one of these objects?
+            self.sync()
+            now = self._call(self._client.last_tid)
+            for tid, oids in self._written_between(p64(u64(last) + 1), now):
+                for oid in oids:
+                    if oid in garbage:
+                        raise _GCRetry('%s written meanwhile' % oid.hex())
+                    record = self._record(oid, at=tid)
+                    if record is None or record[2] is None:
+                        continue
+                    refs = self._references(referencesf, oid, record[2])
+                    if not garbage.isdisjoint(refs):
+                        raise _GCRetry('a garbage object was linked again'
+                                       ' by %s' % tid.hex())
+            tid = self._call(native.finish)
+        except BaseException:
+            try:
+                native.abort()
+            except _neo.NeoError as e:
+                logger.warning('pack: aborting the deletions: %s', e.args[1])
+            raise
+        self._deliver()
+        logger.info('pack: %d unreachable objects deleted by %s',
+                    len(garbage), tid.hex())
+        return tid, sorted(garbage)
 
     # -- undo ---------------------------------------------------------------
 
