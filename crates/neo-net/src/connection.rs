@@ -1,12 +1,13 @@
-//! One NEO connection: the handshake, then a reader task and a writer task
-//! around a [`Connection`] handle.
+//! One NEO connection: the handshake, then a reader task around a
+//! [`Connection`] handle.
 //!
 //! The reader decodes packets, hands answers to the requests waiting for
 //! them (by msg_id) and sends everything else — requests, notifications,
 //! unsolicited errors — as [`Event`]s to the node, through a bounded channel:
 //! when the node falls behind, the reader stops reading and TCP pushes back.
-//! The writer drains a queue whose total size is bounded in bytes, so a
-//! sender that outruns the peer waits.
+//! Senders write their packets to the socket themselves, one at a time
+//! (no writer task: one thread hand-off less per request); a sender that
+//! outruns the peer waits in its write.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use neo_proto::{
     MAGIC, MAX_PACKET_SIZE, RESPONSE_MASK,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::NetError;
 use crate::transport::Transport;
@@ -29,8 +30,6 @@ pub struct ConnectionConfig {
     /// How long the peer may take to send its magic. NEO/py sends it at
     /// once, so a silent peer is not a NEO node.
     pub handshake_timeout: Duration,
-    /// Bytes queued for sending before senders wait.
-    pub write_budget_bytes: usize,
     /// Received packets waiting for the node before the reader waits.
     pub event_capacity: usize,
     /// Largest packet accepted from the peer.
@@ -41,7 +40,6 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         ConnectionConfig {
             handshake_timeout: Duration::from_secs(30),
-            write_budget_bytes: 8 << 20,
             event_capacity: 1024,
             max_packet_size: MAX_PACKET_SIZE,
         }
@@ -149,12 +147,8 @@ enum Reply {
     Event,
 }
 
-enum Outgoing {
-    /// An encoded packet, holding its share of the write budget.
-    Frame(Vec<u8>, OwnedSemaphorePermit),
-    /// Flush what is queued, then close.
-    Close,
-}
+/// The sending half of the stream, written by whoever sends.
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
 struct Shared {
     id: ConnectionId,
@@ -163,11 +157,11 @@ struct Shared {
     next_msg_id: AtomicU32,
     /// Requests sent and not answered yet, by msg_id.
     pending: Mutex<HashMap<u32, Pending>>,
-    outgoing: mpsc::Sender<Outgoing>,
-    /// Bytes that may still be queued for the writer.
-    write_budget: Arc<Semaphore>,
-    write_budget_bytes: usize,
-    /// Set once the connection is closing; stops both tasks.
+    /// The sending half: senders write their packets directly, one at a
+    /// time (no writer task, so no thread hand-off on the way out); `None`
+    /// once closed. A sender waits while the peer does not read.
+    writer: tokio::sync::Mutex<Option<Writer>>,
+    /// Set once the connection is closing; stops the reader.
     closing: watch::Sender<bool>,
     /// Set by the reader before it fails the pending requests, so that a
     /// request registered later knows no answer will come.
@@ -251,28 +245,19 @@ impl Connection {
                 seconds: config.handshake_timeout.as_secs(),
             })??;
 
-        let (outgoing, outgoing_rx) = mpsc::channel(1024);
         let (closing, closing_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             id: ConnectionId::next(),
             peer,
             next_msg_id: AtomicU32::new(0),
             pending: Mutex::new(HashMap::new()),
-            outgoing,
-            write_budget: Arc::new(Semaphore::new(config.write_budget_bytes)),
-            write_budget_bytes: config.write_budget_bytes,
+            writer: tokio::sync::Mutex::new(Some(Box::new(writer))),
             closing,
             closed: AtomicBool::new(false),
             client: AtomicBool::new(side == Side::Initiator),
             server: AtomicBool::new(side == Side::Acceptor),
         });
         tracing::debug!(peer = %shared.peer, id = shared.id.0, "connection established");
-        tokio::spawn(write_loop(
-            writer,
-            outgoing_rx,
-            closing_rx.clone(),
-            shared.clone(),
-        ));
         let connection = Connection {
             shared: shared.clone(),
         };
@@ -315,21 +300,26 @@ impl Connection {
     async fn send_frame(&self, msg_id: u32, packet: &Packet) -> Result<(), NetError> {
         let mut bytes = Vec::new();
         encode_frame_into(&mut bytes, msg_id, packet);
-        // A packet larger than the whole budget takes all of it.
-        let cost = bytes.len().clamp(1, self.shared.write_budget_bytes);
-        let permit = self
-            .shared
-            .write_budget
-            .clone()
-            .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
-            .await
-            .map_err(|_| self.shared.closed_error())?;
         tracing::trace!(peer = %self.shared.peer, msg_id, packet = packet.name(), "send");
-        self.shared
-            .outgoing
-            .send(Outgoing::Frame(bytes, permit))
-            .await
-            .map_err(|_| self.shared.closed_error())
+        let mut slot = self.shared.writer.lock().await;
+        let Some(writer) = slot.as_mut().filter(|_| !*self.shared.closing.borrow()) else {
+            return Err(self.shared.closed_error());
+        };
+        // A sender cancelled in the middle of a packet would leave half of
+        // it on the wire: the connection is then unusable and is closed.
+        let mut torn = TornWriteGuard {
+            shared: &self.shared,
+            armed: true,
+        };
+        let written = writer.write_all(&bytes).await;
+        torn.armed = false;
+        if let Err(error) = written {
+            tracing::debug!(peer = %self.shared.peer, %error, "write failed");
+            *slot = None;
+            self.shared.closing.send_replace(true);
+            return Err(NetError::io(&self.shared.peer, error));
+        }
+        Ok(())
     }
 
     /// Sends a notification (or a request whose answer is not awaited, like
@@ -442,9 +432,30 @@ impl Connection {
         }
     }
 
-    /// Sends what is queued, then closes. Pending requests fail.
+    /// Closes the connection once packets being sent are written: stops
+    /// reading, shuts the stream down. Pending requests fail.
     pub async fn close(&self) {
-        let _ = self.shared.outgoing.send(Outgoing::Close).await;
+        let mut slot = self.shared.writer.lock().await;
+        if let Some(mut writer) = slot.take() {
+            let _ = writer.shutdown().await;
+        }
+        self.shared.closing.send_replace(true);
+    }
+}
+
+/// Closes the connection if dropped while armed: armed around a write,
+/// disarmed once the write completed.
+struct TornWriteGuard<'a> {
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl Drop for TornWriteGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::warn!(peer = %self.shared.peer, "send cancelled in the middle of a packet: closing");
+            self.shared.closing.send_replace(true);
+        }
     }
 }
 
@@ -469,65 +480,6 @@ async fn read_magic<R: AsyncRead + Unpin>(
             });
         }
     }
-}
-
-/// Bytes of small packets gathered into one write.
-const WRITE_BATCH_BYTES: usize = 64 << 10;
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut queue: mpsc::Receiver<Outgoing>,
-    mut closing: watch::Receiver<bool>,
-    shared: Arc<Shared>,
-) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES);
-    let mut permits = Vec::new();
-    let result: std::io::Result<()> = async {
-        loop {
-            let first = tokio::select! {
-                item = queue.recv() => item,
-                _ = closing.wait_for(|closing| *closing) => None,
-            };
-            let Some(mut item) = first else { break };
-            let mut close = false;
-            loop {
-                match item {
-                    Outgoing::Frame(bytes, permit) => {
-                        if bytes.len() >= WRITE_BATCH_BYTES {
-                            writer.write_all(&batch).await?;
-                            batch.clear();
-                            writer.write_all(&bytes).await?;
-                        } else {
-                            batch.extend_from_slice(&bytes);
-                        }
-                        permits.push(permit);
-                    }
-                    Outgoing::Close => close = true,
-                }
-                if close || batch.len() >= WRITE_BATCH_BYTES {
-                    break;
-                }
-                match queue.try_recv() {
-                    Ok(next) => item = next,
-                    Err(_) => break,
-                }
-            }
-            writer.write_all(&batch).await?;
-            writer.flush().await?;
-            batch.clear();
-            permits.clear();
-            if close {
-                break;
-            }
-        }
-        writer.shutdown().await
-    }
-    .await;
-    if let Err(error) = result {
-        tracing::debug!(peer = %shared.peer, %error, "write failed");
-    }
-    shared.closing.send_replace(true);
-    queue.close();
 }
 
 /// What the reader does with one received packet.
@@ -647,8 +599,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
         None => tracing::debug!(peer = %shared.peer, "connection closed"),
         Some(error) => tracing::warn!("closing connection: {error}"),
     }
-    // Let the writer flush (an Error reply may be queued) and stop.
-    let _ = shared.outgoing.send(Outgoing::Close).await;
+    // Everything sent so far is written; shut our side down unless a
+    // sender is stuck writing to a peer that does not read (its write fails
+    // once the peer is gone).
+    if let Ok(mut slot) = shared.writer.try_lock() {
+        if let Some(mut writer) = slot.take() {
+            let _ = writer.shutdown().await;
+        }
+    }
+    shared.closing.send_replace(true);
     shared.closed.store(true, Ordering::SeqCst);
     for (msg_id, request_code) in shared.fail_pending() {
         let kind = EventKind::Unanswered {

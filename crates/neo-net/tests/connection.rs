@@ -206,10 +206,7 @@ async fn a_silent_peer_times_out_in_the_handshake() {
 
 #[tokio::test(start_paused = true)]
 async fn senders_wait_when_the_peer_does_not_read() {
-    let config = ConnectionConfig {
-        write_budget_bytes: 1024,
-        ..config()
-    };
+    let config = config();
     let (a, mut b) = tokio::io::duplex(256);
     b.write_all(&neo_proto::MAGIC).await.unwrap();
     let (connection, _inbox) = Connection::open(a, Side::Initiator, "slow".into(), &config)
@@ -233,7 +230,7 @@ async fn senders_wait_when_the_peer_does_not_read() {
         }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // About 100 bytes each: the 1 KiB budget plus the pipe hold a few dozen.
+    // About 100 bytes each: the 256-byte pipe holds a few.
     let blocked_at = sent.load(Ordering::SeqCst);
     assert!(
         blocked_at < 100,
