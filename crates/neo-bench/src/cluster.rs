@@ -10,7 +10,7 @@ use neo_proto::packets::{AskClusterState, SetClusterState};
 use neo_proto::{Address, ClusterState};
 
 /// A port nobody listens on right now.
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
@@ -189,6 +189,11 @@ impl Drop for Cluster {
 }
 
 impl Node {
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// CPU time (user + system) the process used so far.
     pub fn cpu_time(&self) -> Duration {
         cpu_time(self.child.id()).unwrap_or_default()
@@ -205,7 +210,8 @@ impl Node {
     }
 }
 
-fn cpu_time(pid: u32) -> Option<Duration> {
+/// CPU time (user + system) of any process so far.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -215,7 +221,8 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-fn status_field(pid: u32, field: &str) -> Option<u64> {
+/// A KiB figure of /proc/PID/status (`VmHWM:`, `VmRSS:`).
+pub fn status_field(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()

@@ -2,10 +2,16 @@
 //! against the machine's floors (a loopback TCP round trip between two
 //! processes, an append + fsync), in one run, and prints ratios.
 //!
+//! In the same run, the ZODB side (`python/zodb_bench.py`, in a virtualenv
+//! that neobench makes) runs the same workloads through the ZODB API on
+//! NEO (this cluster, through our `neo` wheel), ZEO (a `runzeo` started
+//! here) and FileStorage, and a chart of it all is drawn (bench.png).
+//!
 //! Every loop is bounded in count and in time. Sizes: `--size smoke`
 //! (seconds, to prove it works), `--size default` (a few minutes).
 
 mod cluster;
+mod python;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -35,6 +41,15 @@ struct Cli {
     /// Where to write bench.json and bench.md.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
+    /// Skip the ZODB side (ZEO, FileStorage and NEO through the ZODB API).
+    #[arg(long)]
+    no_python: bool,
+    /// The virtualenv of the ZODB side, created on first use.
+    #[arg(long, default_value = "target/bench-venv")]
+    venv: PathBuf,
+    /// The Python that creates the virtualenv.
+    #[arg(long, default_value = "python3")]
+    python: String,
     #[command(subcommand)]
     command: Option<Hidden>,
 }
@@ -62,9 +77,44 @@ struct Plan {
     serial_commits: usize,
     commit_clients: &'static [usize],
     commit_window: Duration,
+    zodb: Zodb,
+}
+
+/// Sizes of the ZODB side, the same for NEO, ZEO and FileStorage (its
+/// client counts are the Rust side's).
+struct Zodb {
+    objects: usize,
+    load_window: Duration,
+    serial_commits: usize,
+    commit_window: Duration,
+    app_items: usize,
+    app_batch: usize,
+    app_lookups: usize,
+    /// The most any one loop of zodb_bench.py may take.
+    phase_limit: Duration,
+    /// The most one storage's zodb_bench.py may take.
+    script_limit: Duration,
 }
 
 impl Plan {
+    /// The ZODB side's plan, as zodb_bench.py reads it.
+    fn zodb_json(&self) -> Value {
+        let zodb = &self.zodb;
+        json!({
+            "objects": zodb.objects,
+            "load_clients": self.load_clients,
+            "load_window": zodb.load_window.as_secs_f64(),
+            "serial_commits": zodb.serial_commits,
+            "committers": self.commit_clients,
+            "commit_window": zodb.commit_window.as_secs_f64(),
+            "app_items": zodb.app_items,
+            "app_batch": zodb.app_batch,
+            "app_lookups": zodb.app_lookups,
+            "phase_limit": zodb.phase_limit.as_secs_f64(),
+            "seed": 20_240_601,
+        })
+    }
+
     fn of(size: Size) -> Plan {
         match size {
             Size::Smoke => Plan {
@@ -76,6 +126,17 @@ impl Plan {
                 serial_commits: 20,
                 commit_clients: &[1, 2],
                 commit_window: Duration::from_millis(300),
+                zodb: Zodb {
+                    objects: 300,
+                    load_window: Duration::from_millis(300),
+                    serial_commits: 20,
+                    commit_window: Duration::from_millis(300),
+                    app_items: 2_000,
+                    app_batch: 200,
+                    app_lookups: 200,
+                    phase_limit: Duration::from_secs(5),
+                    script_limit: Duration::from_secs(60),
+                },
             },
             Size::Default => Plan {
                 round_trips: 20_000,
@@ -86,6 +147,17 @@ impl Plan {
                 serial_commits: 400,
                 commit_clients: &[1, 2, 4, 8],
                 commit_window: Duration::from_secs(3),
+                zodb: Zodb {
+                    objects: 10_000,
+                    load_window: Duration::from_secs(2),
+                    serial_commits: 200,
+                    commit_window: Duration::from_secs(2),
+                    app_items: 20_000,
+                    app_batch: 500,
+                    app_lookups: 2_000,
+                    phase_limit: Duration::from_secs(15),
+                    script_limit: Duration::from_secs(150),
+                },
             },
         }
     }
@@ -149,8 +221,10 @@ fn echo() -> Result<(), String> {
     }
 }
 
-/// Round trip of a small message between two processes over 127.0.0.1.
-fn floor_round_trip(count: usize) -> Result<(f64, f64), String> {
+/// Round trip of a small message between two processes over 127.0.0.1:
+/// min, median, p99 and max in µs (the spread is the run's noise
+/// indicator).
+fn floor_round_trip(count: usize) -> Result<Value, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .arg("echo")
@@ -180,7 +254,14 @@ fn floor_round_trip(count: usize) -> Result<(f64, f64), String> {
     }
     drop(stream);
     let _ = child.wait();
-    Ok(percentiles(&mut samples))
+    let (median, p99) = percentiles(&mut samples);
+    let us = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    Ok(json!({
+        "min": us(samples.first()),
+        "median": median,
+        "p99": p99,
+        "max": us(samples.last()),
+    }))
 }
 
 /// A 4 KiB append + fsync in the data directory.
@@ -282,18 +363,23 @@ fn throughput(
     Ok(total? as f64 / elapsed)
 }
 
-fn run(cli: &Cli) -> Result<Value, String> {
+fn run(cli: &Cli, venv: Option<&python::Venv>) -> Result<Value, String> {
     let plan = Plan::of(cli.size);
     let data = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut report = serde_json::Map::new();
     let mut rng = Rng(0x1234_5678_9abc_def1);
-
-    let (rtt_median, rtt_p99) = floor_round_trip(plan.round_trips)?;
-    let (fsync_median, fsync_p99) = floor_fsync(data.path(), plan.fsyncs)?;
     report.insert(
-        "floor_round_trip_us".into(),
-        json!({"median": rtt_median, "p99": rtt_p99}),
+        "size".into(),
+        json!(match cli.size {
+            Size::Smoke => "smoke",
+            Size::Default => "default",
+        }),
     );
+
+    let round_trip = floor_round_trip(plan.round_trips)?;
+    let rtt_median = round_trip["median"].as_f64().unwrap_or(f64::NAN);
+    let (fsync_median, fsync_p99) = floor_fsync(data.path(), plan.fsyncs)?;
+    report.insert("floor_round_trip_us".into(), round_trip);
     report.insert(
         "floor_fsync_4k_us".into(),
         json!({"median": fsync_median, "p99": fsync_p99}),
@@ -392,7 +478,38 @@ fn run(cli: &Cli) -> Result<Value, String> {
         .map(|node| (node.label.clone(), json!(node.peak_rss_kib())))
         .collect();
     report.insert("peak_rss_kib".into(), Value::Object(peak));
+
+    if let Some(venv) = venv {
+        let zodb_dir = data.path().join("zodb");
+        std::fs::create_dir_all(&zodb_dir).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        match python::measure(
+            venv,
+            &plan.zodb_json(),
+            &cluster,
+            &zodb_dir,
+            plan.zodb.script_limit,
+        ) {
+            Ok(zodb) => {
+                report.insert("zodb".into(), zodb);
+            }
+            Err(message) => {
+                eprintln!("neobench: the ZODB side failed: {message}");
+                report.insert("zodb_error".into(), json!(message));
+            }
+        }
+        report.insert(
+            "zodb_seconds".into(),
+            json!(started.elapsed().as_secs_f64()),
+        );
+    }
     cluster.stop()?;
+
+    // The floor again: how much the machine drifted during the run.
+    report.insert(
+        "floor_round_trip_after_us".into(),
+        floor_round_trip(plan.round_trips)?,
+    );
     Ok(Value::Object(report))
 }
 
@@ -409,6 +526,16 @@ fn markdown(report: &Value) -> String {
     row(
         "loopback round trip (floor), median",
         format!("{:.1} µs", number(&["floor_round_trip_us", "median"])),
+    );
+    row(
+        "noise: round-trip floor min / median / max; median at the end",
+        format!(
+            "{:.1} / {:.1} / {:.1} µs; {:.1} µs",
+            number(&["floor_round_trip_us", "min"]),
+            number(&["floor_round_trip_us", "median"]),
+            number(&["floor_round_trip_us", "max"]),
+            number(&["floor_round_trip_after_us", "median"])
+        ),
     );
     row(
         "4 KiB append + fsync (floor), median",
@@ -428,10 +555,10 @@ fn markdown(report: &Value) -> String {
         format!("{:.1} µs", number(&["storage_cpu_per_load_us"])),
     );
     if let Some(Value::Object(parallel)) = report.get("parallel_loads_per_s") {
-        for (clients, rate) in parallel {
+        for clients in sort_numeric(parallel.keys().cloned().collect()) {
             row(
                 &format!("parallel loads, {clients} clients"),
-                format!("{:.0} loads/s", rate.as_f64().unwrap_or(0.0)),
+                format!("{:.0} loads/s", parallel[&clients].as_f64().unwrap_or(0.0)),
             );
         }
     }
@@ -451,10 +578,10 @@ fn markdown(report: &Value) -> String {
         }
     }
     if let Some(Value::Object(concurrent)) = report.get("concurrent_commits_tx_per_s") {
-        for (clients, rate) in concurrent {
+        for clients in sort_numeric(concurrent.keys().cloned().collect()) {
             row(
                 &format!("10 × 1 KiB commits, {clients} committers"),
-                format!("{:.0} tx/s", rate.as_f64().unwrap_or(0.0)),
+                format!("{:.0} tx/s", concurrent[&clients].as_f64().unwrap_or(0.0)),
             );
         }
     }
@@ -470,7 +597,194 @@ fn markdown(report: &Value) -> String {
             );
         }
     }
+    if let Some(zodb) = report.get("zodb") {
+        table.push('\n');
+        table.push_str(&zodb_markdown(report, zodb));
+    }
+    if let Some(error) = report.get("zodb_error").and_then(Value::as_str) {
+        table.push_str(&format!("\nThe ZODB side did not run: {error}\n"));
+    }
     table
+}
+
+/// The ZODB side's table: NEO, ZEO and FileStorage side by side, with
+/// NEO's ratio to ZEO and latencies' ratios to the floors.
+fn zodb_markdown(report: &Value, zodb: &Value) -> String {
+    const KINDS: [&str; 3] = ["neo", "zeo", "filestorage"];
+    let floor = |name: &str| {
+        report
+            .get(name)
+            .and_then(|floor| floor.get("median"))
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::NAN)
+    };
+    let (rtt, fsync) = (floor("floor_round_trip_us"), floor("floor_fsync_4k_us"));
+    let get = |kind: &str, path: &[&str]| {
+        path.iter()
+            .try_fold(&zodb[kind], |value, key| value.get(*key))
+            .and_then(Value::as_f64)
+    };
+    let plan = &zodb["neo"]["plan"];
+    let mut table = format!(
+        "Through the ZODB API, same workloads for the three ({} objects of \
+         100 B–1 KiB; application: {} OOBTree items of persistent objects, {} per \
+         transaction, {} cold lookups):\n\n\
+         | measure | NEO | ZEO | FileStorage | NEO ÷ ZEO |\n|---|---|---|---|---|\n",
+        plan["objects"], plan["app_items"], plan["app_batch"], plan["app_lookups"]
+    );
+    // One row: `show` formats a value, `floor` (if any) adds its ratio.
+    let mut row = |name: &str, path: &[&str], unit: &str, floor: Option<(f64, &str)>| {
+        let cells: Vec<String> = KINDS
+            .iter()
+            .map(|kind| match get(kind, path) {
+                None => "–".to_owned(),
+                Some(value) => {
+                    let mut cell = if value >= 100.0 {
+                        format!("{value:.0} {unit}")
+                    } else {
+                        format!("{value:.1} {unit}")
+                    };
+                    if let Some((floor, floor_name)) = floor {
+                        cell.push_str(&format!(" ({:.1} × {floor_name})", value / floor));
+                    }
+                    cell
+                }
+            })
+            .collect();
+        let ratio = match (get("neo", path), get("zeo", path)) {
+            (Some(neo), Some(zeo)) if zeo > 0.0 => format!("{:.2}", neo / zeo),
+            _ => "–".to_owned(),
+        };
+        table.push_str(&format!("| {name} | {} | {ratio} |\n", cells.join(" | ")));
+    };
+    let rtt = Some((rtt, "rtt"));
+    row(
+        "serial cold load, median",
+        &["serial_cold_load_us", "median"],
+        "µs",
+        rtt,
+    );
+    row(
+        "serial cold load, p99",
+        &["serial_cold_load_us", "p99"],
+        "µs",
+        rtt,
+    );
+    row(
+        "server CPU per cold load",
+        &["serial_cold_load_us", "server_cpu_per_load_us"],
+        "µs",
+        None,
+    );
+    let clients: Vec<String> = zodb["neo"]["parallel_loads_per_s"]
+        .as_object()
+        .map(|map| map.keys().cloned().collect())
+        .unwrap_or_default();
+    for clients in sort_numeric(clients) {
+        row(
+            &format!("parallel loads, {clients} clients¹"),
+            &["parallel_loads_per_s", &clients],
+            "loads/s",
+            None,
+        );
+    }
+    let fsync = Some((fsync, "fsync"));
+    row(
+        "serial commit 10 × 1 KiB, median",
+        &["serial_commits_10x1KiB", "median_us"],
+        "µs",
+        fsync,
+    );
+    row(
+        "serial commit 10 × 1 KiB, p99",
+        &["serial_commits_10x1KiB", "p99_us"],
+        "µs",
+        fsync,
+    );
+    row(
+        "serial commits 10 × 1 KiB",
+        &["serial_commits_10x1KiB", "tx_per_s"],
+        "tx/s",
+        None,
+    );
+    row(
+        "server CPU per commit",
+        &["serial_commits_10x1KiB", "server_cpu_per_tx_us"],
+        "µs",
+        None,
+    );
+    let committers: Vec<String> = zodb["neo"]["concurrent_commits_tx_per_s"]
+        .as_object()
+        .map(|map| map.keys().cloned().collect())
+        .unwrap_or_default();
+    for committers in sort_numeric(committers) {
+        row(
+            &format!("10 × 1 KiB commits, {committers} committers²"),
+            &["concurrent_commits_tx_per_s", &committers],
+            "tx/s",
+            None,
+        );
+    }
+    row(
+        "app: insert",
+        &["app", "insert_items_per_s"],
+        "items/s",
+        None,
+    );
+    row(
+        "app: insert, one batch, median",
+        &["app", "insert_batch_median_us"],
+        "µs",
+        None,
+    );
+    row(
+        "app: cold random lookup, median",
+        &["app", "lookup_median_us"],
+        "µs",
+        rtt,
+    );
+    row(
+        "app: cold random lookups",
+        &["app", "lookups_per_s"],
+        "lookups/s",
+        None,
+    );
+    row(
+        "app: full scan (cold)",
+        &["app", "scan_items_per_s"],
+        "items/s",
+        None,
+    );
+    let neo_peak: f64 = zodb["neo_servers_peak_rss_kib"]
+        .as_object()
+        .map(|map| map.values().filter_map(Value::as_f64).sum())
+        .unwrap_or(f64::NAN);
+    let zeo_peak = zodb["zeo_server"]["peak_rss_kib"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    table.push_str(&format!(
+        "| server peak RSS³ | {:.1} MiB | {:.1} MiB | – | {:.2} |\n",
+        neo_peak / 1024.0,
+        zeo_peak / 1024.0,
+        neo_peak / zeo_peak
+    ));
+    table.push_str(
+        "\n¹ Separate processes, each with its own storage, each loading the \
+         objects once in its own random order (no cache hits) until the window \
+         closes; FileStorage readers (read-only, no cache) go round again.  \n\
+         ² Separate processes, each with its own storage; FileStorage: \
+         threads sharing the one storage (a FileStorage has one writer).  \n\
+         ³ NEO: master + storage + admin, after the Rust side and the ZODB \
+         side; ZEO: its one server process.  \n\
+         FileStorage runs in the benchmark's process: its loads read the \
+         OS page cache, there is no network.\n",
+    );
+    table
+}
+
+fn sort_numeric(mut keys: Vec<String>) -> Vec<String> {
+    keys.sort_by_key(|key| key.parse::<u64>().unwrap_or(u64::MAX));
+    keys
 }
 
 fn main() -> ExitCode {
@@ -484,13 +798,46 @@ fn main() -> ExitCode {
             }
         };
     }
-    let report = match run(&cli) {
+    let started = Instant::now();
+    let (venv, setup_error) = if cli.no_python {
+        (None, None)
+    } else {
+        let neo_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../neo-py");
+        match python::setup(&cli.venv, &cli.python, &neo_py) {
+            Ok(venv) => (Some(venv), None),
+            Err(message) => {
+                eprintln!(
+                    "neobench: the ZODB side (ZEO, FileStorage, NEO through the ZODB API) \
+                     cannot run, because the Python virtualenv {} could not be set up: \
+                     {message}\nneobench: measuring the Rust side only \
+                     (--no-python skips the ZODB side on purpose)",
+                    cli.venv.display()
+                );
+                (None, Some(message))
+            }
+        }
+    };
+    let mut report = match run(&cli, venv.as_ref()) {
         Ok(report) => report,
         Err(message) => {
             eprintln!("neobench: error: {message}");
             return ExitCode::FAILURE;
         }
     };
+    if let (Some(message), Value::Object(map)) = (setup_error, &mut report) {
+        map.insert(
+            "zodb_error".into(),
+            json!(format!(
+                "the Python virtualenv could not be set up: {message}"
+            )),
+        );
+    }
+    if let Value::Object(map) = &mut report {
+        map.insert(
+            "total_seconds".into(),
+            json!(started.elapsed().as_secs_f64()),
+        );
+    }
     let table = markdown(&report);
     print!("{table}");
     let written = std::fs::create_dir_all(&cli.out)
@@ -500,6 +847,24 @@ fn main() -> ExitCode {
         eprintln!(
             "neobench: error: cannot write {}: {error}",
             cli.out.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let mut failed = report.get("zodb_error").is_some();
+    if let (Some(venv), Some(_)) = (&venv, report.get("zodb")) {
+        let png = cli.out.join("bench.png");
+        match python::chart(venv, &cli.out.join("bench.json"), &png) {
+            Ok(()) => println!("chart: {}", png.display()),
+            Err(message) => {
+                eprintln!("neobench: error: no chart: {message}");
+                failed = true;
+            }
+        }
+    }
+    println!("took {:.0} s", started.elapsed().as_secs_f64());
+    if failed {
+        eprintln!(
+            "neobench: the ZODB side failed (see above); the Rust side's figures are complete"
         );
         return ExitCode::FAILURE;
     }
