@@ -432,6 +432,14 @@ impl Connection {
         }
     }
 
+    /// Gives up on the connection at once, without waiting for packets
+    /// being written: the reader stops (a `Closed` event follows), further
+    /// sends fail. For a peer that stopped reading.
+    pub fn abort(&self) {
+        tracing::warn!(peer = %self.shared.peer, "aborting the connection");
+        self.shared.closing.send_replace(true);
+    }
+
     /// Closes the connection once packets being sent are written: stops
     /// reading, shuts the stream down. Pending requests fail.
     pub async fn close(&self) {

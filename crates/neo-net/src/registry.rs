@@ -72,32 +72,38 @@ impl Registry {
     }
 
     // A failed send means the connection is closing: its `Closed` event
-    // tells the node, so the send helpers ignore errors.
+    // tells the node, so the send helpers ignore errors. A send that cannot
+    // complete within SEND_TIMEOUT (the peer stopped reading and its socket
+    // buffer is full) aborts that connection, so one stuck peer cannot hold
+    // up the whole node.
 
     /// Answers the request `msg_id` on connection `id`.
     pub async fn answer(&self, id: u64, msg_id: u32, packet: Packet) {
         if let Some(connection) = self.get(id) {
-            let _ = connection.answer(msg_id, packet).await;
+            bounded(connection, connection.answer(msg_id, packet)).await;
         }
     }
 
     /// Sends a notification on connection `id`.
     pub async fn notify(&self, id: u64, packet: Packet) {
         if let Some(connection) = self.get(id) {
-            let _ = connection.notify(packet).await;
+            bounded(connection, connection.notify(packet)).await;
         }
     }
 
     /// Sends a request on connection `id` (answer as an event); returns
     /// its msg_id.
     pub async fn request(&self, id: u64, packet: Packet) -> Option<u32> {
-        self.get(id)?.send_request(packet).await.ok()
+        let connection = self.get(id)?;
+        bounded(connection, connection.send_request(packet))
+            .await?
+            .ok()
     }
 
     /// Closes connection `id` after what is queued.
     pub async fn close(&self, id: u64) {
         if let Some(connection) = self.get(id) {
-            connection.close().await;
+            bounded(connection, connection.close()).await;
         }
     }
 
@@ -122,6 +128,25 @@ impl Registry {
             }
         };
         let _ = tokio::time::timeout(timeout, drain).await;
+    }
+}
+
+/// How long one send may wait for a peer that does not read.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a send, aborting the connection if it takes longer than
+/// [`SEND_TIMEOUT`].
+async fn bounded<T>(
+    connection: &Connection,
+    send: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match tokio::time::timeout(SEND_TIMEOUT, send).await {
+        Ok(result) => Some(result),
+        Err(_) => {
+            tracing::warn!(peer = connection.peer(), "peer does not read");
+            connection.abort();
+            None
+        }
     }
 }
 

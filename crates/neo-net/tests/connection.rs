@@ -419,3 +419,41 @@ async fn answers_to_send_request_come_in_order_with_other_packets() {
     }
     assert!(next_closed(&mut client_inbox).await.is_none());
 }
+
+/// A node's registry gives up on a peer that stops reading instead of
+/// waiting for it forever.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_does_not_read_is_aborted_by_the_registry() {
+    let (a, mut b) = tokio::io::duplex(256);
+    b.write_all(&neo_proto::MAGIC).await.unwrap();
+    let (events, mut event_rx) = tokio::sync::mpsc::channel(16);
+    let connection = Connection::establish(a, Side::Acceptor, "stuck".into(), events, &config())
+        .await
+        .unwrap();
+    let id = connection.id();
+    let mut registry = neo_net::Registry::new();
+    assert!(registry.register(connection).is_empty());
+    let started = tokio::time::Instant::now();
+    let sends = async {
+        for tid in 0..100 {
+            let oids = (0..50).map(Oid).collect();
+            let packet = Packet::InvalidateObjects(InvalidateObjects {
+                tid: Tid(tid),
+                oids,
+            });
+            registry.notify(id.0, packet).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), sends)
+        .await
+        .expect("the registry gives up on the stuck peer");
+    // The sends stopped waiting after the timeout, once.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    loop {
+        let event = event_rx.recv().await.expect("an event");
+        if let EventKind::Closed(_) = event.kind {
+            break;
+        }
+    }
+    drop(b);
+}
