@@ -5,7 +5,7 @@
 //! Calendar arithmetic is done by hand (days since the epoch ↔ civil date)
 //! so the crate needs no date library.
 
-use neo_cluster::{civil_from_days, days_from_civil};
+use neo_cluster::{civil_from_days, days_from_civil, tid_fields};
 use neo_proto::Tid;
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
@@ -58,22 +58,13 @@ fn from_unix_micros(micros: i64) -> DateTime {
 /// The UTC date a TID encodes, as NEO prints it (`1900-01-01 00:00:00`
 /// for TID 0). The fraction of the second is truncated to microseconds.
 pub fn tid_datetime(tid: Tid) -> String {
-    let high = tid.0 >> 32;
-    let low = tid.0 & 0xffff_ffff;
-    let minute = (high % 60) as u32;
-    let hours = high / 60;
-    let hour = (hours % 24) as u32;
-    let days = hours / 24;
-    let day = (days % 31) as u32 + 1;
-    let months = days / 31;
-    let month = (months % 12) as u32 + 1;
-    let year = (months / 12) as i64 + 1900;
+    let f = tid_fields(tid);
     // low / 2^32 of a minute; below 60 s, so no carry into the minute.
-    let micros = ((u128::from(low) * 60 * 1_000_000) >> 32) as i64;
+    let micros = ((u128::from(f.low) * 60 * 1_000_000) >> 32) as i64;
     // Going through day counts also normalises impossible dates (31 Feb).
-    let start = (days_from_civil(year, month, 1) + i64::from(day) - 1) * SECONDS_PER_DAY
-        + i64::from(hour) * 3600
-        + i64::from(minute) * 60;
+    let start = (days_from_civil(f.year, f.month, 1) + i64::from(f.day) - 1) * SECONDS_PER_DAY
+        + i64::from(f.hour) * 3600
+        + i64::from(f.minute) * 60;
     from_unix_micros(start * MICROS_PER_SECOND + micros).to_string()
 }
 

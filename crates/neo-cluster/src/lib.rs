@@ -12,6 +12,6 @@ pub mod tid;
 pub use nodes::{Node, NodeTable};
 pub use pt::{Cell, PartitionTable, PtError};
 pub use tid::{
-    add_tid, civil_from_days, datetime_of_tid, days_from_civil, tid_from_unix, DateTime,
-    TidGenerator, UnixTime,
+    add_tid, civil_from_days, datetime_of_tid, days_from_civil, tid_fields, tid_from_unix,
+    DateTime, TidFields, TidGenerator, UnixTime,
 };

@@ -118,28 +118,53 @@ pub fn tid_from_unix(time: UnixTime) -> Tid {
     tid_from_datetime(&DateTime::from_unix(time))
 }
 
+/// The fields a TID encodes, as stored: the calendar fields may name an
+/// impossible date (30 February); `low` counts 60/2^32 s within the minute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TidFields {
+    /// Full year.
+    pub year: i64,
+    /// 1 ..= 12.
+    pub month: u32,
+    /// 1 ..= 31.
+    pub day: u32,
+    /// 0 ..= 23.
+    pub hour: u32,
+    /// 0 ..= 59.
+    pub minute: u32,
+    /// The low 32 bits.
+    pub low: u32,
+}
+
+/// Splits a TID into its fields, without checking the date.
+pub fn tid_fields(tid: Tid) -> TidFields {
+    let high = tid.0 >> 32;
+    let hours = high / 60;
+    let days = hours / 24;
+    let months = days / 31;
+    TidFields {
+        year: (months / 12) as i64 + 1900,
+        month: (months % 12) as u32 + 1,
+        day: (days % 31) as u32 + 1,
+        hour: (hours % 24) as u32,
+        minute: (high % 60) as u32,
+        low: tid.0 as u32,
+    }
+}
+
 /// The date and time a TID encodes, if it is a valid date.
 pub fn datetime_of_tid(tid: Tid) -> Option<DateTime> {
-    let high = tid.0 >> 32;
-    let low = tid.0 & 0xffff_ffff;
-    let minute = (high % 60) as u32;
-    let hours = high / 60;
-    let hour = (hours % 24) as u32;
-    let days = hours / 24;
-    let day = (days % 31) as u32 + 1;
-    let months = days / 31;
-    let month = (months % 12) as u32 + 1;
-    let year = (months / 12) as i64 + 1900;
-    if day > days_in_month(year, month) {
+    let fields = tid_fields(tid);
+    if fields.day > days_in_month(fields.year, fields.month) {
         return None;
     }
     Some(DateTime {
-        year,
-        month,
-        day,
-        hour,
-        minute,
-        second: low as f64 / UNITS_PER_SECOND,
+        year: fields.year,
+        month: fields.month,
+        day: fields.day,
+        hour: fields.hour,
+        minute: fields.minute,
+        second: f64::from(fields.low) / UNITS_PER_SECOND,
     })
 }
 
