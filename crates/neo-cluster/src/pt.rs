@@ -167,6 +167,11 @@ impl PartitionTable {
             .collect()
     }
 
+    /// Whether `nid` has a cell in any partition.
+    pub fn has_cells(&self, nid: NodeId) -> bool {
+        self.rows.iter().flatten().any(|cell| cell.nid == nid)
+    }
+
     /// Every row has at least one cell.
     pub fn is_filled(&self) -> bool {
         self.rows.iter().all(|row| !row.is_empty())

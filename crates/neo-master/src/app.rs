@@ -11,9 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use neo_cluster::{Node, NodeTable, PartitionTable, UnixTime};
 use neo_proto::packets::{self as p, NodeInfo};
-use neo_proto::{
-    Address, CellState, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Oid, Packet, Tid,
-};
+use neo_proto::{Address, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Oid, Packet, Tid};
 
 use crate::pack::PackManager;
 use crate::transactions::{Finish, TransactionManager};
@@ -534,9 +532,7 @@ impl Master {
                         return self.refuse(conn, msg_id, ErrorCode::NotReady, "Retry Later");
                     }
                     _ => {
-                        let known = request
-                            .nid
-                            .is_some_and(|nid| !self.pt.cells_of(nid).is_empty());
+                        let known = request.nid.is_some_and(|nid| self.pt.has_cells(nid));
                         if known {
                             NodeState::Running
                         } else {
@@ -1138,7 +1134,7 @@ impl Master {
         self.verification.last_ids_asked.remove(&nid);
         self.verification.final_asked.remove(&nid);
         self.verification.pack_orders_asked.remove(&nid);
-        let has_cells = !self.pt.cells_of(nid).is_empty();
+        let has_cells = self.pt.has_cells(nid);
         let state = if has_cells {
             NodeState::Down
         } else {
@@ -1486,11 +1482,6 @@ impl Master {
 }
 
 impl Master {
-    /// The cells a storage holds, by state (for tests and logs).
-    pub fn cells_of(&self, nid: NodeId) -> Vec<(u32, CellState)> {
-        self.pt.cells_of(nid)
-    }
-
     /// Last OID handed out.
     pub fn last_oid(&self) -> Oid {
         self.transactions.last_ids().1
