@@ -99,9 +99,18 @@ CREATE TABLE IF NOT EXISTS tobj (
 ) WITHOUT ROWID;
 ";
 
-/// Columns of an object row joined with its data, as read by `get_object`.
-const OBJECT_COLUMNS: &str = "obj.tid, obj.value_tid, obj.data_id, data.id, data.compression, \
-     data.hash, data.value FROM obj LEFT JOIN data ON data.id = obj.data_id";
+/// An object row joined with its data, as read by `get_object`, with the
+/// given condition: a literal, so each load finds its prepared statement
+/// without building the SQL again.
+macro_rules! select_object {
+    ($condition:literal) => {
+        concat!(
+            "SELECT obj.tid, obj.value_tid, obj.data_id, data.id, data.compression, \
+             data.hash, data.value FROM obj LEFT JOIN data ON data.id = obj.data_id WHERE ",
+            $condition
+        )
+    };
+}
 
 /// How to open a database.
 #[derive(Clone, Debug)]
@@ -510,8 +519,11 @@ impl SqliteBackend {
     /// module, which NEO/py relies on: writes accumulate until `commit`).
     fn begin(&mut self) -> Result<()> {
         if self.conn.is_autocommit() {
+            // Cached like the other statements: parsed once, not per
+            // transaction.
             self.conn
-                .execute_batch("BEGIN IMMEDIATE")
+                .prepare_cached("BEGIN IMMEDIATE")
+                .and_then(|mut stmt| stmt.execute([]))
                 .ctx("beginning a write transaction")?;
         }
         Ok(())
@@ -728,7 +740,10 @@ impl SqliteBackend {
 impl Backend for SqliteBackend {
     fn commit(&mut self) -> Result<()> {
         if !self.conn.is_autocommit() {
-            self.conn.execute_batch("COMMIT").ctx("committing")?;
+            self.conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut stmt| stmt.execute([]))
+                .ctx("committing")?;
         }
         Ok(())
     }
@@ -1007,26 +1022,21 @@ impl Backend for SqliteBackend {
         let raw = match (at, before) {
             (Some(at), _) => match i64::try_from(at.0) {
                 Ok(at) => query(
-                    &format!(
-                        "SELECT {OBJECT_COLUMNS} \
-                         WHERE obj.partition = ?1 AND obj.oid = ?2 AND obj.tid = ?3"
-                    ),
+                    select_object!("obj.partition = ?1 AND obj.oid = ?2 AND obj.tid = ?3"),
                     at,
                 )?,
                 Err(_) => None,
             },
             (None, Some(before)) => query(
-                &format!(
-                    "SELECT {OBJECT_COLUMNS} \
-                     WHERE obj.partition = ?1 AND obj.oid = ?2 AND obj.tid < ?3 \
+                select_object!(
+                    "obj.partition = ?1 AND obj.oid = ?2 AND obj.tid < ?3 \
                      ORDER BY obj.tid DESC LIMIT 1"
                 ),
                 sql_bound(before.0),
             )?,
             (None, None) => query(
-                &format!(
-                    "SELECT {OBJECT_COLUMNS} \
-                     WHERE obj.partition = ?1 AND obj.oid = ?2 AND obj.tid <= ?3 \
+                select_object!(
+                    "obj.partition = ?1 AND obj.oid = ?2 AND obj.tid <= ?3 \
                      ORDER BY obj.tid DESC LIMIT 1"
                 ),
                 i64::MAX,
