@@ -140,10 +140,12 @@ impl Waiting {
             Waiting::Store(_, _, r) => r.ttid,
             Waiting::Check(_, _, r) => r.ttid,
             Waiting::Relock(_, _, r) => r.ttid,
-            Waiting::Load(..)
-            | Waiting::History(..)
-            | Waiting::UndoSerials(..)
-            | Waiting::TransactionInformation(..) => Tid::ZERO,
+            // After the stores its transaction sent before it (the sort is
+            // stable): it must see them.
+            Waiting::UndoSerials(_, _, r) => r.ttid,
+            Waiting::Load(..) | Waiting::History(..) | Waiting::TransactionInformation(..) => {
+                Tid::ZERO
+            }
         }
     }
 }
@@ -1242,11 +1244,18 @@ impl<B: Backend> Storage<B> {
     ) -> Handled {
         // Like loads, wait until a transaction being committed on these
         // oids is unlocked: its commit may already have been reported to
-        // the client that is undoing.
-        if request
-            .oids
-            .iter()
-            .any(|oid| self.locks.is_read_locked(*oid))
+        // the client that is undoing. Wait also for the undoing
+        // transaction's own stores of these oids that arrived before
+        // (undoing several transactions at once builds on them).
+        let own_store_waits = self.waiting.iter().any(|waiting| {
+            matches!(waiting, Waiting::Store(_, _, store)
+                if store.ttid == request.ttid && request.oids.contains(&store.oid))
+        });
+        if own_store_waits
+            || request
+                .oids
+                .iter()
+                .any(|oid| self.locks.is_read_locked(*oid))
         {
             self.waiting
                 .push(Waiting::UndoSerials(conn, msg_id, request));

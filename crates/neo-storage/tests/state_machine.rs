@@ -1,0 +1,221 @@
+//! The storage node's state machine driven packet by packet over a real
+//! SQLite database, without any network: what it answers, and in which
+//! order, when requests have to wait for locks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use neo_proto::packets::{self as p, CellInfo, NodeInfo, UndoSerial};
+use neo_proto::{Address, CellState, Checksum, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid};
+use neo_storage::backend::{OpenOptions, SqliteBackend};
+use neo_storage::node::{ConnId, Input, Output, Storage, StorageConfig};
+use sha1::{Digest, Sha1};
+
+const MASTER: ConnId = 1;
+const CLIENT: ConnId = 2;
+
+fn storage_nid() -> NodeId {
+    NodeId::new(NodeType::Storage, 1).unwrap()
+}
+
+fn client_nid() -> NodeId {
+    NodeId::new(NodeType::Client, 1).unwrap()
+}
+
+fn tid(n: u64) -> Tid {
+    Tid(0x03f0_0000_0000_0000 + n)
+}
+
+/// A storage node with one partition of its own, operational, with one
+/// identified client on [`CLIENT`].
+struct Harness {
+    _dir: tempfile::TempDir,
+    storage: Storage<SqliteBackend>,
+    next_msg_id: u32,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let backend =
+            SqliteBackend::open(dir.path().join("neo.sqlite"), &OpenOptions::default()).unwrap();
+        let config = StorageConfig {
+            cluster: "test".to_owned(),
+            address: Address::parse("127.0.0.1:1", 1).unwrap(),
+        };
+        let mut harness = Harness {
+            _dir: dir,
+            storage: Storage::new(config, backend).unwrap(),
+            next_msg_id: 0,
+        };
+        harness.input(Input::MasterConnected { conn: MASTER });
+        harness.input(Input::Answer {
+            conn: MASTER,
+            packet: p::AcceptIdentification {
+                node_type: NodeType::Master,
+                nid: Some(NodeId::new(NodeType::Master, 1).unwrap()),
+                your_nid: Some(storage_nid()),
+            }
+            .into(),
+        });
+        harness.master_sends(p::SendPartitionTable {
+            ptid: Some(1),
+            num_replicas: 0,
+            rows: vec![vec![CellInfo {
+                nid: storage_nid(),
+                state: CellState::UpToDate,
+            }]],
+        });
+        harness.master_sends(p::NotifyNodeInformation {
+            timestamp: 1.0,
+            nodes: vec![NodeInfo {
+                node_type: NodeType::Client,
+                address: None,
+                nid: Some(client_nid()),
+                state: NodeState::Running,
+                id_timestamp: Some(1.0),
+            }],
+        });
+        harness.master_sends(p::StartOperation { backup: false });
+        harness.input(Input::Accepted { conn: CLIENT });
+        let accepted = harness.client_sends(p::RequestIdentification {
+            node_type: NodeType::Client,
+            nid: Some(client_nid()),
+            address: None,
+            cluster: "test".to_owned(),
+            id_timestamp: Some(1.0),
+            extra: Map(vec![]),
+        });
+        assert!(
+            matches!(
+                accepted.as_slice(),
+                [Output::Answer {
+                    packet: Packet::AcceptIdentification(_),
+                    ..
+                }]
+            ),
+            "{accepted:?}"
+        );
+        harness
+    }
+
+    fn input(&mut self, input: Input) -> Vec<Output> {
+        let outputs = self.storage.handle(input, 1.0);
+        assert!(
+            !outputs.iter().any(|o| matches!(o, Output::Exit(_))),
+            "{outputs:?}"
+        );
+        outputs
+    }
+
+    fn packet(&mut self, conn: ConnId, packet: impl Into<Packet>) -> Vec<Output> {
+        self.next_msg_id += 1;
+        let msg_id = self.next_msg_id;
+        self.input(Input::Packet {
+            conn,
+            msg_id,
+            packet: packet.into(),
+        })
+    }
+
+    fn master_sends(&mut self, packet: impl Into<Packet>) -> Vec<Output> {
+        self.packet(MASTER, packet)
+    }
+
+    fn client_sends(&mut self, packet: impl Into<Packet>) -> Vec<Output> {
+        self.packet(CLIENT, packet)
+    }
+
+    fn store(&mut self, ttid: Tid, oid: Oid, serial: Tid, data: &'static [u8]) -> Vec<Output> {
+        self.client_sends(p::AskStoreObject {
+            oid,
+            serial,
+            compression: 0,
+            checksum: Checksum(Sha1::digest(data).into()),
+            data: data.into(),
+            data_serial: None,
+            ttid,
+        })
+    }
+}
+
+/// The answers among `outputs`, in order.
+fn answers(outputs: &[Output]) -> Vec<&Packet> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Answer { packet, .. } => Some(packet),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Undoing several transactions in one transaction asks for undo serials
+/// right after storing the first undo. When both wait for the unlock of
+/// a commit, the undo serials must still see that store, or the second
+/// undo builds on the committed revision instead of on its own store.
+#[test]
+fn undo_serials_waiting_with_a_store_see_that_store() {
+    let mut harness = Harness::new();
+    let oid = Oid(0);
+    let (committing, committed) = (tid(1), tid(2));
+    let undoing = tid(3);
+
+    // A transaction is being committed on the oid: locked, not unlocked.
+    let stored = harness.store(committing, oid, Tid::ZERO, b"first");
+    assert!(matches!(
+        answers(&stored).as_slice(),
+        [Packet::AnswerStoreObject(p::AnswerStoreObject {
+            conflict: None
+        })]
+    ));
+    let voted = harness.client_sends(p::AskStoreTransaction {
+        ttid: committing,
+        user: b"".as_slice().into(),
+        description: b"".as_slice().into(),
+        extension: b"".as_slice().into(),
+        oids: vec![oid],
+        pack: None,
+    });
+    assert!(matches!(
+        answers(&voted).as_slice(),
+        [Packet::AnswerStoreTransaction(_)]
+    ));
+    let locked = harness.master_sends(p::AskLockInformation {
+        ttid: committing,
+        tid: committed,
+        pack_approved: false,
+    });
+    assert!(matches!(
+        answers(&locked).as_slice(),
+        [Packet::AnswerInformationLocked(_)]
+    ));
+
+    // The undoing transaction stores, then asks: both wait.
+    assert!(answers(&harness.store(undoing, oid, committed, b"undone")).is_empty());
+    let undo_serials = harness.client_sends(p::AskObjectUndoSerial {
+        ttid: undoing,
+        ltid: tid(10),
+        undone_tid: committed,
+        oids: vec![oid],
+    });
+    assert!(answers(&undo_serials).is_empty(), "{undo_serials:?}");
+
+    let unlocked = harness.master_sends(p::NotifyUnlockInformation { ttid: committing });
+    match answers(&unlocked).as_slice() {
+        [Packet::AnswerStoreObject(store), Packet::AnswerObjectUndoSerial(undo)] => {
+            assert_eq!(store.conflict, None);
+            assert_eq!(
+                undo.serials.0,
+                vec![(
+                    oid,
+                    UndoSerial {
+                        current_serial: undoing,
+                        undo_serial: None,
+                        is_current: false,
+                    }
+                )]
+            );
+        }
+        other => panic!("unexpected answers {other:?}"),
+    }
+}
