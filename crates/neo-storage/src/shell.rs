@@ -44,6 +44,11 @@ fn now() -> f64 {
         .map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
+/// At most this many events are handled before their answers are sent
+/// (and the commit they need is made), so that answers keep flowing under
+/// a steady stream of requests.
+const GROUP_COMMIT_EVENTS: usize = 64;
+
 /// How long connections get to flush when the node stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -114,10 +119,20 @@ async fn node_loop<B: Backend>(
                 outputs
             }
             Some(event) = event_rx.recv() => {
-                match registry.admit(event).and_then(to_input) {
-                    Some(input) => handle(&mut storage, input),
-                    None => continue,
+                // Every event already waiting goes in before one flush:
+                // concurrent votes and locks share one commit (one fsync).
+                let mut fed = 0;
+                let mut next = Some(event);
+                while let Some(event) = next.take() {
+                    if let Some(input) = registry.admit(event).and_then(to_input) {
+                        storage.feed(input, now());
+                        fed += 1;
+                    }
+                    if fed < GROUP_COMMIT_EVENTS {
+                        next = event_rx.try_recv().ok();
+                    }
                 }
+                storage.flush()
             }
             _ = ticks.tick() => handle(&mut storage, Input::Tick),
             // Background work (pack) goes on step by step, interleaved with

@@ -200,9 +200,10 @@ fn store_lock_unlock_then_load_at_and_before() {
         Some(meta.clone())
     );
     assert_eq!(backend.get_transaction(ttid1, false).unwrap(), None);
-    // Lock commits by itself.
+    // Lock is durable once committed (the node commits before answering).
     backend.lock_transaction(ttid1, tid1).unwrap();
-    assert!(!backend.has_uncommitted());
+    assert!(backend.has_uncommitted());
+    backend.commit().unwrap();
     assert_eq!(
         backend.unfinished_transactions().unwrap(),
         BTreeMap::from([(ttid1, Some(tid1))])
@@ -471,6 +472,7 @@ fn reopen_keeps_committed_data_and_locked_transactions() {
         )
         .unwrap();
     backend.lock_transaction(tid(2), tid(6)).unwrap();
+    backend.commit().unwrap();
     backend.unlock_transaction(tid(2), tid(6)).unwrap();
     assert!(backend.has_uncommitted());
     drop(backend); // crash before the deferred commit

@@ -28,7 +28,7 @@ fn tid(n: u64) -> Tid {
 /// A storage node with one partition of its own, operational, with one
 /// identified client on [`CLIENT`].
 struct Harness {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     storage: Storage<SqliteBackend>,
     next_msg_id: u32,
 }
@@ -43,7 +43,7 @@ impl Harness {
             address: Address::parse("127.0.0.1:1", 1).unwrap(),
         };
         let mut harness = Harness {
-            _dir: dir,
+            dir,
             storage: Storage::new(config, backend).unwrap(),
             next_msg_id: 0,
         };
@@ -96,6 +96,14 @@ impl Harness {
             "{accepted:?}"
         );
         harness
+    }
+
+    /// Voted object rows committed to the database, as another reader sees
+    /// them.
+    fn committed_votes(&self) -> i64 {
+        let conn = rusqlite::Connection::open(self.dir.path().join("neo.sqlite")).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM tobj", [], |row| row.get(0))
+            .unwrap()
     }
 
     fn input(&mut self, input: Input) -> Vec<Output> {
@@ -218,4 +226,45 @@ fn undo_serials_waiting_with_a_store_see_that_store() {
         }
         other => panic!("unexpected answers {other:?}"),
     }
+}
+
+/// Votes fed together are committed together by the flush, which alone
+/// gives their answers.
+#[test]
+fn votes_fed_together_are_answered_after_one_flush() {
+    let mut harness = Harness::new();
+    let ttids = [tid(1), tid(2)];
+    for (n, ttid) in ttids.into_iter().enumerate() {
+        let stored = harness.store(ttid, Oid(n as u64), Tid::ZERO, b"data");
+        assert_eq!(answers(&stored).len(), 1, "{stored:?}");
+    }
+    for (msg_id, ttid) in (100..).zip(ttids) {
+        harness.storage.feed(
+            Input::Packet {
+                conn: CLIENT,
+                msg_id,
+                packet: p::AskVoteTransaction { ttid }.into(),
+            },
+            1.0,
+        );
+    }
+    assert_eq!(harness.committed_votes(), 0);
+    let flushed = harness.storage.flush();
+    assert_eq!(harness.committed_votes(), 2);
+    assert_eq!(
+        flushed,
+        vec![
+            Output::Answer {
+                conn: CLIENT,
+                msg_id: 100,
+                packet: p::AnswerVoteTransaction {}.into(),
+            },
+            Output::Answer {
+                conn: CLIENT,
+                msg_id: 101,
+                packet: p::AnswerVoteTransaction {}.into(),
+            },
+        ]
+    );
+    assert_eq!(harness.storage.flush(), vec![]);
 }

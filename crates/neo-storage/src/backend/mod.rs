@@ -5,7 +5,7 @@
 //! synchronous and takes `&mut self` everywhere: a backend is owned by one
 //! node task, and a write transaction of the underlying database is open
 //! between the first write and the next [`Backend::commit`] (or the commit
-//! implied by [`Backend::lock_transaction`] / [`Backend::change_partition_table`]).
+//! implied by [`Backend::change_partition_table`]).
 //!
 //! Vocabulary: an *oid* names an object, a *tid* a committed transaction,
 //! a *ttid* a transaction in progress (it becomes its tid at lock); objects
@@ -385,8 +385,8 @@ pub trait Backend {
         transaction: Option<&TransactionMeta>,
         temporary: bool,
     ) -> Result<()>;
-    /// Records the final `tid` of `ttid` and **commits**: from now on the
-    /// commit decision survives a crash (§12.2).
+    /// Records the final `tid` of `ttid`; once committed, the commit
+    /// decision survives a crash (§12.2).
     fn lock_transaction(&mut self, ttid: Tid, tid: Tid) -> Result<()>;
     /// Moves the rows of `ttid` to `obj`/`trans` under `tid`, re-keys its
     /// pack order (if any) to `tid` and releases their data holds; not
@@ -419,7 +419,7 @@ pub trait Backend {
     fn store_pack_order(&mut self, order: &PackOrder) -> Result<()>;
     /// Marks the stored orders among `approved` as approved and those among
     /// `rejected` as rejected; returns the ids that were found. Not
-    /// committed (a following [`Backend::lock_transaction`] commits it).
+    /// committed (it is, with the lock of the transaction carrying it).
     fn sign_pack_orders(&mut self, approved: &[Tid], rejected: &[Tid]) -> Result<Vec<Tid>>;
     /// Committed pack orders of readable partitions with id `>= min_id`,
     /// ascending (`AskPackOrders` from the master).

@@ -1613,7 +1613,7 @@ impl Backend for SqliteBackend {
             .prepare_cached("UPDATE ttrans SET tid = ? WHERE ttid = ?")
             .and_then(|mut stmt| stmt.execute([tid, ttid]))
             .ctx("locking a transaction")?;
-        self.commit()
+        Ok(())
     }
 
     fn unlock_transaction(&mut self, ttid: Tid, tid: Tid) -> Result<()> {

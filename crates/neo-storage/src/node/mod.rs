@@ -176,6 +176,9 @@ pub struct Storage<B: Backend> {
     waiting: Vec<Waiting>,
     /// When the deferred commit of unlocked transactions is due.
     commit_due: Option<UnixTime>,
+    /// A vote or lock was written but not committed yet: nothing goes
+    /// out before the commit (group commit, see [`Storage::flush`]).
+    commit_owed: bool,
     /// Pack orders and the pack in progress (§11.3).
     pack: PackState,
     now: UnixTime,
@@ -220,6 +223,7 @@ impl<B: Backend> Storage<B> {
             locks: LockManager::default(),
             waiting: Vec::new(),
             commit_due: None,
+            commit_owed: false,
             pack: PackState::default(),
             now: 0.0,
             out: Vec::new(),
@@ -238,7 +242,17 @@ impl<B: Backend> Storage<B> {
     }
 
     /// Processes one input at time `now`; returns what to do, in order.
+    /// The same as [`Storage::feed`] then [`Storage::flush`].
     pub fn handle(&mut self, input: Input, now: UnixTime) -> Vec<Output> {
+        self.feed(input, now);
+        self.flush()
+    }
+
+    /// Processes one input at time `now`, keeping what to do for
+    /// [`Storage::flush`]. A shell feeds every input already waiting, then
+    /// flushes once: the votes and locks of all of them become durable
+    /// with a single commit (group commit) before any answer goes out.
+    pub fn feed(&mut self, input: Input, now: UnixTime) {
         self.now = now;
         let result = match input {
             Input::MasterConnected { conn } => {
@@ -259,10 +273,26 @@ impl<B: Backend> Storage<B> {
             Input::Tick => self.on_tick(),
         };
         if let Err(error) = result {
-            tracing::error!("database failure: {error}");
-            self.out.push(Output::Exit(Err(error.to_string())));
+            self.fatal(error);
+        }
+    }
+
+    /// Commits what the inputs fed since the last flush promised to make
+    /// durable (§12.2), then returns what to do, in order.
+    pub fn flush(&mut self) -> Vec<Output> {
+        if self.commit_owed {
+            if let Err(error) = self.commit() {
+                // Nothing that waited for this commit may go out.
+                self.out.clear();
+                self.fatal(error);
+            }
         }
         std::mem::take(&mut self.out)
+    }
+
+    fn fatal(&mut self, error: BackendError) {
+        tracing::error!("database failure: {error}");
+        self.out.push(Output::Exit(Err(error.to_string())));
     }
 
     fn answer(&mut self, conn: ConnId, msg_id: u32, packet: impl Into<Packet>) {
@@ -587,8 +617,10 @@ impl<B: Backend> Storage<B> {
                 // Approved in the same durable lock (§11.3 step 3).
                 self.backend.sign_pack_orders(&[request.ttid], &[])?;
             }
-            // The commit decision becomes durable here (§12.2).
+            // The commit decision becomes durable here (§12.2), before the
+            // answer goes out.
             self.backend.lock_transaction(request.ttid, request.tid)?;
+            self.commit_owed = true;
         }
         self.answer(
             conn,
@@ -645,6 +677,7 @@ impl<B: Backend> Storage<B> {
     /// Commits, which also covers any deferred unlock.
     fn commit(&mut self) -> Handled {
         self.commit_due = None;
+        self.commit_owed = false;
         self.backend.commit()
     }
 
@@ -832,7 +865,7 @@ impl<B: Backend> Storage<B> {
         };
         self.backend.store_transaction(ttid, &rows, meta, true)?;
         // The vote is durable before it is answered (§12.2).
-        self.commit()?;
+        self.commit_owed = true;
         if let Some(transaction) = self.locks.transactions.get_mut(&ttid) {
             transaction.voted = true;
             transaction.has_metadata |= meta.is_some();
