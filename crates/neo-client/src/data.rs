@@ -1,12 +1,10 @@
 //! Object data as it travels: zlib compression when it pays, SHA-1 of the
 //! bytes sent (architecture.md §0.2).
 
-use std::io::{Read, Write};
+use std::cell::RefCell;
 
 use bytes::Bytes;
-use flate2::read::ZlibDecoder;
-use flate2::write::ZlibEncoder;
-use flate2::Compression;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use neo_proto::Checksum;
 use sha1::{Digest, Sha1};
 
@@ -35,20 +33,13 @@ pub struct Encoded {
 /// that both implementations store the same bytes for the same object.
 pub fn encode(data: &Bytes, compress: bool) -> Encoded {
     if compress && !data.is_empty() {
-        let mut encoder =
-            ZlibEncoder::new(Vec::with_capacity(data.len() / 2), Compression::default());
-        // Writing to a Vec cannot fail.
-        if encoder.write_all(data).is_ok() {
-            if let Ok(compressed) = encoder.finish() {
-                if compressed.len() < data.len() {
-                    let checksum = checksum(&compressed);
-                    return Encoded {
-                        compression: ZLIB,
-                        checksum,
-                        data: Bytes::from(compressed),
-                    };
-                }
-            }
+        if let Some(compressed) = deflate(data) {
+            let checksum = checksum(&compressed);
+            return Encoded {
+                compression: ZLIB,
+                checksum,
+                data: Bytes::from(compressed),
+            };
         }
     }
     Encoded {
@@ -56,6 +47,65 @@ pub fn encode(data: &Bytes, compress: bool) -> Encoded {
         checksum: checksum(data),
         data: data.clone(),
     }
+}
+
+thread_local! {
+    /// One compressor per thread, reset between objects: setting one up
+    /// zeroes hundreds of KiB of tables, which took most of a commit's
+    /// client CPU when done per object.
+    static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::default(), true));
+    /// Likewise for decompression.
+    static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(true));
+}
+
+/// `data` zlib-compressed, if that is strictly smaller.
+fn deflate(data: &[u8]) -> Option<Vec<u8>> {
+    DEFLATE.with(|deflate| {
+        let mut deflate = deflate.borrow_mut();
+        deflate.reset();
+        // Room for anything smaller than the input and no more: a
+        // compressed stream that does not end in it is not worth it.
+        let mut out = Vec::with_capacity(data.len() - 1);
+        let status = deflate.compress_vec(data, &mut out, FlushCompress::Finish);
+        (matches!(status, Ok(Status::StreamEnd)) && out.len() < data.len()).then_some(out)
+    })
+}
+
+/// `data` zlib-decompressed, refused beyond `max_size` bytes.
+fn inflate(data: &[u8], max_size: usize) -> Result<Vec<u8>, DecodeError> {
+    /// Room made for each step of decompression.
+    const STEP: usize = 64 * 1024;
+    INFLATE.with(|inflate| {
+        let mut inflate = inflate.borrow_mut();
+        inflate.reset(true);
+        let mut out = Vec::new();
+        loop {
+            if out.len() > max_size {
+                return Err(DecodeError::TooLarge(max_size));
+            }
+            // Never room for more than one byte beyond the limit.
+            let room = STEP.min(max_size.saturating_add(1) - out.len());
+            if out.capacity() - out.len() < room {
+                out.reserve_exact(room);
+            }
+            let before = (inflate.total_in(), inflate.total_out());
+            let consumed = usize::try_from(before.0).unwrap_or(usize::MAX);
+            let input = data.get(consumed..).unwrap_or_default();
+            let status = inflate
+                .decompress_vec(input, &mut out, FlushDecompress::None)
+                .map_err(|e| DecodeError::Zlib(e.to_string()))?;
+            if status == Status::StreamEnd {
+                return if out.len() > max_size {
+                    Err(DecodeError::TooLarge(max_size))
+                } else {
+                    Ok(out)
+                };
+            }
+            if (inflate.total_in(), inflate.total_out()) == before {
+                return Err(DecodeError::Zlib("truncated stream".to_owned()));
+            }
+        }
+    })
 }
 
 /// "No data": what a deletion or an undone creation sends and stores.
@@ -100,21 +150,8 @@ pub fn decode(
     }
     match compression.unwrap_or(RAW) {
         RAW => Ok(Some(data.clone())),
-        ZLIB => {
-            // The limit guards against a decompression bomb from a peer.
-            let limit = u64::try_from(max_size)
-                .unwrap_or(u64::MAX)
-                .saturating_add(1);
-            let mut out = Vec::with_capacity(data.len().saturating_mul(3).min(max_size));
-            ZlibDecoder::new(&data[..])
-                .take(limit)
-                .read_to_end(&mut out)
-                .map_err(|e| DecodeError::Zlib(e.to_string()))?;
-            if out.len() > max_size {
-                return Err(DecodeError::TooLarge(max_size));
-            }
-            Ok(Some(Bytes::from(out)))
-        }
+        // The limit guards against a decompression bomb from a peer.
+        ZLIB => inflate(data, max_size).map(|out| Some(Bytes::from(out))),
         other => Err(DecodeError::Compression(other)),
     }
 }
@@ -137,6 +174,45 @@ mod tests {
         let encoded = encode(&short, true);
         assert_eq!(encoded.compression, RAW);
         assert_eq!(encoded.checksum, checksum(b"ab"));
+    }
+
+    #[test]
+    fn round_trips_through_the_reused_compressors() {
+        // Sizes that make decompression grow its buffer several times, and
+        // data that does not compress, one after the other on one thread.
+        let mut noise = Vec::with_capacity(4096);
+        let mut x: u32 = 1;
+        for _ in 0..4096 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            noise.push((x >> 16) as u8);
+        }
+        for data in [
+            vec![0u8; 1 << 20],
+            noise.clone(),
+            b"abcabcabcabcabcabcabcabc".repeat(100),
+            noise,
+            vec![b'z'; 1],
+        ] {
+            let data = Bytes::from(data);
+            let encoded = encode(&data, true);
+            let decoded = decode(
+                Some(encoded.compression),
+                &encoded.checksum,
+                &encoded.data,
+                1 << 21,
+            );
+            assert_eq!(decoded, Ok(Some(data)));
+        }
+    }
+
+    #[test]
+    fn truncated_zlib_stream_is_refused() {
+        let encoded = encode(&Bytes::from(vec![b'x'; 1000]), true);
+        let cut = encoded.data.slice(..encoded.data.len() - 3);
+        assert!(matches!(
+            decode(Some(ZLIB), &checksum(&cut), &cut, 1 << 20),
+            Err(DecodeError::Zlib(_))
+        ));
     }
 
     #[test]
