@@ -73,8 +73,6 @@ fn deflate(data: &[u8]) -> Option<Vec<u8>> {
 
 /// `data` zlib-decompressed, refused beyond `max_size` bytes.
 fn inflate(data: &[u8], max_size: usize) -> Result<Vec<u8>, DecodeError> {
-    /// Room made for each step of decompression.
-    const STEP: usize = 64 * 1024;
     INFLATE.with(|inflate| {
         let mut inflate = inflate.borrow_mut();
         inflate.reset(true);
@@ -83,8 +81,15 @@ fn inflate(data: &[u8], max_size: usize) -> Result<Vec<u8>, DecodeError> {
             if out.len() > max_size {
                 return Err(DecodeError::TooLarge(max_size));
             }
-            // Never room for more than one byte beyond the limit.
-            let room = STEP.min(max_size.saturating_add(1) - out.len());
+            // Room for a few times the input at first, then doubling (flate2
+            // zeroes the room it is given: no more than needed), never for
+            // more than one byte beyond the limit.
+            let wanted = if out.is_empty() {
+                data.len().saturating_mul(4).max(256)
+            } else {
+                out.len()
+            };
+            let room = wanted.min(max_size.saturating_add(1) - out.len());
             if out.capacity() - out.len() < room {
                 out.reserve_exact(room);
             }
