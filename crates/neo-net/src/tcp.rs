@@ -92,6 +92,26 @@ impl Listener {
         })
     }
 
+    /// Detaches the listening socket from the runtime it was bound in, to
+    /// move it to another one ([`Listener::from_std`]).
+    pub fn into_std(self) -> Result<std::net::TcpListener, NetError> {
+        let local = self.local.clone();
+        self.listener
+            .into_std()
+            .map_err(|e| NetError::io(format!("detach listener {local}"), e))
+    }
+
+    /// Registers a detached listening socket with the current runtime.
+    pub fn from_std(listener: std::net::TcpListener) -> Result<Listener, NetError> {
+        let local: Address = listener
+            .local_addr()
+            .map_err(|e| NetError::io("listener address".to_owned(), e))?
+            .into();
+        let listener = TcpListener::from_std(listener)
+            .map_err(|e| NetError::io(format!("attach listener {local}"), e))?;
+        Ok(Listener { listener, local })
+    }
+
     /// The address actually bound (with the chosen port).
     pub fn local_address(&self) -> &Address {
         &self.local
