@@ -221,6 +221,14 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// CPU time of a single-threaded process so far, to the nanosecond
+/// (`/proc/PID/schedstat` covers its main thread only).
+pub fn main_thread_cpu_time(pid: u32) -> Option<Duration> {
+    let schedstat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    let nanos: u64 = schedstat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(nanos))
+}
+
 /// A KiB figure of /proc/PID/status (`VmHWM:`, `VmRSS:`).
 pub fn status_field(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
