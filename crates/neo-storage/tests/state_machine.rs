@@ -268,3 +268,49 @@ fn votes_fed_together_are_answered_after_one_flush() {
     );
     assert_eq!(harness.storage.flush(), vec![]);
 }
+
+/// A transaction locked but not unlocked yet may already be reported
+/// committed to the client: listing TIDs waits for its unlock rather than
+/// leaving it out.
+#[test]
+fn tid_listings_wait_for_the_unlock_of_a_locked_transaction() {
+    let mut harness = Harness::new();
+    let (ttid, committed) = (tid(1), tid(2));
+    harness.store(ttid, Oid(0), Tid::ZERO, b"data");
+    harness.client_sends(p::AskStoreTransaction {
+        ttid,
+        user: b"".as_slice().into(),
+        description: b"".as_slice().into(),
+        extension: b"".as_slice().into(),
+        oids: vec![Oid(0)],
+        pack: None,
+    });
+    harness.master_sends(p::AskLockInformation {
+        ttid,
+        tid: committed,
+        pack_approved: false,
+    });
+
+    let listed = harness.client_sends(p::AskTIDsFrom {
+        min_tid: Tid::ZERO,
+        max_tid: Tid::MAX,
+        length: 10,
+        partition: 0,
+    });
+    assert!(answers(&listed).is_empty(), "{listed:?}");
+    let undo_log = harness.client_sends(p::AskTIDs {
+        first: 0,
+        last: 10,
+        partition: neo_proto::INVALID_PARTITION,
+    });
+    assert!(answers(&undo_log).is_empty(), "{undo_log:?}");
+
+    let unlocked = harness.master_sends(p::NotifyUnlockInformation { ttid });
+    match answers(&unlocked).as_slice() {
+        [Packet::AnswerTIDsFrom(from), Packet::AnswerTIDs(tids)] => {
+            assert_eq!(from.tids, vec![committed]);
+            assert_eq!(tids.tids, vec![committed]);
+        }
+        other => panic!("unexpected answers {other:?}"),
+    }
+}

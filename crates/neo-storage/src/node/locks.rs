@@ -201,10 +201,12 @@ impl LockManager {
             .collect()
     }
 
-    /// Whether a transaction locked with final TID `tid` is not unlocked
-    /// yet (its metadata is not readable in the permanent tables).
-    pub fn is_being_unlocked(&self, tid: Tid) -> bool {
-        self.transactions.values().any(|t| t.tid == Some(tid))
+    /// Whether a transaction locked with a TID in `first..=last` waits
+    /// for its unlock.
+    pub fn is_unlocking_in(&self, first: Tid, last: Tid) -> bool {
+        self.transactions
+            .values()
+            .any(|t| t.tid.is_some_and(|tid| first <= tid && tid <= last))
     }
 
     /// Final TID of a locked transaction.

@@ -131,6 +131,8 @@ enum Waiting {
     History(ConnId, u32, p::AskObjectHistory),
     UndoSerials(ConnId, u32, p::AskObjectUndoSerial),
     TransactionInformation(ConnId, u32, p::AskTransactionInformation),
+    /// `AskTIDs` or `AskTIDsFrom`.
+    Listing(ConnId, u32, Packet),
 }
 
 impl Waiting {
@@ -143,9 +145,10 @@ impl Waiting {
             // After the stores its transaction sent before it (the sort is
             // stable): it must see them.
             Waiting::UndoSerials(_, _, r) => r.ttid,
-            Waiting::Load(..) | Waiting::History(..) | Waiting::TransactionInformation(..) => {
-                Tid::ZERO
-            }
+            Waiting::Load(..)
+            | Waiting::History(..)
+            | Waiting::TransactionInformation(..)
+            | Waiting::Listing(..) => Tid::ZERO,
         }
     }
 }
@@ -1092,6 +1095,7 @@ impl<B: Backend> Storage<B> {
                 Waiting::TransactionInformation(conn, msg_id, request) => {
                     self.read(conn, msg_id, request.into())?
                 }
+                Waiting::Listing(conn, msg_id, packet) => self.read(conn, msg_id, packet)?,
             }
         }
         Ok(())
@@ -1189,7 +1193,7 @@ impl<B: Backend> Storage<B> {
                 }
             }
             Packet::AskTransactionInformation(request) => {
-                if self.locks.is_being_unlocked(request.tid) {
+                if self.locks.is_unlocking_in(request.tid, request.tid) {
                     self.waiting
                         .push(Waiting::TransactionInformation(conn, msg_id, request));
                     return Ok(());
@@ -1214,6 +1218,16 @@ impl<B: Backend> Storage<B> {
                     }
                     None => {}
                 }
+            }
+            // A transaction whose commit may already have been reported
+            // to the asking client is listed once unlocked (§7.1).
+            Packet::AskTIDs(_) if self.locks.is_unlocking_in(Tid::ZERO, Tid::MAX) => {
+                self.waiting.push(Waiting::Listing(conn, msg_id, packet));
+            }
+            Packet::AskTIDsFrom(ref request)
+                if self.locks.is_unlocking_in(request.min_tid, request.max_tid) =>
+            {
+                self.waiting.push(Waiting::Listing(conn, msg_id, packet));
             }
             Packet::AskTIDs(request) => {
                 if request.first >= request.last {
@@ -1351,7 +1365,8 @@ impl<B: Backend> Storage<B> {
             | Waiting::Load(c, ..)
             | Waiting::History(c, ..)
             | Waiting::UndoSerials(c, ..)
-            | Waiting::TransactionInformation(c, ..) => *c != conn,
+            | Waiting::TransactionInformation(c, ..)
+            | Waiting::Listing(c, ..) => *c != conn,
         });
         // Its transactions that did not vote are over; voted ones wait for
         // the master (which may still lock them).
