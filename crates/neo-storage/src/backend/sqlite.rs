@@ -100,14 +100,18 @@ CREATE TABLE IF NOT EXISTS tobj (
 ) WITHOUT ROWID;
 ";
 
-/// An object row joined with its data, as read by `get_object`, with the
-/// given condition: a literal, so each load finds its prepared statement
-/// without building the SQL again.
+/// An object row joined with its data and followed by the serial of the
+/// next revision, as read by `get_object`, with the given condition: a
+/// literal, so each load finds its prepared statement without building the
+/// SQL again. One statement per load, the next serial included.
 macro_rules! select_object {
     ($condition:literal) => {
         concat!(
             "SELECT obj.tid, obj.value_tid, obj.data_id, data.id, data.compression, \
-             data.hash, data.value FROM obj LEFT JOIN data ON data.id = obj.data_id WHERE ",
+             data.hash, data.value, \
+             (SELECT MIN(next.tid) FROM obj AS next WHERE next.partition = obj.partition \
+              AND next.oid = obj.oid AND next.tid > obj.tid) \
+             FROM obj LEFT JOIN data ON data.id = obj.data_id WHERE ",
             $condition
         )
     };
@@ -290,6 +294,8 @@ struct RawObject {
     compression: Option<i64>,
     hash: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
+    /// Serial of the next revision, if any.
+    next_serial: Option<i64>,
 }
 
 impl RawObject {
@@ -308,11 +314,16 @@ impl RawObject {
                 ValueRef::Null => None,
                 _ => Some(bytes(row, 6)?),
             },
+            next_serial: row.get(7)?,
         })
     }
 
-    fn into_record(self, oid: Oid, next_serial: Option<Tid>) -> Result<ObjectRecord> {
+    fn into_record(self, oid: Oid) -> Result<ObjectRecord> {
         let serial = tid_from("serial", self.serial)?;
+        let next_serial = self
+            .next_serial
+            .map(|tid| tid_from("serial", tid))
+            .transpose()?;
         let data_serial = self
             .value_tid
             .map(|tid| tid_from("value_tid", tid))
@@ -1066,23 +1077,7 @@ impl Backend for SqliteBackend {
                 ObjectLookup::OidDoesNotExist
             });
         };
-        let next_serial = if at.is_none() && before.is_none() {
-            None
-        } else {
-            self.conn
-                .prepare_cached(
-                    "SELECT MIN(tid) FROM obj WHERE partition = ? AND oid = ? AND tid > ?",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![partition, oid_sql, raw.serial], |row| {
-                        row.get::<_, Option<i64>>(0)
-                    })
-                })
-                .ctx(CONTEXT)?
-                .map(|tid| tid_from("serial", tid))
-                .transpose()?
-        };
-        raw.into_record(oid, next_serial).map(ObjectLookup::Found)
+        raw.into_record(oid).map(ObjectLookup::Found)
     }
 
     fn last_object_tid(&mut self, oid: Oid) -> Result<Option<Tid>> {
