@@ -78,9 +78,6 @@ fn inflate(data: &[u8], max_size: usize) -> Result<Vec<u8>, DecodeError> {
         inflate.reset(true);
         let mut out = Vec::new();
         loop {
-            if out.len() > max_size {
-                return Err(DecodeError::TooLarge(max_size));
-            }
             // Room for a few times the input at first, then doubling (flate2
             // zeroes the room it is given: no more than needed), never for
             // more than one byte beyond the limit.
@@ -99,12 +96,11 @@ fn inflate(data: &[u8], max_size: usize) -> Result<Vec<u8>, DecodeError> {
             let status = inflate
                 .decompress_vec(input, &mut out, FlushDecompress::None)
                 .map_err(|e| DecodeError::Zlib(e.to_string()))?;
+            if out.len() > max_size {
+                return Err(DecodeError::TooLarge(max_size));
+            }
             if status == Status::StreamEnd {
-                return if out.len() > max_size {
-                    Err(DecodeError::TooLarge(max_size))
-                } else {
-                    Ok(out)
-                };
+                return Ok(out);
             }
             if (inflate.total_in(), inflate.total_out()) == before {
                 return Err(DecodeError::Zlib("truncated stream".to_owned()));
