@@ -30,6 +30,9 @@ pub enum RunError {
     /// The database failed; the node cannot go on safely.
     #[error("database failure: {0}")]
     Database(String),
+    /// The listening socket could not be moved to the node's thread.
+    #[error("{0}")]
+    Listener(#[from] neo_net::NetError),
     /// The thread of the node could not be started or died.
     #[error("{0}")]
     Thread(String),
@@ -64,9 +67,7 @@ pub async fn run<B: Backend + Send + 'static>(
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let listener = listener
-        .into_std()
-        .map_err(|error| RunError::Thread(error.to_string()))?;
+    let listener = listener.into_std()?;
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("neo-storage".to_owned())
@@ -76,15 +77,14 @@ pub async fn run<B: Backend + Send + 'static>(
                 .build()
             {
                 Ok(runtime) => runtime.block_on(async move {
-                    let listener = Listener::from_std(listener)
-                        .map_err(|error| RunError::Thread(error.to_string()))?;
+                    let listener = Listener::from_std(listener)?;
                     node_loop(storage, masters, listener, shutdown).await
                 }),
                 Err(error) => Err(RunError::Thread(format!("cannot start a runtime: {error}"))),
             };
             let _ = done.send(result);
         })
-        .map_err(|error| RunError::Thread(error.to_string()))?;
+        .map_err(|error| RunError::Thread(format!("cannot start the storage thread: {error}")))?;
     result
         .await
         .map_err(|_| RunError::Thread("the storage thread died".to_owned()))?
