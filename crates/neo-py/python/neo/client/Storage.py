@@ -680,10 +680,10 @@ class Storage(ConflictResolvingStorage):
                 raise _error(e) from None
             if delay is None or all(s[2] for s in serials.values()):
                 break
-            # A storage may answer before it processed the unlock of a
-            # transaction whose tpc_finish already returned (it does not
-            # delay AskObjectUndoSerial): what looks like a later change
-            # may be that. Ask again shortly; a real one stays.
+            # A NEO/py storage may answer before it processed the unlock of
+            # a transaction whose tpc_finish already returned (it does not
+            # delay AskObjectUndoSerial; ours does): what looks like a later
+            # change may be that. Ask again shortly; a real one stays.
             time.sleep(delay)
         ttid = ctx.native.ttid
         undone = []
