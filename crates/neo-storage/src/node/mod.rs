@@ -128,11 +128,9 @@ enum Waiting {
     Check(ConnId, u32, p::AskCheckCurrentSerial),
     Relock(ConnId, u32, p::AskRelockObject),
     Load(ConnId, u32, p::AskObject),
-    History(ConnId, u32, p::AskObjectHistory),
     UndoSerials(ConnId, u32, p::AskObjectUndoSerial),
-    TransactionInformation(ConnId, u32, p::AskTransactionInformation),
-    /// `AskTIDs` or `AskTIDsFrom`.
-    Listing(ConnId, u32, Packet),
+    /// A request of [`Storage::read`] (see [`Storage::read_waits`]).
+    Read(ConnId, u32, Packet),
 }
 
 impl Waiting {
@@ -145,10 +143,7 @@ impl Waiting {
             // After the stores its transaction sent before it (the sort is
             // stable): it must see them.
             Waiting::UndoSerials(_, _, r) => r.ttid,
-            Waiting::Load(..)
-            | Waiting::History(..)
-            | Waiting::TransactionInformation(..)
-            | Waiting::Listing(..) => Tid::ZERO,
+            Waiting::Load(..) | Waiting::Read(..) => Tid::ZERO,
         }
     }
 }
@@ -1086,16 +1081,10 @@ impl<B: Backend> Storage<B> {
                     }
                 }
                 Waiting::Load(conn, msg_id, request) => self.load(conn, msg_id, request)?,
-                Waiting::History(conn, msg_id, request) => {
-                    self.read(conn, msg_id, request.into())?
-                }
                 Waiting::UndoSerials(conn, msg_id, request) => {
                     self.undo_serials(conn, msg_id, request)?
                 }
-                Waiting::TransactionInformation(conn, msg_id, request) => {
-                    self.read(conn, msg_id, request.into())?
-                }
-                Waiting::Listing(conn, msg_id, packet) => self.read(conn, msg_id, packet)?,
+                Waiting::Read(conn, msg_id, packet) => self.read(conn, msg_id, packet)?,
             }
         }
         Ok(())
@@ -1160,14 +1149,31 @@ impl<B: Backend> Storage<B> {
         }
     }
 
+    /// Whether a read would miss a transaction that is locked but not
+    /// unlocked yet, whose commit may already have been reported to the
+    /// asking client (§7.1): such a read waits for the unlock.
+    fn read_waits(&self, packet: &Packet) -> bool {
+        match packet {
+            Packet::AskObjectHistory(request) => self.locks.is_read_locked(request.oid),
+            Packet::AskTransactionInformation(request) => {
+                self.locks.is_unlocking_in(request.tid, request.tid)
+            }
+            Packet::AskTIDs(_) => self.locks.is_unlocking_in(Tid::ZERO, Tid::MAX),
+            Packet::AskTIDsFrom(request) => {
+                self.locks.is_unlocking_in(request.min_tid, request.max_tid)
+            }
+            _ => false,
+        }
+    }
+
     /// History, transaction metadata, TID and OID listings, undo lookups.
     fn read(&mut self, conn: ConnId, msg_id: u32, packet: Packet) -> Handled {
+        if self.read_waits(&packet) {
+            self.waiting.push(Waiting::Read(conn, msg_id, packet));
+            return Ok(());
+        }
         match packet {
             Packet::AskObjectHistory(request) => {
-                if self.locks.is_read_locked(request.oid) {
-                    self.waiting.push(Waiting::History(conn, msg_id, request));
-                    return Ok(());
-                }
                 let length = request.last.saturating_sub(request.first);
                 let result = self
                     .backend
@@ -1193,11 +1199,6 @@ impl<B: Backend> Storage<B> {
                 }
             }
             Packet::AskTransactionInformation(request) => {
-                if self.locks.is_unlocking_in(request.tid, request.tid) {
-                    self.waiting
-                        .push(Waiting::TransactionInformation(conn, msg_id, request));
-                    return Ok(());
-                }
                 let result = self.backend.get_transaction(request.tid, false);
                 match self.readable(conn, msg_id, result)? {
                     Some(Some(meta)) => self.answer(
@@ -1218,16 +1219,6 @@ impl<B: Backend> Storage<B> {
                     }
                     None => {}
                 }
-            }
-            // A transaction whose commit may already have been reported
-            // to the asking client is listed once unlocked (§7.1).
-            Packet::AskTIDs(_) if self.locks.is_unlocking_in(Tid::ZERO, Tid::MAX) => {
-                self.waiting.push(Waiting::Listing(conn, msg_id, packet));
-            }
-            Packet::AskTIDsFrom(ref request)
-                if self.locks.is_unlocking_in(request.min_tid, request.max_tid) =>
-            {
-                self.waiting.push(Waiting::Listing(conn, msg_id, packet));
             }
             Packet::AskTIDs(request) => {
                 if request.first >= request.last {
@@ -1363,10 +1354,8 @@ impl<B: Backend> Storage<B> {
             | Waiting::Check(c, ..)
             | Waiting::Relock(c, ..)
             | Waiting::Load(c, ..)
-            | Waiting::History(c, ..)
             | Waiting::UndoSerials(c, ..)
-            | Waiting::TransactionInformation(c, ..)
-            | Waiting::Listing(c, ..) => *c != conn,
+            | Waiting::Read(c, ..) => *c != conn,
         });
         // Its transactions that did not vote are over; voted ones wait for
         // the master (which may still lock them).
