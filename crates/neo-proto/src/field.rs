@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use crate::scan::Scanner;
 use crate::types::{
     Address, CellState, Checksum, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Oid, Tid,
 };
@@ -186,7 +187,7 @@ fn enum_value(value: Value, ext_type: i8, name: &'static str) -> Result<u64, Fie
         )));
     }
     let bad = || FieldError::Invalid(format!("bad {name} payload"));
-    match value::scan(&payload, payload.len()) {
+    match Scanner::new().resume(&payload, payload.len()) {
         Ok(Some(len)) if len == payload.len() => {}
         _ => return Err(bad()),
     }

@@ -4,6 +4,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::packets::{Packet, PacketError};
+use crate::scan::Scanner;
 use crate::types::PROTOCOL_VERSION;
 use crate::value::{self, Value, ValueError};
 
@@ -151,6 +152,9 @@ pub struct StreamDecoder {
     magic_checked: bool,
     /// Limit on one packet's size, so a peer cannot make us buffer without end.
     max_packet_size: usize,
+    /// How far the packet at the head of `buf` was scanned, so that each
+    /// read costs its own bytes rather than the whole packet again.
+    scanner: Scanner,
 }
 
 impl Default for StreamDecoder {
@@ -166,6 +170,7 @@ impl StreamDecoder {
             buf: BytesMut::new(),
             magic_checked: false,
             max_packet_size: MAX_PACKET_SIZE,
+            scanner: Scanner::new(),
         }
     }
 
@@ -188,7 +193,8 @@ impl StreamDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The receive buffer, for reading from a socket without a copy.
+    /// The receive buffer, for reading from a socket without a copy. Only
+    /// append to it: the scan of the packet in progress is kept.
     pub fn buffer_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
     }
@@ -196,6 +202,13 @@ impl StreamDecoder {
     /// Bytes received and not yet decoded.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes the packet scanner examined since the decoder was created: the
+    /// work done to find where packets end, at most about twice the bytes
+    /// received however they were split.
+    pub fn scanned_bytes(&self) -> u64 {
+        self.scanner.examined()
     }
 
     /// Whether the magic was received and checked.
@@ -229,9 +242,10 @@ impl StreamDecoder {
         if !self.check_magic()? {
             return Ok(None);
         }
-        let Some(len) = value::scan(&self.buf, self.max_packet_size)? else {
+        let Some(len) = self.scanner.resume(&self.buf, self.max_packet_size)? else {
             return Ok(None);
         };
+        self.scanner.restart();
         let bytes: Bytes = self.buf.split_to(len).freeze();
         let value = value::decode(&bytes)?;
         frame_from_value(value).map(Some)

@@ -8,7 +8,8 @@
 //! justify it have arrived.
 //!
 //! Layers, bottom up:
-//! - [`value`]: the msgpack subset NEO uses ([`Value`]), scan and decode;
+//! - [`value`]: the msgpack subset NEO uses ([`Value`]) and its decoder;
+//! - [`scan`]: where a packet ends, found without allocating, resumably;
 //! - [`field`]: how each argument type maps to msgpack;
 //! - [`packets`]: the 111 packet types and the [`Packet`] enum;
 //! - [`frame`]: handshake magic, `[msg_id, code, args]` framing, stream decoder.
@@ -18,6 +19,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod packets;
+pub mod scan;
 pub mod types;
 pub mod value;
 

@@ -2,8 +2,9 @@
 //! writes the same (smallest) forms as NEO/py and a bounded decoder.
 //!
 //! Decoding is split in two so that a stream decoder never allocates for an
-//! incomplete packet: [`scan`] walks the bytes without allocating and tells
-//! whether a whole value is there; only then [`decode`] builds the tree.
+//! incomplete packet: a [`Scanner`](crate::scan::Scanner) walks the bytes
+//! without allocating and tells whether a whole value is there; only then
+//! [`decode`] builds the tree.
 
 use bytes::Bytes;
 use rmp::Marker;
@@ -53,7 +54,8 @@ pub enum ValueError {
 }
 
 /// What a marker (plus its length bytes) announces.
-enum Header {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Header {
     Nil,
     Bool(bool),
     Int(i128),
@@ -65,149 +67,78 @@ enum Header {
     Ext(i8, usize),
 }
 
-/// Reads `N` bytes at `*pos`, or `None` if the buffer ends first.
-fn take<const N: usize>(buf: &[u8], pos: &mut usize) -> Option<[u8; N]> {
-    let bytes = buf.get(*pos..*pos + N)?;
-    *pos += N;
-    bytes.try_into().ok()
+/// How many bytes follow `marker` before the payload: a length, a number,
+/// an ext type.
+fn header_extra(marker: u8) -> usize {
+    match Marker::from_u8(marker) {
+        Marker::U8 | Marker::I8 | Marker::Str8 | Marker::Bin8 => 1,
+        Marker::FixExt1 | Marker::FixExt2 | Marker::FixExt4 | Marker::FixExt8 => 1,
+        Marker::FixExt16 => 1,
+        Marker::U16 | Marker::I16 | Marker::Str16 | Marker::Bin16 => 2,
+        Marker::Array16 | Marker::Map16 | Marker::Ext8 => 2,
+        Marker::Ext16 => 3,
+        Marker::U32 | Marker::I32 | Marker::F32 | Marker::Str32 | Marker::Bin32 => 4,
+        Marker::Array32 | Marker::Map32 => 4,
+        Marker::Ext32 => 5,
+        Marker::U64 | Marker::I64 | Marker::F64 => 8,
+        _ => 0,
+    }
 }
 
-/// Reads one marker and what follows it up to the payload. `Ok(None)`: the
-/// buffer ends inside the header.
-fn read_header(buf: &[u8], pos: &mut usize) -> Result<Option<Header>, ValueError> {
-    let at = *pos;
-    let Some([byte]) = take::<1>(buf, pos) else {
+/// The big-endian number in `bytes` (at most 8 of them).
+fn be(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0, |number, byte| number << 8 | u64::from(*byte))
+}
+
+/// Reads the header at `buf[at..]`: the header and how many bytes it takes,
+/// or `Ok(None)` if the buffer ends inside it (only the marker was looked at).
+pub(crate) fn read_header(buf: &[u8], at: usize) -> Result<Option<(Header, usize)>, ValueError> {
+    let Some(&marker) = buf.get(at) else {
         return Ok(None);
     };
-    macro_rules! need {
-        ($n:literal) => {
-            match take::<$n>(buf, pos) {
-                Some(bytes) => bytes,
-                None => return Ok(None),
-            }
-        };
-    }
-    let ext = |pos: &mut usize, len: usize| -> Option<Header> {
-        let [ty] = take::<1>(buf, pos)?;
-        Some(Header::Ext(ty as i8, len))
+    let extra = header_extra(marker);
+    let Some(rest) = buf.get(at + 1..at + 1 + extra) else {
+        return Ok(None);
     };
-    let header = match Marker::from_u8(byte) {
+    let number = be(rest);
+    // Lengths are at most 32 bits: `as usize` keeps them whole.
+    let header = match Marker::from_u8(marker) {
         Marker::FixPos(n) => Header::Int(n.into()),
         Marker::FixNeg(n) => Header::Int(n.into()),
         Marker::Null => Header::Nil,
         Marker::True => Header::Bool(true),
         Marker::False => Header::Bool(false),
-        Marker::U8 => Header::Int(u8::from_be_bytes(need!(1)).into()),
-        Marker::U16 => Header::Int(u16::from_be_bytes(need!(2)).into()),
-        Marker::U32 => Header::Int(u32::from_be_bytes(need!(4)).into()),
-        Marker::U64 => Header::Int(u64::from_be_bytes(need!(8)).into()),
-        Marker::I8 => Header::Int(i8::from_be_bytes(need!(1)).into()),
-        Marker::I16 => Header::Int(i16::from_be_bytes(need!(2)).into()),
-        Marker::I32 => Header::Int(i32::from_be_bytes(need!(4)).into()),
-        Marker::I64 => Header::Int(i64::from_be_bytes(need!(8)).into()),
-        Marker::F32 => Header::Float(f32::from_be_bytes(need!(4)).into()),
-        Marker::F64 => Header::Float(f64::from_be_bytes(need!(8))),
+        Marker::U8 | Marker::U16 | Marker::U32 | Marker::U64 => Header::Int(number.into()),
+        Marker::I8 => Header::Int((number as u8 as i8).into()),
+        Marker::I16 => Header::Int((number as u16 as i16).into()),
+        Marker::I32 => Header::Int((number as u32 as i32).into()),
+        Marker::I64 => Header::Int((number as i64).into()),
+        Marker::F32 => Header::Float(f32::from_bits(number as u32).into()),
+        Marker::F64 => Header::Float(f64::from_bits(number)),
         Marker::FixStr(n) => Header::Str(n.into()),
-        Marker::Str8 => Header::Str(u8::from_be_bytes(need!(1)).into()),
-        Marker::Str16 => Header::Str(u16::from_be_bytes(need!(2)).into()),
-        Marker::Str32 => Header::Str(u32::from_be_bytes(need!(4)) as usize),
-        Marker::Bin8 => Header::Bin(u8::from_be_bytes(need!(1)).into()),
-        Marker::Bin16 => Header::Bin(u16::from_be_bytes(need!(2)).into()),
-        Marker::Bin32 => Header::Bin(u32::from_be_bytes(need!(4)) as usize),
+        Marker::Str8 | Marker::Str16 | Marker::Str32 => Header::Str(number as usize),
+        Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => Header::Bin(number as usize),
         Marker::FixArray(n) => Header::Array(n.into()),
-        Marker::Array16 => Header::Array(u16::from_be_bytes(need!(2)).into()),
-        Marker::Array32 => Header::Array(u32::from_be_bytes(need!(4)) as usize),
+        Marker::Array16 | Marker::Array32 => Header::Array(number as usize),
         Marker::FixMap(n) => Header::Map(n.into()),
-        Marker::Map16 => Header::Map(u16::from_be_bytes(need!(2)).into()),
-        Marker::Map32 => Header::Map(u32::from_be_bytes(need!(4)) as usize),
-        Marker::FixExt1 => return Ok(ext(pos, 1)),
-        Marker::FixExt2 => return Ok(ext(pos, 2)),
-        Marker::FixExt4 => return Ok(ext(pos, 4)),
-        Marker::FixExt8 => return Ok(ext(pos, 8)),
-        Marker::FixExt16 => return Ok(ext(pos, 16)),
-        Marker::Ext8 => {
-            let len = u8::from_be_bytes(need!(1)).into();
-            return Ok(ext(pos, len));
+        Marker::Map16 | Marker::Map32 => Header::Map(number as usize),
+        // The ext type is the last header byte, after the length if any.
+        Marker::FixExt1 => Header::Ext(number as u8 as i8, 1),
+        Marker::FixExt2 => Header::Ext(number as u8 as i8, 2),
+        Marker::FixExt4 => Header::Ext(number as u8 as i8, 4),
+        Marker::FixExt8 => Header::Ext(number as u8 as i8, 8),
+        Marker::FixExt16 => Header::Ext(number as u8 as i8, 16),
+        Marker::Ext8 | Marker::Ext16 | Marker::Ext32 => {
+            Header::Ext(number as u8 as i8, (number >> 8) as usize)
         }
-        Marker::Ext16 => {
-            let len = u16::from_be_bytes(need!(2)).into();
-            return Ok(ext(pos, len));
-        }
-        Marker::Ext32 => {
-            let len = u32::from_be_bytes(need!(4)) as usize;
-            return Ok(ext(pos, len));
-        }
-        Marker::Reserved => return Err(ValueError::Reserved(byte, at)),
+        Marker::Reserved => return Err(ValueError::Reserved(marker, at)),
     };
-    Ok(Some(header))
+    Ok(Some((header, 1 + extra)))
 }
 
-/// Finds the end of the msgpack value starting at `buf[0]` without
-/// allocating. `Ok(Some(len))`: a whole value of `len` bytes; `Ok(None)`: more
-/// bytes are needed; errors when the value is malformed, nested deeper than
-/// [`MAX_DEPTH`] or cannot fit in `max_len` bytes.
-pub fn scan(buf: &[u8], max_len: usize) -> Result<Option<usize>, ValueError> {
-    let mut pos = 0;
-    // Items still to read at each open nesting level, outermost first.
-    let mut pending: Vec<usize> = Vec::with_capacity(8);
-    let mut remaining = 1usize;
-    loop {
-        if remaining == 0 {
-            match pending.pop() {
-                Some(outer) => {
-                    remaining = outer;
-                    continue;
-                }
-                None => return Ok(Some(pos)),
-            }
-        }
-        remaining -= 1;
-        let Some(header) = read_header(buf, &mut pos)? else {
-            return short(pos, max_len);
-        };
-        let skip = match header {
-            Header::Nil | Header::Bool(_) | Header::Int(_) | Header::Float(_) => 0,
-            Header::Str(len) | Header::Bin(len) | Header::Ext(_, len) => len,
-            Header::Array(len) | Header::Map(len) => {
-                let items = if matches!(header, Header::Map(_)) {
-                    len.saturating_mul(2)
-                } else {
-                    len
-                };
-                // Every item takes at least one byte.
-                if pos.saturating_add(items) > max_len {
-                    return Err(ValueError::TooLarge(max_len));
-                }
-                if items > 0 {
-                    if pending.len() == MAX_DEPTH {
-                        return Err(ValueError::TooDeep);
-                    }
-                    pending.push(remaining);
-                    remaining = items;
-                }
-                0
-            }
-        };
-        pos = pos.saturating_add(skip);
-        if pos > max_len {
-            return Err(ValueError::TooLarge(max_len));
-        }
-        if pos > buf.len() {
-            return Ok(None);
-        }
-    }
-}
-
-/// `Ok(None)` unless the bytes read so far already exceed the limit.
-fn short(pos: usize, max_len: usize) -> Result<Option<usize>, ValueError> {
-    if pos > max_len {
-        Err(ValueError::TooLarge(max_len))
-    } else {
-        Ok(None)
-    }
-}
-
-/// Decodes the value that [`scan`] found to span all of `buf`. Byte strings
+/// Decodes the value that a [`Scanner`](crate::scan::Scanner) found to span all of `buf`. Byte strings
 /// are zero-copy slices of `buf`.
 pub fn decode(buf: &Bytes) -> Result<Value, ValueError> {
     let mut pos = 0;
@@ -218,10 +149,11 @@ pub fn decode(buf: &Bytes) -> Result<Value, ValueError> {
 
 fn decode_at(buf: &Bytes, pos: &mut usize, depth: usize) -> Result<Value, ValueError> {
     let at = *pos;
-    // `scan` proved the value complete, so running short here means the
+    // The scanner proved the value complete, so running short here means the
     // caller broke that contract; report it as a limit rather than panic.
     let truncated = || ValueError::TooLarge(buf.len());
-    let header = read_header(buf, pos)?.ok_or_else(truncated)?;
+    let (header, size) = read_header(buf, at)?.ok_or_else(truncated)?;
+    *pos += size;
     let mut slice = |len: usize| -> Result<Bytes, ValueError> {
         let end = pos.checked_add(len).filter(|end| *end <= buf.len());
         let end = end.ok_or_else(truncated)?;
@@ -402,39 +334,7 @@ mod tests {
         for (value, bytes) in cases {
             assert_eq!(encoded(&Value::Int(*value)), *bytes, "{value}");
             let buf = Bytes::copy_from_slice(bytes);
-            assert_eq!(scan(&buf, 64), Ok(Some(bytes.len())));
             assert_eq!(decode(&buf), Ok(Value::Int(*value)));
         }
-    }
-
-    #[test]
-    fn scan_waits_for_whole_values() {
-        let value = Value::Array(vec![
-            Value::Bin(Bytes::from_static(b"abc")),
-            Value::Map(vec![(Value::Int(1), Value::Nil)]),
-            Value::Ext(4, Bytes::from_static(&[1])),
-        ]);
-        let bytes = encoded(&value);
-        for cut in 0..bytes.len() {
-            assert_eq!(scan(&bytes[..cut], 1024), Ok(None), "cut at {cut}");
-        }
-        assert_eq!(scan(&bytes, 1024), Ok(Some(bytes.len())));
-        assert_eq!(decode(&Bytes::from(bytes)), Ok(value));
-    }
-
-    #[test]
-    fn limits_are_enforced_before_allocation() {
-        // A bin claiming 4 GiB, an array claiming 2^32-1 items.
-        assert_eq!(
-            scan(&[0xc6, 0xff, 0xff, 0xff, 0xff], 1 << 20),
-            Err(ValueError::TooLarge(1 << 20))
-        );
-        assert_eq!(
-            scan(&[0xdd, 0xff, 0xff, 0xff, 0xff], 1 << 20),
-            Err(ValueError::TooLarge(1 << 20))
-        );
-        let deep = vec![0x91; MAX_DEPTH + 2];
-        assert_eq!(scan(&deep, 1 << 20), Err(ValueError::TooDeep));
-        assert_eq!(scan(&[0xc1], 16), Err(ValueError::Reserved(0xc1, 0)));
     }
 }

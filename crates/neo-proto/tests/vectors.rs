@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use neo_proto::scan::Scanner;
 use neo_proto::{
     check_magic, decode_frame, encode_frame, packet_name, value, CellState, ClusterState,
     ErrorCode, MagicCheck, NodeState, NodeType, Packet, StreamDecoder, Value, MAGIC,
@@ -80,7 +81,7 @@ fn to_json(value: &Value) -> Json {
 
 /// Decodes one packet's bytes to its raw msgpack tree.
 fn raw_value(bytes: &[u8]) -> Value {
-    let len = value::scan(bytes, bytes.len()).unwrap().unwrap();
+    let len = Scanner::new().resume(bytes, bytes.len()).unwrap().unwrap();
     assert_eq!(len, bytes.len());
     value::decode(&Bytes::copy_from_slice(bytes)).unwrap()
 }
