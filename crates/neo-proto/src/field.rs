@@ -1,12 +1,15 @@
 //! How each Rust type of a packet argument maps to msgpack (protocol.md §3).
+//!
+//! Each type encodes itself into a `Vec<u8>` and decodes itself straight
+//! from a packet's bytes through a [`Reader`], charging what it allocates.
 
 use bytes::Bytes;
 
-use crate::scan::Scanner;
+use crate::reader::{Reader, Token};
 use crate::types::{
     Address, CellState, Checksum, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Oid, Tid,
 };
-use crate::value::{self, Value};
+use crate::value::{self, Value, ValueError};
 
 /// Why a msgpack value is not a valid argument.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,6 +25,10 @@ pub enum FieldError {
     /// Right type, unacceptable content.
     #[error("{0}")]
     Invalid(String),
+    /// Bytes that are not msgpack, or more memory needed than the packet
+    /// justifies.
+    #[error(transparent)]
+    Value(#[from] ValueError),
     /// A problem inside an element of a list, map or record.
     #[error("element {index}: {inner}")]
     Element {
@@ -33,7 +40,7 @@ pub enum FieldError {
 }
 
 impl FieldError {
-    fn type_error(expected: &'static str, found: &Value) -> FieldError {
+    fn type_error(expected: &'static str, found: &Token) -> FieldError {
         FieldError::Type {
             expected,
             found: found.type_name(),
@@ -53,16 +60,16 @@ impl FieldError {
 pub trait Field: Sized {
     /// Appends the wire form.
     fn encode(&self, out: &mut Vec<u8>);
-    /// Checks and converts a decoded value.
-    fn decode(value: Value) -> Result<Self, FieldError>;
+    /// Reads the wire form, which must come next.
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError>;
 }
 
 impl Field for Value {
     fn encode(&self, out: &mut Vec<u8>) {
         Value::encode(self, out)
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        Ok(value)
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        Ok(reader.value()?)
     }
 }
 
@@ -70,9 +77,9 @@ impl Field for bool {
     fn encode(&self, out: &mut Vec<u8>) {
         value::write_bool(out, *self)
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        match value {
-            Value::Bool(b) => Ok(b),
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        match reader.token()? {
+            Token::Bool(b) => Ok(b),
             other => Err(FieldError::type_error("bool", &other)),
         }
     }
@@ -84,9 +91,9 @@ macro_rules! int_field {
             fn encode(&self, out: &mut Vec<u8>) {
                 value::$write(out, <$wide>::from(*self))
             }
-            fn decode(value: Value) -> Result<Self, FieldError> {
-                match value {
-                    Value::Int(i) => <$ty>::try_from(i).map_err(|_| {
+            fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+                match reader.token()? {
+                    Token::Int(i) => <$ty>::try_from(i).map_err(|_| {
                         FieldError::Invalid(format!(
                             "integer {i} out of range for {}", stringify!($ty)
                         ))
@@ -105,9 +112,9 @@ impl Field for f64 {
     fn encode(&self, out: &mut Vec<u8>) {
         value::write_f64(out, *self)
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        match value {
-            Value::Float(f) => Ok(f),
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        match reader.token()? {
+            Token::Float(f) => Ok(f),
             other => Err(FieldError::type_error("float", &other)),
         }
     }
@@ -117,9 +124,9 @@ impl Field for Bytes {
     fn encode(&self, out: &mut Vec<u8>) {
         value::write_bin(out, self)
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        match value {
-            Value::Bin(b) => Ok(b),
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        match reader.token()? {
+            Token::Bin(b) => Ok(b),
             other => Err(FieldError::type_error("bin", &other)),
         }
     }
@@ -130,15 +137,17 @@ impl Field for String {
     fn encode(&self, out: &mut Vec<u8>) {
         value::write_bin(out, self.as_bytes())
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        let bytes = Bytes::decode(value)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| FieldError::Invalid("text is not UTF-8".to_owned()))
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        let bytes = Bytes::decode(reader)?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| FieldError::Invalid("text is not UTF-8".to_owned()))?;
+        reader.charge(text.len())?;
+        Ok(text.to_owned())
     }
 }
 
-fn fixed_bin<const N: usize>(value: Value) -> Result<[u8; N], FieldError> {
-    let bytes = Bytes::decode(value)?;
+fn fixed_bin<const N: usize>(reader: &mut Reader) -> Result<[u8; N], FieldError> {
+    let bytes = Bytes::decode(reader)?;
     <[u8; N]>::try_from(&bytes[..])
         .map_err(|_| FieldError::Invalid(format!("expected {N} bytes, found {}", bytes.len())))
 }
@@ -149,8 +158,8 @@ macro_rules! id_field {
             fn encode(&self, out: &mut Vec<u8>) {
                 value::write_bin(out, &self.to_bytes())
             }
-            fn decode(value: Value) -> Result<Self, FieldError> {
-                fixed_bin::<8>(value).map($ty::from_bytes)
+            fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+                fixed_bin::<8>(reader).map($ty::from_bytes)
             }
         }
     )*};
@@ -162,8 +171,8 @@ impl Field for Checksum {
     fn encode(&self, out: &mut Vec<u8>) {
         value::write_bin(out, &self.0)
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        fixed_bin::<20>(value).map(Checksum)
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        fixed_bin::<20>(reader).map(Checksum)
     }
 }
 
@@ -171,30 +180,27 @@ impl Field for NodeId {
     fn encode(&self, out: &mut Vec<u8>) {
         value::write_int(out, self.0.into())
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        i32::decode(value).map(NodeId)
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        i32::decode(reader).map(NodeId)
     }
 }
 
-/// An enum member from an ext value whose payload is a msgpack integer.
-fn enum_value(value: Value, ext_type: i8, name: &'static str) -> Result<u64, FieldError> {
-    let Value::Ext(ty, payload) = value else {
-        return Err(FieldError::type_error(name, &value));
+/// An enum member from an ext token whose payload is a msgpack integer.
+fn enum_value(token: Token, ext_type: i8, name: &'static str) -> Result<u64, FieldError> {
+    let Token::Ext(ty, payload) = token else {
+        return Err(FieldError::type_error(name, &token));
     };
     if ty != ext_type {
         return Err(FieldError::Invalid(format!(
             "expected ext type {ext_type} ({name}), found ext type {ty}"
         )));
     }
-    let bad = || FieldError::Invalid(format!("bad {name} payload"));
-    match Scanner::new().resume(&payload, payload.len()) {
-        Ok(Some(len)) if len == payload.len() => {}
-        _ => return Err(bad()),
+    let mut payload = Reader::new(payload);
+    match (payload.token(), payload.is_at_end()) {
+        (Ok(Token::Int(i)), true) => u64::try_from(i).ok(),
+        _ => None,
     }
-    match value::decode(&payload) {
-        Ok(Value::Int(i)) => u64::try_from(i).map_err(|_| bad()),
-        _ => Err(bad()),
-    }
+    .ok_or_else(|| FieldError::Invalid(format!("bad {name} payload")))
 }
 
 macro_rules! enum_field {
@@ -203,8 +209,8 @@ macro_rules! enum_field {
             fn encode(&self, out: &mut Vec<u8>) {
                 value::write_enum(out, $ty::EXT_TYPE, *self as u8)
             }
-            fn decode(value: Value) -> Result<Self, FieldError> {
-                let number = enum_value(value, $ty::EXT_TYPE, stringify!($ty))?;
+            fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+                let number = enum_value(reader.token()?, $ty::EXT_TYPE, stringify!($ty))?;
                 $ty::from_value(number).ok_or_else(|| {
                     FieldError::Invalid(format!("{number} is not a {}", stringify!($ty)))
                 })
@@ -220,10 +226,10 @@ impl Field for ErrorCode {
     fn encode(&self, out: &mut Vec<u8>) {
         value::write_uint(out, *self as u64)
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        let number = match value {
-            Value::Int(i) => u64::try_from(i).unwrap_or(u64::MAX),
-            ext @ Value::Ext(..) => enum_value(ext, ErrorCode::EXT_TYPE, "ErrorCode")?,
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        let number = match reader.token()? {
+            Token::Int(i) => u64::try_from(i).unwrap_or(u64::MAX),
+            ext @ Token::Ext(..) => enum_value(ext, ErrorCode::EXT_TYPE, "ErrorCode")?,
             other => return Err(FieldError::type_error("int", &other)),
         };
         ErrorCode::from_value(number)
@@ -238,10 +244,11 @@ impl<T: Field> Field for Option<T> {
             Some(inner) => inner.encode(out),
         }
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        match value {
-            Value::Nil => Ok(None),
-            other => T::decode(other).map(Some),
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        if reader.take_nil() {
+            Ok(None)
+        } else {
+            T::decode(reader).map(Some)
         }
     }
 }
@@ -253,15 +260,13 @@ impl<T: Field> Field for Vec<T> {
             item.encode(out);
         }
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        match value {
-            Value::Array(items) => items
-                .into_iter()
-                .enumerate()
-                .map(|(index, item)| T::decode(item).map_err(|e| e.at(index)))
-                .collect(),
-            other => Err(FieldError::type_error("array", &other)),
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        let len = array_len(reader)?;
+        let mut items = reader.vec(len)?;
+        for index in 0..len {
+            items.push(T::decode(reader).map_err(|e| e.at(index))?);
         }
+        Ok(items)
     }
 }
 
@@ -291,32 +296,36 @@ impl<K: Field, V: Field> Field for Map<K, V> {
             value.encode(out);
         }
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        match value {
-            Value::Map(pairs) => pairs
-                .into_iter()
-                .enumerate()
-                .map(|(index, (key, value))| {
-                    let key = K::decode(key).map_err(|e| e.at(index))?;
-                    let value = V::decode(value).map_err(|e| e.at(index))?;
-                    Ok((key, value))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Map),
-            other => Err(FieldError::type_error("map", &other)),
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        let len = match reader.token()? {
+            Token::Map(len) => len,
+            other => return Err(FieldError::type_error("map", &other)),
+        };
+        let mut pairs = reader.vec(len)?;
+        for index in 0..len {
+            let key = K::decode(reader).map_err(|e| e.at(index))?;
+            let value = V::decode(reader).map_err(|e| e.at(index))?;
+            pairs.push((key, value));
         }
+        Ok(Map(pairs))
     }
 }
 
-/// The items of a fixed-size record, or an error naming the size mismatch.
-pub fn record_items(value: Value, len: usize) -> Result<Vec<Value>, FieldError> {
-    match value {
-        Value::Array(items) if items.len() == len => Ok(items),
-        Value::Array(items) => Err(FieldError::Invalid(format!(
-            "expected {len} elements, found {}",
-            items.len()
-        ))),
+/// Reads an array header: the number of items that follow.
+fn array_len(reader: &mut Reader) -> Result<usize, FieldError> {
+    match reader.token()? {
+        Token::Array(len) => Ok(len),
         other => Err(FieldError::type_error("array", &other)),
+    }
+}
+
+/// Reads the header of a fixed-size record, or names the size mismatch.
+pub fn record_header(reader: &mut Reader, len: usize) -> Result<(), FieldError> {
+    match array_len(reader)? {
+        found if found == len => Ok(()),
+        found => Err(FieldError::Invalid(format!(
+            "expected {len} elements, found {found}"
+        ))),
     }
 }
 
@@ -327,12 +336,9 @@ macro_rules! tuple_field {
                 value::write_array_len(out, $len);
                 $(self.$index.encode(out);)*
             }
-            fn decode(value: Value) -> Result<Self, FieldError> {
-                let mut items = record_items(value, $len)?.into_iter();
-                Ok(($(
-                    $name::decode(items.next().unwrap_or(Value::Nil))
-                        .map_err(|e| e.at($index))?,
-                )*))
+            fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+                record_header(reader, $len)?;
+                Ok(($($name::decode(reader).map_err(|e| e.at($index))?,)*))
             }
         }
     };
@@ -348,8 +354,8 @@ impl Field for Address {
         self.host.encode(out);
         self.port.encode(out);
     }
-    fn decode(value: Value) -> Result<Self, FieldError> {
-        let (host, port) = <(String, u16)>::decode(value)?;
+    fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+        let (host, port) = <(String, u16)>::decode(reader)?;
         Ok(Address { host, port })
     }
 }

@@ -1,12 +1,20 @@
 //! The byte stream of a connection: the handshake magic, then packets as
 //! `[msg_id, code, args]` msgpack arrays (protocol.md §1.2, §2).
+//!
+//! [`StreamDecoder`] takes received bytes in pieces of any size. A
+//! [`Scanner`] kept across reads finds where the packet at the head of the
+//! buffer ends without allocating, examining each byte a bounded number of
+//! times however the packet was cut; then a [`Reader`] over exactly that
+//! packet decodes it into typed arguments, its allocations bounded by the
+//! packet's size.
 
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::packets::{Packet, PacketError};
+use crate::reader::{Reader, Token};
 use crate::scan::Scanner;
 use crate::types::PROTOCOL_VERSION;
-use crate::value::{self, Value, ValueError};
+use crate::value::{self, ValueError};
 
 /// What both ends send first: msgpack `["NEO", 5]` with `"NEO"` as a str.
 pub const MAGIC: [u8; 6] = [0x92, 0xa3, b'N', b'E', b'O', PROTOCOL_VERSION];
@@ -112,24 +120,27 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(u32, Packet), FrameError> {
     }
 }
 
-/// Checks a decoded value's `[msg_id, code, args]` shape and builds the packet.
-fn frame_from_value(value: Value) -> Result<Frame, FrameError> {
-    let Value::Array(items) = value else {
-        return Err(FrameError::Frame(format!(
-            "expected [msg_id, code, args], found {}",
-            value.type_name()
-        )));
-    };
-    let Ok::<[Value; 3], _>([msg_id, code, args]) = items.try_into() else {
-        return Err(FrameError::Frame("packet is not a 3-element array".into()));
-    };
-    let msg_id = match msg_id {
-        Value::Int(i) => u32::try_from(i).ok(),
+/// Decodes one whole packet: checks the `[msg_id, code, args]` shape and
+/// builds the packet from its arguments.
+fn decode_packet(bytes: Bytes) -> Result<Frame, FrameError> {
+    let mut reader = Reader::new(bytes);
+    match reader.token()? {
+        Token::Array(3) => {}
+        Token::Array(_) => return Err(FrameError::Frame("packet is not a 3-element array".into())),
+        other => {
+            return Err(FrameError::Frame(format!(
+                "expected [msg_id, code, args], found {}",
+                other.type_name()
+            )))
+        }
+    }
+    let msg_id = match reader.token()? {
+        Token::Int(i) => u32::try_from(i).ok(),
         _ => None,
     }
     .ok_or_else(|| FrameError::Frame("msg_id is not a 32-bit unsigned integer".into()))?;
-    let code = match code {
-        Value::Int(i) => u16::try_from(i).ok(),
+    let code = match reader.token()? {
+        Token::Int(i) => u16::try_from(i).ok(),
         _ => None,
     }
     .ok_or_else(|| {
@@ -138,7 +149,11 @@ fn frame_from_value(value: Value) -> Result<Frame, FrameError> {
         ))
     })?;
     let packet =
-        Packet::decode(code, args).map_err(|error| FrameError::Packet { msg_id, error })?;
+        Packet::decode(code, &mut reader).map_err(|error| FrameError::Packet { msg_id, error })?;
+    debug_assert!(
+        reader.is_at_end(),
+        "the scanner found where the packet ends"
+    );
     Ok(Frame { msg_id, packet })
 }
 
@@ -246,9 +261,7 @@ impl StreamDecoder {
             return Ok(None);
         };
         self.scanner.restart();
-        let bytes: Bytes = self.buf.split_to(len).freeze();
-        let value = value::decode(&bytes)?;
-        frame_from_value(value).map(Some)
+        decode_packet(self.buf.split_to(len).freeze()).map(Some)
     }
 }
 

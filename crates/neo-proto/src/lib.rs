@@ -4,12 +4,15 @@
 //! This crate does no I/O. A connection feeds received bytes to a
 //! [`StreamDecoder`] and writes what [`encode_frame`] returns. Everything a
 //! peer controls is bounded: packet size ([`MAX_PACKET_SIZE`]), nesting
-//! ([`value::MAX_DEPTH`]), and no allocation is made before the bytes that
-//! justify it have arrived.
+//! ([`value::MAX_DEPTH`]), the work of finding where a packet ends (linear
+//! in its size however it is cut), and memory: nothing is allocated for an
+//! incomplete packet, and decoding a whole one allocates at most
+//! [`reader::MEMORY_PER_BYTE`] bytes per byte plus [`reader::MEMORY_SLACK`].
 //!
 //! Layers, bottom up:
-//! - [`value`]: the msgpack subset NEO uses ([`Value`]) and its decoder;
+//! - [`value`]: the msgpack subset NEO uses: encoders, headers, [`Value`];
 //! - [`scan`]: where a packet ends, found without allocating, resumably;
+//! - [`reader`]: a cursor over one packet, with its memory budget;
 //! - [`field`]: how each argument type maps to msgpack;
 //! - [`packets`]: the 111 packet types and the [`Packet`] enum;
 //! - [`frame`]: handshake magic, `[msg_id, code, args]` framing, stream decoder.
@@ -19,6 +22,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod packets;
+pub mod reader;
 pub mod scan;
 pub mod types;
 pub mod value;

@@ -6,12 +6,13 @@
 
 use bytes::Bytes;
 
-use crate::field::{record_items, Field, FieldError, Map};
+use crate::field::{record_header, Field, FieldError, Map};
+use crate::reader::{Reader, Token};
 use crate::types::{
     Address, CellState, Checksum, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Oid,
     Partition, Ptid, Tid,
 };
-use crate::value::{self, Value};
+use crate::value::{self, Value, ValueError};
 
 /// Counts identifiers, as a constant expression.
 macro_rules! count {
@@ -32,15 +33,14 @@ macro_rules! record {
             /// Argument names, in wire order.
             pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
 
-            /// Decodes from the items of the record array; on error, says
-            /// which field was wrong.
-            #[allow(unused_mut, unused_variables)]
-            fn from_items(
-                items: Vec<Value>,
+            /// Decodes the fields, which come next in wire order; on error,
+            /// says which field was wrong.
+            #[allow(unused_variables)]
+            fn decode_fields(
+                reader: &mut Reader,
             ) -> Result<Self, (&'static str, FieldError)> {
-                let mut items = items.into_iter();
                 $(
-                    let $field = <$ty as Field>::decode(items.next().unwrap_or(Value::Nil))
+                    let $field = <$ty as Field>::decode(reader)
                         .map_err(|error| (stringify!($field), error))?;
                 )*
                 Ok($name { $($field),* })
@@ -57,9 +57,9 @@ macro_rules! record {
             fn encode(&self, out: &mut Vec<u8>) {
                 self.encode_items(out)
             }
-            fn decode(value: Value) -> Result<Self, FieldError> {
-                let items = record_items(value, count!($($field)*))?;
-                $name::from_items(items).map_err(|(field, error)| {
+            fn decode(reader: &mut Reader) -> Result<Self, FieldError> {
+                record_header(reader, count!($($field)*))?;
+                $name::decode_fields(reader).map_err(|(field, error)| {
                     let index = $name::FIELDS.iter().position(|f| *f == field).unwrap_or(0);
                     error.at(index)
                 })
@@ -106,6 +106,15 @@ pub enum PacketError {
         expected: usize,
         /// Received length.
         found: usize,
+    },
+    /// The arguments are not msgpack (or need more memory than the packet
+    /// justifies).
+    #[error("{packet}: {error}")]
+    Value {
+        /// Packet name.
+        packet: &'static str,
+        /// What was wrong.
+        error: ValueError,
     },
     /// The arguments are not an array.
     #[error("{packet}: arguments must be an array, found {found}")]
@@ -204,14 +213,16 @@ macro_rules! packets {
                 }
             }
 
-            /// Builds the packet of type `code` from its argument array.
-            pub fn decode(code: u16, args: Value) -> Result<Packet, PacketError> {
+            /// Builds the packet of type `code` from its argument array,
+            /// which comes next in `reader`.
+            pub fn decode(code: u16, reader: &mut Reader) -> Result<Packet, PacketError> {
                 let name = packet_name(code).ok_or(PacketError::UnknownCode(code))?;
-                let items = match args {
-                    Value::Array(items) => items,
-                    other => {
+                let found = match reader.token() {
+                    Ok(Token::Array(found)) => found,
+                    Ok(other) => {
                         return Err(PacketError::NotAnArray { packet: name, found: other.type_name() })
                     }
+                    Err(error) => return Err(PacketError::Value { packet: name, error }),
                 };
                 let argument = |(argument, error)| PacketError::Argument {
                     packet: name,
@@ -221,14 +232,10 @@ macro_rules! packets {
                 match code {
                     $($code => {
                         let expected = count!($($field)*);
-                        if items.len() != expected {
-                            return Err(PacketError::ArgumentCount {
-                                packet: name,
-                                expected,
-                                found: items.len(),
-                            });
+                        if found != expected {
+                            return Err(PacketError::ArgumentCount { packet: name, expected, found });
                         }
-                        $name::from_items(items).map(Packet::$name).map_err(argument)
+                        $name::decode_fields(reader).map(Packet::$name).map_err(argument)
                     })*
                     _ => Err(PacketError::UnknownCode(code)),
                 }
@@ -865,23 +872,91 @@ mod tests {
         }
     }
 
+    /// The shapes NEO sends in bulk, made of their smallest elements, fit
+    /// the decoder's memory ratio without the slack's help.
+    #[test]
+    fn bulk_packets_fit_the_memory_ratio() {
+        const COUNT: usize = 1 << 20;
+        let packets = [
+            Packet::from(NotifyNodeInformation {
+                timestamp: 0.0,
+                nodes: vec![
+                    NodeInfo {
+                        node_type: NodeType::Client,
+                        address: None,
+                        nid: None,
+                        state: NodeState::Running,
+                        id_timestamp: None,
+                    };
+                    COUNT
+                ],
+            }),
+            Packet::from(SendPartitionTable {
+                ptid: Some(1),
+                num_replicas: 0,
+                rows: vec![
+                    vec![CellInfo {
+                        nid: NodeId(1),
+                        state: CellState::UpToDate,
+                    }];
+                    COUNT
+                ],
+            }),
+            Packet::from(CheckReplicas {
+                partitions: (0..COUNT as u32).map(|p| (p % 128, None)).collect(),
+                min_tid: Tid(0),
+                max_tid: None,
+            }),
+            Packet::from(AskFinishTransaction {
+                ttid: Tid(1),
+                oids: vec![Oid(1); COUNT],
+                deleted: vec![1; COUNT],
+                checked: vec![1; COUNT],
+                pack: None,
+            }),
+        ];
+        for packet in packets {
+            let bytes = encode_frame(0, &packet);
+            let (_, decoded) = decode_frame(&bytes).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(decoded, packet);
+        }
+    }
+
     #[test]
     fn bad_arguments_name_the_packet_and_argument() {
+        let decode = |code, args: Value| {
+            let mut bytes = Vec::new();
+            args.encode(&mut bytes);
+            Packet::decode(code, &mut Reader::new(Bytes::from(bytes)))
+        };
         let args = Value::Array(vec![
             Value::Bin(Bytes::from_static(b"short")),
             Value::Nil,
             Value::Nil,
         ]);
-        let error = Packet::decode(AskObject::CODE, args).unwrap_err();
+        let error = decode(AskObject::CODE, args).unwrap_err();
         assert_eq!(
             error.to_string(),
             "AskObject: argument oid: expected 8 bytes, found 5"
         );
-        let error = Packet::decode(Ping::CODE, Value::Array(vec![Value::Nil])).unwrap_err();
+        let error = decode(Ping::CODE, Value::Array(vec![Value::Nil])).unwrap_err();
         assert_eq!(error.to_string(), "Ping: expected 0 arguments, found 1");
+        let error = decode(Ping::CODE, Value::Map(vec![])).unwrap_err();
         assert_eq!(
-            Packet::decode(0x4a, Value::Array(vec![])),
+            error.to_string(),
+            "Ping: arguments must be an array, found map"
+        );
+        assert_eq!(
+            decode(0x4a, Value::Array(vec![])),
             Err(PacketError::UnknownCode(0x4a))
+        );
+        // Each cell of a row must be a [nid, state] pair.
+        let rows = Value::Array(vec![Value::Array(vec![Value::Int(1)])]);
+        let args = Value::Array(vec![Value::Nil, Value::Int(1), rows]);
+        let error = decode(SendPartitionTable::CODE, args).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "SendPartitionTable: argument rows: element 0: element 0: expected array, found int"
         );
     }
 }

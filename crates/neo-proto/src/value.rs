@@ -1,10 +1,12 @@
-//! The msgpack subset NEO uses, as a tree of [`Value`]s, with an encoder that
-//! writes the same (smallest) forms as NEO/py and a bounded decoder.
+//! The msgpack subset NEO uses: the encoders, which write the same
+//! (smallest) forms as NEO/py, the headers that the decoding side reads, and
+//! [`Value`], a generic tree for the few free-form arguments.
 //!
-//! Decoding is split in two so that a stream decoder never allocates for an
-//! incomplete packet: a [`Scanner`](crate::scan::Scanner) walks the bytes
-//! without allocating and tells whether a whole value is there; only then
-//! [`decode`] builds the tree.
+//! Decoding happens in two passes over a packet's bytes, neither building a
+//! tree for typed arguments: a [`Scanner`](crate::scan::Scanner) finds,
+//! resumably and without allocating, where the packet ends; then a
+//! [`Reader`](crate::reader::Reader) decodes each argument straight from the
+//! bytes, its allocations charged to a budget that the packet's size sets.
 
 use bytes::Bytes;
 use rmp::Marker;
@@ -51,6 +53,16 @@ pub enum ValueError {
     /// A str that is not UTF-8.
     #[error("msgpack str at byte {0} is not UTF-8")]
     BadUtf8(usize),
+    /// A header announces more than the bytes left hold.
+    #[error("msgpack value at byte {0} is truncated")]
+    Truncated(usize),
+    /// Decoding would allocate more than the packet's size justifies
+    /// ([`MEMORY_PER_BYTE`](crate::reader::MEMORY_PER_BYTE)).
+    #[error("decoding needs more memory than a packet of {packet_len} bytes justifies")]
+    OverBudget {
+        /// Size of the packet.
+        packet_len: usize,
+    },
 }
 
 /// What a marker (plus its length bytes) announces.
@@ -136,66 +148,6 @@ pub(crate) fn read_header(buf: &[u8], at: usize) -> Result<Option<(Header, usize
         Marker::Reserved => return Err(ValueError::Reserved(marker, at)),
     };
     Ok(Some((header, 1 + extra)))
-}
-
-/// Decodes the value that a [`Scanner`](crate::scan::Scanner) found to span all of `buf`. Byte strings
-/// are zero-copy slices of `buf`.
-pub fn decode(buf: &Bytes) -> Result<Value, ValueError> {
-    let mut pos = 0;
-    let value = decode_at(buf, &mut pos, 0)?;
-    debug_assert_eq!(pos, buf.len(), "decode() takes exactly one scanned value");
-    Ok(value)
-}
-
-fn decode_at(buf: &Bytes, pos: &mut usize, depth: usize) -> Result<Value, ValueError> {
-    let at = *pos;
-    // The scanner proved the value complete, so running short here means the
-    // caller broke that contract; report it as a limit rather than panic.
-    let truncated = || ValueError::TooLarge(buf.len());
-    let (header, size) = read_header(buf, at)?.ok_or_else(truncated)?;
-    *pos += size;
-    let mut slice = |len: usize| -> Result<Bytes, ValueError> {
-        let end = pos.checked_add(len).filter(|end| *end <= buf.len());
-        let end = end.ok_or_else(truncated)?;
-        let bytes = buf.slice(*pos..end);
-        *pos = end;
-        Ok(bytes)
-    };
-    Ok(match header {
-        Header::Nil => Value::Nil,
-        Header::Bool(b) => Value::Bool(b),
-        Header::Int(i) => Value::Int(i),
-        Header::Float(f) => Value::Float(f),
-        Header::Str(len) => {
-            let bytes = slice(len)?;
-            let text = std::str::from_utf8(&bytes).map_err(|_| ValueError::BadUtf8(at))?;
-            Value::Str(text.to_owned())
-        }
-        Header::Bin(len) => Value::Bin(slice(len)?),
-        Header::Ext(ty, len) => Value::Ext(ty, slice(len)?),
-        Header::Array(len) => {
-            if depth == MAX_DEPTH {
-                return Err(ValueError::TooDeep);
-            }
-            let mut items = Vec::with_capacity(len.min(buf.len() - *pos));
-            for _ in 0..len {
-                items.push(decode_at(buf, pos, depth + 1)?);
-            }
-            Value::Array(items)
-        }
-        Header::Map(len) => {
-            if depth == MAX_DEPTH {
-                return Err(ValueError::TooDeep);
-            }
-            let mut pairs = Vec::with_capacity(len.min(buf.len() - *pos));
-            for _ in 0..len {
-                let key = decode_at(buf, pos, depth + 1)?;
-                let value = decode_at(buf, pos, depth + 1)?;
-                pairs.push((key, value));
-            }
-            Value::Map(pairs)
-        }
-    })
 }
 
 // Writing into a Vec cannot fail, so the encoders below discard rmp's
@@ -292,21 +244,6 @@ impl Value {
             }
         }
     }
-
-    /// A short name of the value's type, for error messages.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Value::Nil => "nil",
-            Value::Bool(_) => "bool",
-            Value::Int(_) => "int",
-            Value::Float(_) => "float",
-            Value::Str(_) => "str",
-            Value::Bin(_) => "bin",
-            Value::Array(_) => "array",
-            Value::Map(_) => "map",
-            Value::Ext(..) => "ext",
-        }
-    }
 }
 
 #[cfg(test)]
@@ -333,8 +270,52 @@ mod tests {
         ];
         for (value, bytes) in cases {
             assert_eq!(encoded(&Value::Int(*value)), *bytes, "{value}");
-            let buf = Bytes::copy_from_slice(bytes);
-            assert_eq!(decode(&buf), Ok(Value::Int(*value)));
+            let header = Some((Header::Int(*value), bytes.len()));
+            assert_eq!(read_header(bytes, 0), Ok(header));
         }
+    }
+
+    #[test]
+    fn headers_of_every_size_are_read() {
+        let cases: &[(&[u8], Header)] = &[
+            (&[0xd0, 0x80], Header::Int(-128)),
+            (&[0xd1, 0x80, 0x00], Header::Int(i16::MIN.into())),
+            (
+                &[0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0],
+                Header::Int(i64::MIN.into()),
+            ),
+            (
+                &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                Header::Int(u64::MAX.into()),
+            ),
+            (&[0xca, 0x3f, 0xc0, 0, 0], Header::Float(1.5)),
+            (&[0xcb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0], Header::Float(1.5)),
+            (&[0xc0], Header::Nil),
+            (&[0xc3], Header::Bool(true)),
+            (&[0xa3], Header::Str(3)),
+            (&[0xda, 0x01, 0x00], Header::Str(256)),
+            (&[0xc6, 0x00, 0x01, 0x00, 0x00], Header::Bin(65536)),
+            (&[0xdc, 0x01, 0x00], Header::Array(256)),
+            (&[0x81], Header::Map(1)),
+            (&[0xdf, 0x00, 0x00, 0x00, 0x02], Header::Map(2)),
+            (&[0xd4, 0x04], Header::Ext(4, 1)),
+            (&[0xd8, 0xff], Header::Ext(-1, 16)),
+            (&[0xc7, 0x03, 0x02], Header::Ext(2, 3)),
+            (&[0xc8, 0x01, 0x00, 0x80], Header::Ext(-128, 256)),
+            (&[0xc9, 0x00, 0x01, 0x00, 0x00, 0x05], Header::Ext(5, 65536)),
+        ];
+        for (bytes, header) in cases {
+            assert_eq!(
+                read_header(bytes, 0),
+                Ok(Some((*header, bytes.len()))),
+                "{bytes:02x?}"
+            );
+            let short = &bytes[..bytes.len() - 1];
+            assert_eq!(read_header(short, 0), Ok(None), "{bytes:02x?}");
+        }
+        assert_eq!(
+            read_header(&[0x90, 0xc1], 1),
+            Err(ValueError::Reserved(0xc1, 1))
+        );
     }
 }

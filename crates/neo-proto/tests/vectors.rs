@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use neo_proto::reader::Reader;
 use neo_proto::scan::Scanner;
 use neo_proto::{
-    check_magic, decode_frame, encode_frame, packet_name, value, CellState, ClusterState,
-    ErrorCode, MagicCheck, NodeState, NodeType, Packet, StreamDecoder, Value, MAGIC,
+    check_magic, decode_frame, encode_frame, packet_name, CellState, ClusterState, ErrorCode,
+    MagicCheck, NodeState, NodeType, Packet, StreamDecoder, Value, MAGIC,
 };
 use serde_json::{json, Value as Json};
 
@@ -69,7 +70,7 @@ fn to_json(value: &Value) -> Json {
             "map": pairs.iter().map(|(k, v)| json!([to_json(k), to_json(v)])).collect::<Vec<_>>()
         }),
         Value::Ext(ty, payload) => {
-            let Value::Int(number) = value::decode(payload).unwrap() else {
+            let Value::Int(number) = Reader::new(payload.clone()).value().unwrap() else {
                 panic!("enum payload is not an int")
             };
             let number = u64::try_from(number).unwrap();
@@ -83,7 +84,10 @@ fn to_json(value: &Value) -> Json {
 fn raw_value(bytes: &[u8]) -> Value {
     let len = Scanner::new().resume(bytes, bytes.len()).unwrap().unwrap();
     assert_eq!(len, bytes.len());
-    value::decode(&Bytes::copy_from_slice(bytes)).unwrap()
+    let mut reader = Reader::new(Bytes::copy_from_slice(bytes));
+    let value = reader.value().unwrap();
+    assert!(reader.is_at_end());
+    value
 }
 
 /// Checks one NEO/py packet; returns its code.
