@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use neo_proto::{CellState, Checksum, NodeId, NodeType, Oid, Partition, Tid};
 use neo_storage::backend::{
-    Backend, BackendError, DataId, ObjectLookup, ObjectRecord, ObjectRow, OpenOptions,
-    SqliteBackend, TransactionMeta, SCHEMA_VERSION,
+    Backend, DataId, Error, ObjectLookup, ObjectRecord, ObjectRow, OpenError, OpenOptions,
+    RequestError, SqliteBackend, TransactionMeta, SCHEMA_VERSION,
 };
 use sha1::{Digest, Sha1};
 
@@ -310,7 +310,10 @@ fn deletion_and_undo_records() {
     let err = backend
         .store_data(oid, checksum(b"x"), b"x", 0, Some(tid(0)))
         .unwrap_err();
-    assert!(matches!(err, BackendError::UndoPack { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Request(RequestError::UndoPack { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("pack"), "{err}");
 }
 
@@ -505,14 +508,14 @@ fn reopen_keeps_committed_data_and_locked_transactions() {
 fn second_open_of_the_same_file_is_locked() {
     let (dir, backend) = new_backend(&[]);
     let err = SqliteBackend::open(db_path(&dir), &OpenOptions::default()).unwrap_err();
-    assert!(matches!(err, BackendError::Locked { .. }), "{err}");
+    assert!(matches!(err, OpenError::Locked { .. }), "{err}");
     assert!(err.to_string().contains("database is locked"), "{err}");
     // Another path to the same file is the same lock.
     let link = dir.path().join("link.sqlite");
     std::fs::hard_link(db_path(&dir), &link).unwrap();
     assert!(matches!(
         SqliteBackend::open(&link, &OpenOptions::default()),
-        Err(BackendError::Locked { .. })
+        Err(OpenError::Locked { .. })
     ));
     drop(backend);
     open(&db_path(&dir));
@@ -536,7 +539,7 @@ fn newer_and_older_schemas_are_refused() {
     assert!(
         matches!(
             err,
-            BackendError::NewerSchema {
+            OpenError::NewerSchema {
                 found: 5,
                 supported: 4,
                 ..
@@ -548,7 +551,7 @@ fn newer_and_older_schemas_are_refused() {
     set_version("3");
     let err = SqliteBackend::open(&path, &OpenOptions::default()).unwrap_err();
     assert!(
-        matches!(err, BackendError::OlderSchema { found: 3, .. }),
+        matches!(err, OpenError::OlderSchema { found: 3, .. }),
         "{err}"
     );
     assert!(err.to_string().contains("migration"), "{err}");
@@ -572,8 +575,8 @@ fn reads_on_non_readable_partitions_are_refused() {
         backend.readable_partitions(),
         [0, 2, 3].into_iter().collect()
     );
-    let non_readable = |result: Result<_, BackendError>| match result {
-        Err(BackendError::NonReadableCell { partition: 1 }) => {}
+    let non_readable = |result: Result<_, Error>| match result {
+        Err(Error::Request(RequestError::NonReadableCell { partition: 1 })) => {}
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("read allowed on a non-readable partition"),
     };
@@ -706,13 +709,13 @@ fn reset_and_erase() {
     // Without a partition table, reads are refused and writes fail clearly.
     assert!(matches!(
         backend.get_object(Oid(1), None, None),
-        Err(BackendError::NonReadableCell { .. })
+        Err(Error::Request(RequestError::NonReadableCell { .. }))
     ));
     let err = backend
         .store_data(Oid(1), checksum(b"a"), b"a", 0, None)
         .unwrap_err();
     assert!(
-        matches!(err, BackendError::NoPartitionTable { .. }),
+        matches!(err, Error::Request(RequestError::NoPartitionTable { .. })),
         "{err}"
     );
     backend.erase().unwrap();
@@ -730,7 +733,10 @@ fn out_of_range_ids_are_errors() {
     let err = backend
         .store_data(Oid(u64::MAX), checksum(b"a"), b"a", 0, None)
         .unwrap_err();
-    assert!(matches!(err, BackendError::OutOfRange { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Request(RequestError::OutOfRange { .. })),
+        "{err}"
+    );
     // Range bounds above MAX_TID just mean "no limit".
     assert!(backend
         .replication_tid_list(Tid::ZERO, Tid::INVALID, 10, 0)

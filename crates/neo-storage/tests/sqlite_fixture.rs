@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use neo_proto::{CellState, NodeId, Oid, Tid};
 use neo_storage::backend::{
-    Backend, ObjectLookup, ObjectRecord, OpenOptions, SqliteBackend, UndoLookup,
+    Backend, ObjectLookup, ObjectRecord, OpenOptions, RequestError, SqliteBackend, UndoLookup,
 };
 use serde_json::Value;
 use sha1::{Digest, Sha1};
@@ -403,7 +403,10 @@ fn fixture_undo_store_reuses_data_and_detects_pack() {
         )
         .unwrap_err();
     assert!(
-        matches!(err, neo_storage::backend::BackendError::UndoPack { .. }),
+        matches!(
+            err,
+            neo_storage::backend::Error::Request(RequestError::UndoPack { .. })
+        ),
         "{err}"
     );
     // New data of partition 3 goes after the 1 MiB object's id.

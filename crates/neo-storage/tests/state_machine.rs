@@ -314,3 +314,56 @@ fn tid_listings_wait_for_the_unlock_of_a_locked_transaction() {
         other => panic!("unexpected answers {other:?}"),
     }
 }
+
+/// The error answer among `outputs`, if any.
+fn error_code(outputs: &[Output]) -> Option<neo_proto::ErrorCode> {
+    answers(outputs)
+        .into_iter()
+        .find_map(|packet| match packet {
+            Packet::Error(error) => Some(error.code),
+            _ => None,
+        })
+}
+
+/// A request the database refuses is answered with the error its kind
+/// says, and the node goes on serving (the harness fails on any `Exit`):
+/// an undo of packed data is `UNDO_PACK_ERROR`, an oid beyond what the
+/// database can hold is a protocol error that closes that connection.
+#[test]
+fn refused_requests_are_answered_and_the_node_goes_on() {
+    let mut harness = Harness::new();
+    let undo = harness.client_sends(p::AskStoreObject {
+        oid: Oid(1),
+        serial: Tid::ZERO,
+        compression: 0,
+        checksum: Checksum::ZERO,
+        data: b"".as_slice().into(),
+        data_serial: Some(tid(1)),
+        ttid: tid(2),
+    });
+    assert_eq!(
+        error_code(&undo),
+        Some(neo_proto::ErrorCode::UndoPackError),
+        "{undo:?}"
+    );
+    assert!(!undo.iter().any(|o| matches!(o, Output::Close { .. })));
+
+    let huge = harness.store(tid(3), Oid(u64::MAX), Tid::ZERO, b"data");
+    assert_eq!(
+        error_code(&huge),
+        Some(neo_proto::ErrorCode::ProtocolError),
+        "{huge:?}"
+    );
+    assert!(huge.contains(&Output::Close { conn: CLIENT }), "{huge:?}");
+
+    // Still serving: a load of an oid that was never stored.
+    let load = harness.client_sends(p::AskObject {
+        oid: Oid(2),
+        at: None,
+        before: None,
+    });
+    assert_eq!(
+        error_code(&load),
+        Some(neo_proto::ErrorCode::OidDoesNotExist)
+    );
+}

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr, UnixListener};
 use std::path::Path;
 
-use super::{BackendError, Result};
+use super::OpenError;
 
 /// Held for as long as the database is open; dropping it unlocks.
 #[derive(Debug)]
@@ -21,11 +21,12 @@ pub(crate) struct FileLock {
 
 impl FileLock {
     /// Locks the existing file at `path`, or fails with
-    /// [`BackendError::Locked`] if another process holds it.
-    pub(crate) fn acquire(path: &Path) -> Result<FileLock> {
-        let io_error = |context, source| BackendError::Io {
+    /// [`OpenError::Locked`] if another process holds it.
+    pub(crate) fn acquire(path: &Path) -> Result<FileLock, OpenError> {
+        let database = || path.display().to_string();
+        let io_error = |context, source| OpenError::Io {
             context,
-            path: path.to_owned(),
+            database: database(),
             source,
         };
         let metadata =
@@ -35,8 +36,8 @@ impl FileLock {
             .map_err(|e| io_error("naming database lock", e))?;
         match UnixListener::bind_addr(&address) {
             Ok(socket) => Ok(FileLock { _socket: socket }),
-            Err(error) if error.kind() == io::ErrorKind::AddrInUse => Err(BackendError::Locked {
-                path: path.to_owned(),
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse => Err(OpenError::Locked {
+                database: database(),
             }),
             Err(error) => Err(io_error("locking database", error)),
         }

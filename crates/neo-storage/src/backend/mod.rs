@@ -12,12 +12,13 @@
 //! are placed in partition `oid % np`, transaction metadata in `tid % np`;
 //! a *cell* is one partition assigned to one storage node.
 
+mod error;
 mod lock;
 mod sqlite;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
+pub use error::{Error, FatalError, OpenError, RequestError};
 pub use neo_proto::packets::{HistoryEntry, PackOrder, UndoSerial};
 use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Ptid, Tid};
 pub use sqlite::{OpenOptions, SqliteBackend, SCHEMA_VERSION};
@@ -27,98 +28,7 @@ pub use sqlite::{OpenOptions, SqliteBackend, SCHEMA_VERSION};
 pub type DataId = u64;
 
 /// Result of backend operations.
-pub type Result<T, E = BackendError> = std::result::Result<T, E>;
-
-/// Why a backend operation failed.
-///
-/// Every message names what was being done, so that a log line is enough to
-/// understand a failure of a node.
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    /// Another process already uses this database (§12.1 "lock").
-    #[error("database is locked: {path} is used by another process")]
-    Locked {
-        /// The database file.
-        path: PathBuf,
-    },
-    /// A system call failed while opening or locking the database.
-    #[error("{context} ({path}): {source}")]
-    Io {
-        /// What was being done.
-        context: &'static str,
-        /// The database file.
-        path: PathBuf,
-        /// The system error.
-        source: std::io::Error,
-    },
-    /// The database was written by a newer NEO; it can not be downgraded.
-    #[error(
-        "database {path} has schema version {found}, newer than the supported version \
-         {supported}: it can not be downgraded"
-    )]
-    NewerSchema {
-        /// The database file.
-        path: PathBuf,
-        /// `config.version` found.
-        found: u32,
-        /// The version this code writes.
-        supported: u32,
-    },
-    /// The database was written by an older NEO; migrations are not
-    /// implemented yet.
-    #[error(
-        "database {path} has schema version {found}, older than {supported}: migration is not \
-         supported yet (upgrade it with NEO/py first)"
-    )]
-    OlderSchema {
-        /// The database file.
-        path: PathBuf,
-        /// `config.version` found (0 when absent).
-        found: u32,
-        /// The version this code writes.
-        supported: u32,
-    },
-    /// A read on a partition this node can not serve; the node answers
-    /// `Error(NON_READABLE_CELL)` and the client tries another replica.
-    #[error("partition {partition} is not readable on this node")]
-    NonReadableCell {
-        /// The partition that was read.
-        partition: Partition,
-    },
-    /// An undo points at a record that pack removed (`UNDO_PACK_ERROR`).
-    #[error("undo of {oid} refers to serial {data_tid}, which was removed by pack")]
-    UndoPack {
-        /// The undone object.
-        oid: Oid,
-        /// The back-pointer sent by the client.
-        data_tid: Tid,
-    },
-    /// The partition table is empty, so partitions can not be computed.
-    #[error("no partition table: the number of partitions is unknown ({context})")]
-    NoPartitionTable {
-        /// What needed it.
-        context: &'static str,
-    },
-    /// A value does not fit the 63-bit integers SQL databases store.
-    #[error("{what} {value:#018x} is out of range (greater than 2^63 - 1)")]
-    OutOfRange {
-        /// Which value.
-        what: &'static str,
-        /// The value.
-        value: u64,
-    },
-    /// The database holds something this code can not interpret.
-    #[error("corrupted database: {0}")]
-    Corrupted(String),
-    /// An SQLite call failed.
-    #[error("sqlite error while {context}: {source}")]
-    Sqlite {
-        /// What was being done.
-        context: &'static str,
-        /// The error returned by SQLite.
-        source: rusqlite::Error,
-    },
-}
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One object revision as served to `AskObject` (§7.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,7 +126,7 @@ pub struct LastIds {
 
 /// The storage node's view of its database (§12.1).
 ///
-/// Reads that serve clients fail with [`BackendError::NonReadableCell`]
+/// Reads that serve clients fail with [`RequestError::NonReadableCell`]
 /// when the partition is not readable by this node in its persisted
 /// partition table. Writes are not durable until [`Backend::commit`],
 /// except where a method says it commits.
@@ -360,7 +270,7 @@ pub trait Backend {
     /// (verified by the caller); [`Checksum::ZERO`] with empty data means
     /// "no data" and gives `None`. With `data_tid` (undo), the data id of
     /// record `(oid, data_tid)` is reused; if that record is gone and the
-    /// partition is readable, fails with [`BackendError::UndoPack`].
+    /// partition is readable, fails with [`RequestError::UndoPack`].
     fn store_data(
         &mut self,
         oid: Oid,

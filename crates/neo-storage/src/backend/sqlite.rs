@@ -4,7 +4,7 @@
 //!
 //! All ids are stored as SQLite integers, which are signed 64-bit: oids,
 //! tids and data ids above `2^63 - 1` are refused with
-//! [`BackendError::OutOfRange`] (NEO's `MAX_TID` is `2^63 - 1` for this
+//! [`RequestError::OutOfRange`] (NEO's `MAX_TID` is `2^63 - 1` for this
 //! reason).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,8 +17,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::lock::FileLock;
 use super::{
-    AssignedCell, Backend, BackendError, DataId, HistoryEntry, LastIds, ObjectLookup, ObjectRecord,
-    ObjectRow, PackOrder, Result, TransactionMeta, UndoLookup, UndoSerial,
+    AssignedCell, Backend, DataId, Error, FatalError, HistoryEntry, LastIds, ObjectLookup,
+    ObjectRecord, ObjectRow, OpenError, PackOrder, RequestError, Result, TransactionMeta,
+    UndoLookup, UndoSerial,
 };
 
 /// Schema version this code reads and writes (`config.version`).
@@ -163,13 +164,19 @@ trait Context<T> {
 
 impl<T> Context<T> for rusqlite::Result<T> {
     fn ctx(self, context: &'static str) -> Result<T> {
-        self.map_err(|source| BackendError::Sqlite { context, source })
+        self.map_err(|source| {
+            Error::Fatal(FatalError::Engine {
+                engine: "SQLite",
+                context,
+                source: Box::new(source),
+            })
+        })
     }
 }
 
 /// An id as stored in SQLite; ids above `2^63 - 1` can not be stored.
 fn sql(what: &'static str, value: u64) -> Result<i64> {
-    i64::try_from(value).map_err(|_| BackendError::OutOfRange { what, value })
+    i64::try_from(value).map_err(|_| RequestError::OutOfRange { what, value }.into())
 }
 
 /// An id used as a range bound: anything above the storable range means
@@ -186,7 +193,7 @@ fn sql_count(value: u64) -> i64 {
 /// An id read from the database; a negative one means corruption.
 fn unsigned(what: &str, value: i64) -> Result<u64> {
     u64::try_from(value)
-        .map_err(|_| BackendError::Corrupted(format!("negative {what} {value} in database")))
+        .map_err(|_| Error::corrupted(format!("negative {what} {value} in database")))
 }
 
 fn tid_from(what: &str, value: i64) -> Result<Tid> {
@@ -195,7 +202,7 @@ fn tid_from(what: &str, value: i64) -> Result<Tid> {
 
 fn checksum_from(hash: &[u8], data_id: i64) -> Result<Checksum> {
     <[u8; 20]>::try_from(hash).map(Checksum).map_err(|_| {
-        BackendError::Corrupted(format!(
+        Error::corrupted(format!(
             "data id {data_id}: hash has {} bytes instead of 20",
             hash.len()
         ))
@@ -203,9 +210,8 @@ fn checksum_from(hash: &[u8], data_id: i64) -> Result<Checksum> {
 }
 
 fn compression_from(value: i64, data_id: i64) -> Result<u8> {
-    u8::try_from(value).map_err(|_| {
-        BackendError::Corrupted(format!("data id {data_id}: invalid compression {value}"))
-    })
+    u8::try_from(value)
+        .map_err(|_| Error::corrupted(format!("data id {data_id}: invalid compression {value}")))
 }
 
 /// A byte string column; tolerates TEXT for databases written by old
@@ -242,7 +248,7 @@ fn encode_oids(oids: &[Oid]) -> Vec<u8> {
 fn decode_oids(blob: &[u8], tid: u64) -> Result<Vec<Oid>> {
     let chunks = blob.chunks_exact(8);
     if !chunks.remainder().is_empty() {
-        return Err(BackendError::Corrupted(format!(
+        return Err(Error::corrupted(format!(
             "transaction {tid:016x}: oid list of {} bytes is not a multiple of 8",
             blob.len()
         )));
@@ -260,13 +266,13 @@ fn parse_config<T: std::str::FromStr>(key: &str, value: &str) -> Result<T> {
     value
         .trim()
         .parse()
-        .map_err(|_| BackendError::Corrupted(format!("config {key:?} has invalid value {value:?}")))
+        .map_err(|_| Error::corrupted(format!("config {key:?} has invalid value {value:?}")))
 }
 
 fn parse_hex_tid(key: &str, value: &str) -> Result<Tid> {
     u64::from_str_radix(value.trim(), 16)
         .map(Tid)
-        .map_err(|_| BackendError::Corrupted(format!("config {key:?} is not a hex TID: {value:?}")))
+        .map_err(|_| Error::corrupted(format!("config {key:?} is not a hex TID: {value:?}")))
 }
 
 /// `pt.tid` → cell state: `max(0, -tid)` (§12.3).
@@ -279,10 +285,28 @@ fn cell_state(partition: i64, raw_tid: i64) -> Result<CellState> {
     CellState::from_value(value)
         .filter(|state| *state != CellState::Discarded)
         .ok_or_else(|| {
-            BackendError::Corrupted(format!(
+            Error::corrupted(format!(
                 "partition {partition}: invalid cell state in pt.tid = {raw_tid}"
             ))
         })
+}
+
+/// Refuses a database of another schema version.
+fn check_version(database: &str, found: u32) -> Result<(), OpenError> {
+    let database = database.to_owned();
+    match found.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err(OpenError::NewerSchema {
+            database,
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        std::cmp::Ordering::Less => Err(OpenError::OlderSchema {
+            database,
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+    }
 }
 
 /// A raw object row before validation.
@@ -337,7 +361,7 @@ impl RawObject {
                     value,
                 ),
                 _ => {
-                    return Err(BackendError::Corrupted(format!(
+                    return Err(Error::corrupted(format!(
                         "object {oid} serial {serial} refers to missing data id {data_id}"
                     )))
                 }
@@ -369,43 +393,57 @@ impl SqliteBackend {
     /// power loss. The WAL is merged back when the last connection closes,
     /// and NEO/py opens a WAL database as well. With `wal = false` the
     /// rollback journal is kept (still with `synchronous = FULL`).
-    pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<SqliteBackend> {
+    pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<SqliteBackend, OpenError> {
         let path = path.as_ref().to_owned();
-        let io_error = |context, source| BackendError::Io {
-            context,
-            path: path.clone(),
-            source,
+        let database = path.display().to_string();
+        let failed = |error: Error| OpenError::Failed {
+            database: database.clone(),
+            source: match error {
+                Error::Fatal(source) => source,
+                // Opening sends no value of a peer to the database.
+                Error::Request(error) => FatalError::Corrupted(error.to_string()),
+            },
         };
         // The lock is named after the inode, so the file must exist first.
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| io_error("creating database file", e))?;
+            .map_err(|source| OpenError::Io {
+                context: "creating database file",
+                database: database.clone(),
+                source,
+            })?;
         let lock = FileLock::acquire(&path)?;
-        let conn = Connection::open(&path).ctx("opening the database")?;
+        let conn = Connection::open(&path)
+            .ctx("opening the database")
+            .map_err(failed)?;
         conn.set_prepared_statement_cache_capacity(64);
         // Without it SQLite plans a cached statement again whenever a bound
         // value crosses 0/1 (`partition = ?` does on almost every load):
         // that re-planning was 40% of the storage's CPU per load. Our
         // queries have one good plan whatever the values.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
-            .ctx("fixing query plans")?;
+            .ctx("fixing query plans")
+            .map_err(failed)?;
         // Statements that move many rows (the unlock's INSERT ... SELECT)
         // keep a statement journal: in memory, not in a temporary file
         // written page by page (half of an unlock's CPU in perf).
         conn.pragma_update(None, "temp_store", "MEMORY")
-            .ctx("keeping temporary data in memory")?;
+            .ctx("keeping temporary data in memory")
+            .map_err(failed)?;
         let journal_mode = if options.wal { "wal" } else { "delete" };
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", journal_mode, |row| row.get(0))
-            .ctx("setting the journal mode")?;
+            .ctx("setting the journal mode")
+            .map_err(failed)?;
         if !mode.eq_ignore_ascii_case(journal_mode) {
             tracing::warn!(path = %path.display(), wanted = journal_mode, got = %mode,
                 "SQLite refused the journal mode");
         }
         conn.pragma_update(None, "synchronous", "FULL")
-            .ctx("setting synchronous = FULL")?;
+            .ctx("setting synchronous = FULL")
+            .map_err(failed)?;
         let mut backend = SqliteBackend {
             conn,
             _lock: lock,
@@ -417,10 +455,14 @@ impl SqliteBackend {
             next_data_id: HashMap::new(),
         };
         if options.reset {
-            backend.drop_tables()?;
+            backend.drop_tables().map_err(failed)?;
         }
-        backend.setup()?;
-        backend.load_state()?;
+        let found = backend.schema_version().map_err(failed)?;
+        if let Some(found) = found {
+            check_version(&database, found)?;
+        }
+        backend.setup().map_err(failed)?;
+        backend.load_state().map_err(failed)?;
         Ok(backend)
     }
 
@@ -429,53 +471,42 @@ impl SqliteBackend {
         &self.path
     }
 
-    /// Checks the schema version, then creates what is missing.
-    fn setup(&mut self) -> Result<()> {
-        let existing: Vec<String> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
-                .ctx("listing tables")?;
-            let rows = stmt.query_map([], |row| row.get(0)).ctx("listing tables")?;
-            rows.collect::<rusqlite::Result<_>>()
-                .ctx("listing tables")?
-        };
-        let has = |table: &str| existing.iter().any(|name| name == table);
-        if has("config") {
-            let found = match self.config("version")? {
+    /// The schema version of an existing database: `None` when it has no
+    /// table yet, 0 for tables without a version (older than versioned
+    /// schemas).
+    fn schema_version(&mut self) -> Result<Option<u32>> {
+        if self.has_table("config")? {
+            return Ok(Some(match self.config("version")? {
                 Some(version) => parse_config::<u32>("version", &version)?,
                 None => 0,
-            };
-            self.check_version(found)?;
-        } else if TABLES.iter().any(|table| has(table)) {
-            // Tables without a version: older than versioned schemas.
-            self.check_version(0)?;
+            }));
         }
+        for table in TABLES {
+            if self.has_table(table)? {
+                return Ok(Some(0));
+            }
+        }
+        Ok(None)
+    }
+
+    fn has_table(&self, table: &str) -> Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?")
+            .and_then(|mut stmt| stmt.exists([table]))
+            .ctx("listing tables")
+    }
+
+    /// Creates what is missing.
+    fn setup(&mut self) -> Result<()> {
+        let new = !self.has_table("config")?;
         self.begin()?;
         self.conn
             .execute_batch(SCHEMA)
             .ctx("creating tables and indexes")?;
-        if !has("config") {
+        if new {
             self.set_config("version", Some(&SCHEMA_VERSION.to_string()))?;
         }
         self.commit()
-    }
-
-    fn check_version(&self, found: u32) -> Result<()> {
-        let path = self.path.clone();
-        match found.cmp(&SCHEMA_VERSION) {
-            std::cmp::Ordering::Equal => Ok(()),
-            std::cmp::Ordering::Greater => Err(BackendError::NewerSchema {
-                path,
-                found,
-                supported: SCHEMA_VERSION,
-            }),
-            std::cmp::Ordering::Less => Err(BackendError::OlderSchema {
-                path,
-                found,
-                supported: SCHEMA_VERSION,
-            }),
-        }
     }
 
     fn drop_tables(&mut self) -> Result<()> {
@@ -515,9 +546,7 @@ impl SqliteBackend {
             Some(max) => u32::try_from(max)
                 .ok()
                 .and_then(|max| max.checked_add(1))
-                .ok_or_else(|| {
-                    BackendError::Corrupted(format!("invalid partition number {max} in pt"))
-                })?,
+                .ok_or_else(|| Error::corrupted(format!("invalid partition number {max} in pt")))?,
         };
         self.readable.clear();
         if let Some(nid) = self.own_nid {
@@ -554,7 +583,7 @@ impl SqliteBackend {
 
     fn partition_of(&self, id: u64, context: &'static str) -> Result<Partition> {
         match self.num_partitions {
-            0 => Err(BackendError::NoPartitionTable { context }),
+            0 => Err(RequestError::NoPartitionTable { context }.into()),
             // The remainder is below `np`, which is a u32.
             np => Ok((id % u64::from(np)) as Partition),
         }
@@ -574,7 +603,7 @@ impl SqliteBackend {
         if self.readable.contains(&partition) {
             Ok(())
         } else {
-            Err(BackendError::NonReadableCell { partition })
+            Err(RequestError::NonReadableCell { partition }.into())
         }
     }
 
@@ -657,7 +686,7 @@ impl SqliteBackend {
             }
         };
         if next >= end {
-            return Err(BackendError::Corrupted(format!(
+            return Err(Error::corrupted(format!(
                 "data ids of partition {partition} are exhausted"
             )));
         }
@@ -717,7 +746,7 @@ impl SqliteBackend {
     ) -> Result<i64> {
         while let Some(target) = value_tid {
             if target >= serial {
-                return Err(BackendError::Corrupted(format!(
+                return Err(Error::corrupted(format!(
                     "object {oid:#018x} serial {serial:#018x} points forward to {target:#018x}"
                 )));
             }
@@ -961,10 +990,10 @@ impl Backend for SqliteBackend {
             .map(|(partition, nid, tid)| {
                 let state = cell_state(partition, tid)?;
                 let p = Partition::try_from(partition).map_err(|_| {
-                    BackendError::Corrupted(format!("invalid partition {partition} in pt"))
+                    Error::corrupted(format!("invalid partition {partition} in pt"))
                 })?;
                 let nid = i32::try_from(nid)
-                    .map_err(|_| BackendError::Corrupted(format!("invalid nid {nid} in pt")))?;
+                    .map_err(|_| Error::corrupted(format!("invalid nid {nid} in pt")))?;
                 Ok((p, NodeId(nid), state))
             })
             .collect()
@@ -997,7 +1026,7 @@ impl Backend for SqliteBackend {
             .map(|(partition, tid, pack)| {
                 Ok(AssignedCell {
                     partition: Partition::try_from(partition).map_err(|_| {
-                        BackendError::Corrupted(format!("invalid partition {partition} in pt"))
+                        Error::corrupted(format!("invalid partition {partition} in pt"))
                     })?,
                     state: cell_state(partition, tid)?,
                     complete_up_to: (tid >= 0).then_some(Tid(tid.unsigned_abs())),
@@ -1465,7 +1494,7 @@ impl Backend for SqliteBackend {
                     return Ok(data_id);
                 }
                 None if self.readable.contains(&partition) => {
-                    return Err(BackendError::UndoPack { oid, data_tid });
+                    return Err(RequestError::UndoPack { oid, data_tid }.into());
                 }
                 // Not readable here (being replicated): keep what the
                 // client sent.
@@ -1862,7 +1891,7 @@ impl Backend for SqliteBackend {
         let limit = limit.max(1);
         let np = u64::from(self.num_partitions);
         if np == 0 {
-            return Err(BackendError::NoPartitionTable { context: CONTEXT });
+            return Err(RequestError::NoPartitionTable { context: CONTEXT }.into());
         }
         // (oid, number of records at or before pack_tid, newest of them)
         let mut candidates: Vec<(i64, i64, i64)> = Vec::new();

@@ -22,7 +22,9 @@ use neo_proto::{
 };
 use sha1::{Digest, Sha1};
 
-use crate::backend::{Backend, BackendError, ObjectLookup, ObjectRow, TransactionMeta, UndoLookup};
+use crate::backend::{
+    Backend, Error, FatalError, ObjectLookup, ObjectRow, RequestError, TransactionMeta, UndoLookup,
+};
 use locks::{LockManager, LockOutcome, Stored};
 use pack::PackState;
 
@@ -183,9 +185,10 @@ pub struct Storage<B: Backend> {
     out: Vec<Output>,
 }
 
-/// The outcome of one request handler: `Err` is a database failure that
-/// stops the node.
-type Handled = Result<(), BackendError>;
+/// The outcome of one handler: a request error is answered to the peer
+/// whose request failed (see [`Storage::settle`]), a fatal error stops the
+/// node.
+type Handled = Result<(), Error>;
 
 impl<B: Backend> Storage<B> {
     /// A storage node over an opened backend. Refuses a database of
@@ -265,10 +268,13 @@ impl<B: Backend> Storage<B> {
                 conn,
                 msg_id,
                 packet,
-            } => self.on_packet(conn, msg_id, packet),
-            Input::Answer { conn, packet } => self.on_answer(conn, packet),
-            Input::Closed { conn } => self.on_closed(conn),
-            Input::Tick => self.on_tick(),
+            } => {
+                let result = self.on_packet(conn, msg_id, packet);
+                self.settle(conn, msg_id, result)
+            }
+            Input::Answer { conn, packet } => Self::settle_internal(self.on_answer(conn, packet)),
+            Input::Closed { conn } => Self::settle_internal(self.on_closed(conn)),
+            Input::Tick => Self::settle_internal(self.on_tick()),
         };
         if let Err(error) = result {
             self.fatal(error);
@@ -288,9 +294,54 @@ impl<B: Backend> Storage<B> {
         std::mem::take(&mut self.out)
     }
 
-    fn fatal(&mut self, error: BackendError) {
+    fn fatal(&mut self, error: impl std::fmt::Display) {
         tracing::error!("database failure: {error}");
         self.out.push(Output::Exit(Err(error.to_string())));
+    }
+
+    /// Ends the request `(conn, msg_id)`: a request error is answered to
+    /// its sender and the node goes on; a fatal error is returned.
+    fn settle(&mut self, conn: ConnId, msg_id: u32, result: Handled) -> Result<(), FatalError> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(Error::Fatal(error)) => Err(error),
+            Err(Error::Request(error)) => {
+                self.request_failed(conn, msg_id, &error);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends work that no peer asked for (an answer to us, a closed
+    /// connection, time): a request error has nobody to go to.
+    fn settle_internal(result: Handled) -> Result<(), FatalError> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(Error::Fatal(error)) => Err(error),
+            Err(Error::Request(error)) => {
+                tracing::warn!("database refused internal work: {error}");
+                Ok(())
+            }
+        }
+    }
+
+    /// The error answer to a request the database refused.
+    fn request_failed(&mut self, conn: ConnId, msg_id: u32, error: &RequestError) {
+        match error {
+            RequestError::NonReadableCell { .. } => {
+                self.error(conn, msg_id, ErrorCode::NonReadableCell, "");
+            }
+            RequestError::UndoPack { .. } => {
+                self.error(conn, msg_id, ErrorCode::UndoPackError, error.to_string());
+            }
+            // A peer sent an id the database can not hold: malformed.
+            RequestError::OutOfRange { .. } => {
+                self.refuse(conn, msg_id, ErrorCode::ProtocolError, &error.to_string());
+            }
+            RequestError::NoPartitionTable { .. } => {
+                self.refuse(conn, msg_id, ErrorCode::NotReady, &error.to_string());
+            }
+        }
     }
 
     fn answer(&mut self, conn: ConnId, msg_id: u32, packet: impl Into<Packet>) {
@@ -507,7 +558,7 @@ impl<B: Backend> Storage<B> {
     }
 
     /// The persisted partition table in wire form.
-    fn rows(&mut self) -> Result<Vec<Row>, BackendError> {
+    fn rows(&mut self) -> Result<Vec<Row>, Error> {
         let mut rows: Vec<Row> = vec![Vec::new(); self.backend.num_partitions() as usize];
         for (partition, nid, state) in self.backend.partition_table()? {
             if let Some(row) = rows.get_mut(partition as usize) {
@@ -578,12 +629,12 @@ impl<B: Backend> Storage<B> {
         }
     }
 
-    fn final_tid(&mut self, ttid: Tid) -> Result<Option<Tid>, BackendError> {
+    fn final_tid(&mut self, ttid: Tid) -> Result<Option<Tid>, Error> {
         if let Some(tid) = self.locks.locked_tid(ttid) {
             return Ok(Some(tid));
         }
         match self.backend.final_tid(ttid) {
-            Err(BackendError::NonReadableCell { .. }) => Ok(None),
+            Err(Error::Request(RequestError::NonReadableCell { .. })) => Ok(None),
             other => other,
         }
     }
@@ -882,12 +933,7 @@ impl<B: Backend> Storage<B> {
     }
 
     /// Takes the lock for a store or check; `None` when the request waits.
-    fn try_lock(
-        &mut self,
-        ttid: Tid,
-        serial: Tid,
-        oid: Oid,
-    ) -> Result<Option<LockOutcome>, BackendError> {
+    fn try_lock(&mut self, ttid: Tid, serial: Tid, oid: Oid) -> Result<Option<LockOutcome>, Error> {
         let readable = self.partition_readable(oid);
         let mut last = Ok(None);
         let (outcome, deadlock) = {
@@ -935,20 +981,14 @@ impl<B: Backend> Storage<B> {
         if let Some(data_id) = previous.and_then(|p| p.data_id) {
             self.backend.release_data(&[data_id], true)?;
         }
-        let data_id = match self.backend.store_data(
+        // An undo of packed data is answered UNDO_PACK_ERROR (settle).
+        let data_id = self.backend.store_data(
             request.oid,
             request.checksum,
             &request.data,
             request.compression,
             request.data_serial,
-        ) {
-            Ok(data_id) => data_id,
-            Err(error @ BackendError::UndoPack { .. }) => {
-                self.error(conn, msg_id, ErrorCode::UndoPackError, error.to_string());
-                return Ok(());
-            }
-            Err(error) => return Err(error),
-        };
+        )?;
         if let Some(transaction) = self.locks.transactions.get_mut(&request.ttid) {
             transaction.stored.insert(
                 request.oid,
@@ -1063,10 +1103,13 @@ impl<B: Backend> Storage<B> {
         let mut waiting = std::mem::take(&mut self.waiting);
         waiting.sort_by_key(Waiting::ttid);
         for request in waiting {
-            match request {
-                Waiting::Store(conn, msg_id, request) => self.store(conn, msg_id, request)?,
+            // Each request is settled with its own sender.
+            let (conn, msg_id, result) = match request {
+                Waiting::Store(conn, msg_id, request) => {
+                    (conn, msg_id, self.store(conn, msg_id, request))
+                }
                 Waiting::Check(conn, msg_id, request) => {
-                    self.check_current(conn, msg_id, request)?
+                    (conn, msg_id, self.check_current(conn, msg_id, request))
                 }
                 Waiting::Relock(conn, msg_id, request) => {
                     let stored = self
@@ -1075,17 +1118,26 @@ impl<B: Backend> Storage<B> {
                         .get(&request.ttid)
                         .and_then(|t| t.stored.get(&request.oid))
                         .cloned();
-                    match stored {
-                        Some(stored) => self.finish_relock(conn, msg_id, request, stored)?,
-                        None => self.answer(conn, msg_id, p::AnswerRelockObject { conflict: None }),
-                    }
+                    let result = match stored {
+                        Some(stored) => self.finish_relock(conn, msg_id, request, stored),
+                        None => {
+                            self.answer(conn, msg_id, p::AnswerRelockObject { conflict: None });
+                            Ok(())
+                        }
+                    };
+                    (conn, msg_id, result)
                 }
-                Waiting::Load(conn, msg_id, request) => self.load(conn, msg_id, request)?,
+                Waiting::Load(conn, msg_id, request) => {
+                    (conn, msg_id, self.load(conn, msg_id, request))
+                }
                 Waiting::UndoSerials(conn, msg_id, request) => {
-                    self.undo_serials(conn, msg_id, request)?
+                    (conn, msg_id, self.undo_serials(conn, msg_id, request))
                 }
-                Waiting::Read(conn, msg_id, packet) => self.read(conn, msg_id, packet)?,
-            }
+                Waiting::Read(conn, msg_id, packet) => {
+                    (conn, msg_id, self.read(conn, msg_id, packet))
+                }
+            };
+            self.settle(conn, msg_id, result)?;
         }
         Ok(())
     }
@@ -1099,9 +1151,9 @@ impl<B: Backend> Storage<B> {
         }
         let lookup = self
             .backend
-            .get_object(request.oid, request.at, request.before);
-        match self.readable(conn, msg_id, lookup)? {
-            Some(ObjectLookup::Found(record)) => self.answer(
+            .get_object(request.oid, request.at, request.before)?;
+        match lookup {
+            ObjectLookup::Found(record) => self.answer(
                 conn,
                 msg_id,
                 p::AnswerObject {
@@ -1114,39 +1166,20 @@ impl<B: Backend> Storage<B> {
                     data_serial: record.data_serial,
                 },
             ),
-            Some(ObjectLookup::NoMatchingRevision) => self.error(
+            ObjectLookup::NoMatchingRevision => self.error(
                 conn,
                 msg_id,
                 ErrorCode::OidNotFound,
                 request.oid.to_string(),
             ),
-            Some(ObjectLookup::OidDoesNotExist) => self.error(
+            ObjectLookup::OidDoesNotExist => self.error(
                 conn,
                 msg_id,
                 ErrorCode::OidDoesNotExist,
                 request.oid.to_string(),
             ),
-            None => {}
         }
         Ok(())
-    }
-
-    /// Turns a non-readable partition into `Error(NON_READABLE_CELL)`;
-    /// `Ok(None)` then. Other database errors stop the node.
-    fn readable<T>(
-        &mut self,
-        conn: ConnId,
-        msg_id: u32,
-        result: Result<T, BackendError>,
-    ) -> Result<Option<T>, BackendError> {
-        match result {
-            Ok(value) => Ok(Some(value)),
-            Err(BackendError::NonReadableCell { .. }) => {
-                self.error(conn, msg_id, ErrorCode::NonReadableCell, "");
-                Ok(None)
-            }
-            Err(error) => Err(error),
-        }
     }
 
     /// Whether a read would miss a transaction that is locked but not
@@ -1175,33 +1208,30 @@ impl<B: Backend> Storage<B> {
         match packet {
             Packet::AskObjectHistory(request) => {
                 let length = request.last.saturating_sub(request.first);
-                let result = self
+                let history = self
                     .backend
-                    .object_history(request.oid, request.first, length);
-                if let Some(history) = self.readable(conn, msg_id, result)? {
-                    if history.is_empty() {
-                        self.error(
-                            conn,
-                            msg_id,
-                            ErrorCode::OidNotFound,
-                            request.oid.to_string(),
-                        );
-                    } else {
-                        self.answer(
-                            conn,
-                            msg_id,
-                            p::AnswerObjectHistory {
-                                oid: request.oid,
-                                history,
-                            },
-                        );
-                    }
+                    .object_history(request.oid, request.first, length)?;
+                if history.is_empty() {
+                    self.error(
+                        conn,
+                        msg_id,
+                        ErrorCode::OidNotFound,
+                        request.oid.to_string(),
+                    );
+                } else {
+                    self.answer(
+                        conn,
+                        msg_id,
+                        p::AnswerObjectHistory {
+                            oid: request.oid,
+                            history,
+                        },
+                    );
                 }
             }
             Packet::AskTransactionInformation(request) => {
-                let result = self.backend.get_transaction(request.tid, false);
-                match self.readable(conn, msg_id, result)? {
-                    Some(Some(meta)) => self.answer(
+                match self.backend.get_transaction(request.tid, false)? {
+                    Some(meta) => self.answer(
                         conn,
                         msg_id,
                         p::AnswerTransactionInformation {
@@ -1213,11 +1243,10 @@ impl<B: Backend> Storage<B> {
                             oids: meta.oids,
                         },
                     ),
-                    Some(None) => {
+                    None => {
                         let message = format!("{} does not exist", request.tid);
                         self.error(conn, msg_id, ErrorCode::TidNotFound, message);
                     }
-                    None => {}
                 }
             }
             Packet::AskTIDs(request) => {
@@ -1230,12 +1259,12 @@ impl<B: Backend> Storage<B> {
                 } else {
                     vec![request.partition]
                 };
-                let result =
-                    self.backend
-                        .tid_list(request.first, request.last - request.first, &partitions);
-                if let Some(tids) = self.readable(conn, msg_id, result)? {
-                    self.answer(conn, msg_id, p::AnswerTIDs { tids });
-                }
+                let tids = self.backend.tid_list(
+                    request.first,
+                    request.last - request.first,
+                    &partitions,
+                )?;
+                self.answer(conn, msg_id, p::AnswerTIDs { tids });
             }
             Packet::AskTIDsFrom(request) => {
                 if !self
@@ -1255,15 +1284,13 @@ impl<B: Backend> Storage<B> {
                 self.answer(conn, msg_id, p::AnswerTIDsFrom { tids });
             }
             Packet::AskOIDsFrom(request) => {
-                let result = self.backend.oids_from(
+                let (oids, next_min_oid) = self.backend.oids_from(
                     request.partition,
                     request.length.into(),
                     request.min_oid,
                     request.tid,
-                );
-                if let Some((oids, next_min_oid)) = self.readable(conn, msg_id, result)? {
-                    self.answer(conn, msg_id, p::AnswerOIDsFrom { next_min_oid, oids });
-                }
+                )?;
+                self.answer(conn, msg_id, p::AnswerOIDsFrom { next_min_oid, oids });
             }
             Packet::AskObjectUndoSerial(request) => self.undo_serials(conn, msg_id, request)?,
             packet => {
@@ -1308,13 +1335,13 @@ impl<B: Backend> Storage<B> {
                 .get(&request.ttid)
                 .and_then(|t| t.stored.get(&oid))
                 .map(|stored| stored.data_serial.unwrap_or(request.ttid));
-            let result = self
-                .backend
-                .find_undo_tid(oid, request.ltid, request.undone_tid, current);
-            match self.readable(conn, msg_id, result)? {
-                Some(UndoLookup::Found(serial)) => serials.push((oid, serial)),
-                Some(UndoLookup::NoRecord) => {}
-                Some(UndoLookup::NotVisible) => {
+            let lookup =
+                self.backend
+                    .find_undo_tid(oid, request.ltid, request.undone_tid, current)?;
+            match lookup {
+                UndoLookup::Found(serial) => serials.push((oid, serial)),
+                UndoLookup::NoRecord => {}
+                UndoLookup::NotVisible => {
                     self.error(
                         conn,
                         msg_id,
@@ -1323,7 +1350,6 @@ impl<B: Backend> Storage<B> {
                     );
                     return Ok(());
                 }
-                None => return Ok(()),
             }
         }
         self.answer(

@@ -67,9 +67,7 @@ impl<B: Backend> Storage<B> {
     }
 
     /// Last pack id completed by each own cell: `(partition, state, id)`.
-    fn packed_cells(
-        &mut self,
-    ) -> Result<Vec<(Partition, CellState, Tid)>, crate::backend::BackendError> {
+    fn packed_cells(&mut self) -> Result<Vec<(Partition, CellState, Tid)>, crate::backend::Error> {
         Ok(self
             .backend
             .assigned_cells()?
