@@ -14,6 +14,7 @@ use neo_net::{connect_alone, ConnectionConfig, Listener};
 use neo_proto::packets::{AskClusterState, SetClusterState};
 use neo_proto::{Address, ClusterState};
 use neo_storage::backend::{OpenOptions, SqliteBackend};
+use neo_storage::db::Database;
 use neo_storage::node::{Storage, StorageConfig};
 use tokio::task::JoinHandle;
 
@@ -100,13 +101,13 @@ pub async fn run(
             ..OpenOptions::default()
         };
         let backend = SqliteBackend::open(&path, &open).map_err(|e| e.to_string())?;
+        let db = Database::new(Box::new(backend)).map_err(|e| e.to_string())?;
         let listener = bind(ip, 0).await?;
         let config = StorageConfig {
             cluster: options.name.clone(),
             address: listener.local_address().clone(),
         };
-        let storage =
-            Storage::new(config, backend).map_err(|e| format!("{}: {e}", path.display()))?;
+        let storage = Storage::new(config, db).map_err(|e| format!("{}: {e}", path.display()))?;
         let masters = vec![master_address.clone()];
         nodes.push(tokio::spawn(async move {
             neo_storage::run(storage, masters, listener, std::future::pending())

@@ -1,9 +1,12 @@
-//! The storage node and its backends.
+//! The storage node, its database and the engines under it.
 //!
 //! [`node::Storage`] is the node as a state machine over a
-//! [`backend::Backend`]; [`run`] is its tokio shell.
+//! [`db::Database`], which holds the storage rules over a
+//! [`backend::Backend`] (an engine: storage only); [`run`] is the node's
+//! tokio shell.
 
 pub mod backend;
+pub mod db;
 pub mod node;
 mod shell;
 

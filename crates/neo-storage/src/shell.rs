@@ -21,7 +21,6 @@ use neo_net::{
 use neo_proto::Address;
 use tokio::sync::mpsc;
 
-use crate::backend::Backend;
 use crate::node::{Input, Output, Storage};
 
 /// Why the storage node stopped with an error.
@@ -61,8 +60,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs a storage node until the master tells it to stop or `shutdown`
 /// completes.
-pub async fn run<B: Backend + Send + 'static>(
-    storage: Storage<B>,
+pub async fn run(
+    storage: Storage,
     masters: Vec<Address>,
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -91,8 +90,8 @@ pub async fn run<B: Backend + Send + 'static>(
 }
 
 /// The node's event loop, on the storage thread.
-async fn node_loop<B: Backend>(
-    mut storage: Storage<B>,
+async fn node_loop(
+    mut storage: Storage,
     masters: Vec<Address>,
     listener: Listener,
     shutdown: impl Future<Output = ()>,
@@ -113,7 +112,7 @@ async fn node_loop<B: Backend>(
     let mut registry = Registry::new();
     let mut ticks = tokio::time::interval(TICK);
     tokio::pin!(shutdown);
-    let handle = |storage: &mut Storage<B>, input: Input| storage.handle(input, now());
+    let handle = |storage: &mut Storage, input: Input| storage.handle(input, now());
     let result = loop {
         let outputs = tokio::select! {
             Some(connection) = accepted_rx.recv() => {

@@ -7,9 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use neo_proto::{CellState, Checksum, NodeId, NodeType, Oid, Partition, Tid};
-use neo_storage::backend::{
-    Backend, ObjectLookup, ObjectRow, OpenOptions, PackOrder, SqliteBackend, TransactionMeta,
-};
+use neo_storage::backend::{ObjectRow, OpenOptions, PackOrder, SqliteBackend, TransactionMeta};
+use neo_storage::db::{Database, ObjectLookup};
 use sha1::{Digest, Sha1};
 
 const NP: u32 = 4;
@@ -22,9 +21,16 @@ fn db_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("neo.sqlite")
 }
 
-fn new_backend() -> (tempfile::TempDir, SqliteBackend) {
+fn open(path: &Path) -> Database {
+    Database::new(Box::new(
+        SqliteBackend::open(path, &OpenOptions::default()).unwrap(),
+    ))
+    .unwrap()
+}
+
+fn new_backend() -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().unwrap();
-    let mut backend = SqliteBackend::open(db_path(&dir), &OpenOptions::default()).unwrap();
+    let mut backend = open(&db_path(&dir));
     backend.set_name("test").unwrap();
     backend.set_nid(own_nid()).unwrap();
     let cells: Vec<_> = (0..NP)
@@ -46,7 +52,7 @@ fn tid(n: u64) -> Tid {
 /// A written object: oid, data (`None` = deletion), undo back-pointer.
 type Write<'a> = (u64, Option<&'a [u8]>, Option<Tid>);
 
-fn vote(backend: &mut SqliteBackend, ttid: Tid, objects: &[Write<'_>], pack: Option<&PackOrder>) {
+fn vote(backend: &mut Database, ttid: Tid, objects: &[Write<'_>], pack: Option<&PackOrder>) {
     let mut rows = Vec::new();
     for &(oid, data, data_tid) in objects {
         let (sum, bytes) = match data {
@@ -78,7 +84,7 @@ fn vote(backend: &mut SqliteBackend, ttid: Tid, objects: &[Write<'_>], pack: Opt
 
 /// Vote, lock and unlock; the final TID is the TTID + 1 (same partition
 /// since TIDs are multiples of 16 * NP apart).
-fn commit(backend: &mut SqliteBackend, n: u64, objects: &[Write<'_>]) -> Tid {
+fn commit(backend: &mut Database, n: u64, objects: &[Write<'_>]) -> Tid {
     let tid = tid(n);
     let ttid = Tid(tid.0 - u64::from(NP));
     vote(backend, ttid, objects, None);
@@ -110,7 +116,7 @@ fn partial(id: Tid, pack_tid: Tid, oids: &[u64]) -> PackOrder {
 
 /// Packs every partition completely, `limit` oids per step; returns the
 /// number of steps.
-fn pack_all(backend: &mut SqliteBackend, order: &PackOrder, limit: u64) -> usize {
+fn pack_all(backend: &mut Database, order: &PackOrder, limit: u64) -> usize {
     let mut steps = 0;
     for partition in 0..NP {
         let mut next = Some(Oid(0));
@@ -161,7 +167,7 @@ fn dump(path: &Path) -> Vec<(i64, i64, Option<i64>, Option<i64>)> {
     rows.map(Result::unwrap).collect()
 }
 
-fn data_at(backend: &mut SqliteBackend, oid: u64, at: Tid) -> Option<Vec<u8>> {
+fn data_at(backend: &mut Database, oid: u64, at: Tid) -> Option<Vec<u8>> {
     match backend.get_object(Oid(oid), Some(at), None).unwrap() {
         ObjectLookup::Found(record) => Some(record.data),
         ObjectLookup::NoMatchingRevision | ObjectLookup::OidDoesNotExist => None,
@@ -380,10 +386,9 @@ fn pack_orders_are_stored_signed_rekeyed_and_listed() {
     backend.set_partition_packed(partition, tid2).unwrap();
     backend.commit().unwrap();
     drop(backend);
-    let mut backend = SqliteBackend::open(&path, &OpenOptions::default()).unwrap();
+    let mut backend = open(&path);
     let packs: Vec<(Partition, Option<Tid>)> = backend
         .assigned_cells()
-        .unwrap()
         .into_iter()
         .map(|cell| (cell.partition, cell.pack))
         .collect();

@@ -7,6 +7,7 @@
 use neo_proto::packets::{self as p, CellInfo, NodeInfo, UndoSerial};
 use neo_proto::{Address, CellState, Checksum, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid};
 use neo_storage::backend::{OpenOptions, SqliteBackend};
+use neo_storage::db::Database;
 use neo_storage::node::{ConnId, Input, Output, Storage, StorageConfig};
 use sha1::{Digest, Sha1};
 
@@ -29,7 +30,7 @@ fn tid(n: u64) -> Tid {
 /// identified client on [`CLIENT`].
 struct Harness {
     dir: tempfile::TempDir,
-    storage: Storage<SqliteBackend>,
+    storage: Storage,
     next_msg_id: u32,
 }
 
@@ -38,13 +39,14 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let backend =
             SqliteBackend::open(dir.path().join("neo.sqlite"), &OpenOptions::default()).unwrap();
+        let db = Database::new(Box::new(backend)).unwrap();
         let config = StorageConfig {
             cluster: "test".to_owned(),
             address: Address::parse("127.0.0.1:1", 1).unwrap(),
         };
         let mut harness = Harness {
             dir,
-            storage: Storage::new(config, backend).unwrap(),
+            storage: Storage::new(config, db).unwrap(),
             next_msg_id: 0,
         };
         harness.input(Input::MasterConnected { conn: MASTER });

@@ -6,6 +6,7 @@ use neo_cli::daemon::{fail, serve, shutdown_signal};
 use neo_cli::options::{expand_user, parse_storage, report_and_exit, Adapter};
 use neo_net::Listener;
 use neo_storage::backend::{OpenOptions, SqliteBackend};
+use neo_storage::db::Database;
 use neo_storage::node::{Storage, StorageConfig};
 
 const PROGRAM: &str = "neostorage";
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
     let logfile = options.common.logfile.clone();
     serve(PROGRAM, logfile.as_deref(), async move {
         let backend = SqliteBackend::open(&path, &open).map_err(|e| e.to_string())?;
+        let db = Database::new(Box::new(backend)).map_err(|e| e.to_string())?;
         if options.reset {
             // `--reset` erases the database and exits, as NEO/py does.
             return Ok(());
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
             cluster: options.common.cluster.clone(),
             address: listener.local_address().clone(),
         };
-        let mut storage = Storage::new(config, backend)?;
+        let mut storage = Storage::new(config, db)?;
         storage.set_disable_pack(options.disable_pack);
         tracing::info!(address = %listener.local_address(), "storage listening");
         neo_storage::run(

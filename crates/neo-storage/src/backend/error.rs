@@ -91,6 +91,13 @@ pub enum RequestError {
         /// The value.
         value: u64,
     },
+    /// A partition-table change names a partition beyond what a storage
+    /// holds.
+    #[error("partition {partition} is beyond the partitions a storage holds")]
+    PartitionOutOfRange {
+        /// The partition named.
+        partition: Partition,
+    },
     /// The partition table is empty, so partitions can not be computed.
     #[error("no partition table: the number of partitions is unknown ({context})")]
     NoPartitionTable {

@@ -1,34 +1,63 @@
-//! Storage backends: where a storage node keeps its partitions
-//! (architecture.md §12).
+//! Storage engines: where a storage node keeps its rows (architecture.md
+//! §12).
 //!
-//! The node talks to its database only through [`Backend`]. The trait is
-//! synchronous and takes `&mut self` everywhere: a backend is owned by one
-//! node task, and a write transaction of the underlying database is open
-//! between the first write and the next [`Backend::commit`] (or the commit
-//! implied by [`Backend::change_partition_table`]).
+//! [`Backend`] is storage only: reading and writing the rows of NEO's
+//! tables (`config`, `pt`, `trans`/`ttrans`, `obj`/`tobj`, `data`, `pack`)
+//! and committing. It computes no partition, checks no readability, keeps
+//! no reference count and decides nothing about undo, pack or cell states:
+//! those rules are written once, above every engine, in
+//! [`crate::db::Database`]. An engine only turns each method into its
+//! storage (SQL statements for SQLite and MySQL).
+//!
+//! The trait is synchronous and takes `&mut self`: an engine is owned by
+//! one node task, and a write transaction of the engine is open between
+//! the first write and the next [`Backend::commit`]. Nothing is durable
+//! before that commit, except where a method says it commits.
 //!
 //! Vocabulary: an *oid* names an object, a *tid* a committed transaction,
-//! a *ttid* a transaction in progress (it becomes its tid at lock); objects
-//! are placed in partition `oid % np`, transaction metadata in `tid % np`;
-//! a *cell* is one partition assigned to one storage node.
+//! a *ttid* a transaction in progress (it becomes its tid at lock), a
+//! *serial* the tid of one object revision; a *cell* is one partition
+//! assigned to one storage node. Rows of temporary tables (`ttrans`,
+//! `tobj`) belong to transactions between vote and unlock; in `tobj`, the
+//! `tid` column holds the TTID.
+//!
+//! Keys the engine can not hold (ids above `2^63 - 1` in SQL) match no
+//! row; values it can not store are refused with
+//! [`RequestError::OutOfRange`]; range bounds beyond them mean "no limit".
 
 mod error;
-mod lock;
 mod sqlite;
 
-use std::collections::{BTreeMap, BTreeSet};
-
 pub use error::{Error, FatalError, OpenError, RequestError};
-pub use neo_proto::packets::{HistoryEntry, PackOrder, UndoSerial};
-use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Ptid, Tid};
-pub use sqlite::{OpenOptions, SqliteBackend, SCHEMA_VERSION};
+pub use neo_proto::packets::{HistoryEntry, PackOrder};
+use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Tid};
+pub use sqlite::{SqliteBackend, SCHEMA_VERSION};
 
-/// Row id of a raw data record; allocated per partition in
-/// `[p << 48, (p + 1) << 48)` so that a partition's data is contiguous.
+/// Row id of a raw data record.
 pub type DataId = u64;
 
 /// Result of backend operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to open a database.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Erase everything first (`--reset`).
+    pub reset: bool,
+    /// SQLite: use the write-ahead log (the default, see
+    /// [`SqliteBackend::open`]); `false` keeps a rollback journal, as NEO/py
+    /// does by default.
+    pub wal: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            reset: false,
+            wal: true,
+        }
+    }
+}
 
 /// One object revision as served to `AskObject` (§7.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,28 +77,15 @@ pub struct ObjectRecord {
     pub data_serial: Option<Tid>,
 }
 
-/// Outcome of [`Backend::get_object`]; the two misses map to different
-/// protocol errors.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ObjectLookup {
-    /// The revision asked for.
-    Found(ObjectRecord),
-    /// The oid has records, but none matches `at`/`before` (`OID_NOT_FOUND`).
-    NoMatchingRevision,
-    /// The oid has no record at all (`OID_DOES_NOT_EXIST`).
-    OidDoesNotExist,
-}
-
-/// Outcome of [`Backend::find_undo_tid`] (§8.3).
-#[derive(Clone, Debug, PartialEq)]
-pub enum UndoLookup {
-    /// What the client needs to undo this oid.
-    Found(UndoSerial),
-    /// The undone transaction has no record of this oid: nothing to undo.
-    NoRecord,
-    /// The undone transaction is not visible from the snapshot
-    /// (`OID_NOT_FOUND`, "non-undoable transaction").
-    NotVisible,
+/// Which revision [`Backend::load_object`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revision {
+    /// The one with this serial.
+    Serial(Tid),
+    /// The newest one before this tid.
+    Before(Tid),
+    /// The newest one.
+    Latest,
 }
 
 /// Metadata of a transaction (`trans` / `ttrans` rows).
@@ -90,265 +106,246 @@ pub struct TransactionMeta {
     pub ttid: Tid,
 }
 
-/// One object row of a transaction given to [`Backend::store_transaction`].
+/// An object row (`obj` / `tobj`) without its partition and serial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectRow {
     /// The object.
     pub oid: Oid,
-    /// Its data, from [`Backend::store_data`]; `None` = no data.
+    /// Its data; `None` = no data (deletion or undone creation).
     pub data_id: Option<DataId>,
-    /// Back-pointer of an undo.
+    /// Back-pointer of an undo: the serial whose data this is.
     pub data_serial: Option<Tid>,
 }
 
-/// One cell assigned to this node, as persisted (`pt` row with own nid).
+/// One `pt` row: a cell of the partition table, with what the node
+/// persists about its own cells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AssignedCell {
+pub struct CellRow {
     /// The partition.
     pub partition: Partition,
-    /// The cell state.
+    /// The node holding the cell.
+    pub nid: NodeId,
+    /// The cell state; never `Discarded`.
     pub state: CellState,
     /// For an OUT_OF_DATE cell: the tid up to which it is known complete
-    /// (replication resumes after it; 0 = from the start).
+    /// (replication resumes after it; 0 = from the start). Meaningful for
+    /// own cells only.
     pub complete_up_to: Option<Tid>,
-    /// Id of the last pack order completed on this partition.
+    /// For an own cell: id of the last pack order completed on it; `None`
+    /// for other nodes' cells.
     pub pack: Option<Tid>,
 }
 
-/// Greatest ids found in readable partitions (`AnswerLastIDs`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LastIds {
-    /// Greatest tid of `trans` and `obj`.
-    pub tid: Option<Tid>,
-    /// Greatest oid of `obj`.
-    pub oid: Option<Oid>,
+/// An oid with records at or before a pack tid (§11.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackCandidate {
+    /// The object.
+    pub oid: Oid,
+    /// How many of its records are at or before the pack tid.
+    pub records: u64,
+    /// The newest of them.
+    pub newest: Tid,
 }
 
-/// The storage node's view of its database (§12.1).
-///
-/// Reads that serve clients fail with [`RequestError::NonReadableCell`]
-/// when the partition is not readable by this node in its persisted
-/// partition table. Writes are not durable until [`Backend::commit`],
-/// except where a method says it commits.
+/// Storage of NEO's tables (§12.1, §12.3), and nothing else.
 pub trait Backend {
-    // --- lifecycle -------------------------------------------------------
+    // --- the engine's transaction ----------------------------------------
 
     /// Durably commits everything written so far (§12.2).
     fn commit(&mut self) -> Result<()>;
-    /// Whether writes are waiting for [`Backend::commit`] (so that the node
-    /// knows whether its deferred commit has something to do).
+    /// Whether writes are waiting for [`Backend::commit`].
     fn has_uncommitted(&self) -> bool;
-    /// Erases everything and recreates an empty database of the current
+    /// Erases everything and recreates empty tables of the current
     /// schema; committed.
     fn reset(&mut self) -> Result<()>;
-    /// Drops every table (node dropped from the cluster); committed. The
-    /// backend must not be used afterwards except for [`Backend::reset`].
+    /// Drops every table; committed. Only [`Backend::reset`] may follow.
     fn erase(&mut self) -> Result<()>;
 
-    // --- configuration ---------------------------------------------------
+    // --- config ----------------------------------------------------------
 
     /// Raw `config` value.
     fn config(&mut self, key: &str) -> Result<Option<String>>;
     /// Sets (`Some`) or deletes (`None`) a raw `config` value.
     fn set_config(&mut self, key: &str, value: Option<&str>) -> Result<()>;
-    /// Cluster name; checked by the caller against the configured one.
-    fn name(&mut self) -> Result<Option<String>>;
-    /// Records the cluster name.
-    fn set_name(&mut self, name: &str) -> Result<()>;
-    /// Own node id, once the master assigned one.
-    fn nid(&mut self) -> Result<Option<NodeId>>;
-    /// Records the own node id; own cells of the partition table follow.
-    fn set_nid(&mut self, nid: NodeId) -> Result<()>;
-    /// Version of the persisted partition table.
-    fn ptid(&mut self) -> Result<Option<Ptid>>;
-    /// Wanted number of extra replicas (0 when never set).
-    fn num_replicas(&mut self) -> Result<u32>;
-    /// TID of a pending truncation (§11.1).
-    fn truncate_tid(&mut self) -> Result<Option<Tid>>;
-    /// Records or clears a pending truncation.
-    fn set_truncate_tid(&mut self, tid: Option<Tid>) -> Result<()>;
-    /// Backup TID, present in backup mode only (§10.2).
-    fn backup_tid(&mut self) -> Result<Option<Tid>>;
-    /// Records or clears the backup TID.
-    fn set_backup_tid(&mut self, tid: Option<Tid>) -> Result<()>;
 
-    // --- partition table ---------------------------------------------------
+    // --- pt --------------------------------------------------------------
 
-    /// Applies cell changes (`Discarded` removes a cell), or replaces the
-    /// whole table when `reset`; persists `ptid` and `num_replicas`;
-    /// recomputes the readable partitions; committed.
-    fn change_partition_table(
+    /// Every `pt` row, ordered by partition then nid.
+    fn cells(&mut self) -> Result<Vec<CellRow>>;
+    /// Inserts or replaces the row of `(cell.partition, cell.nid)`.
+    fn put_cell(&mut self, cell: &CellRow) -> Result<()>;
+    /// Deletes the row of one cell.
+    fn delete_cell(&mut self, partition: Partition, nid: NodeId) -> Result<()>;
+    /// Deletes every `pt` row.
+    fn delete_cells(&mut self) -> Result<()>;
+
+    // --- trans, ttrans ---------------------------------------------------
+
+    /// The `trans` row of `tid` in `partition`.
+    fn transaction(&mut self, partition: Partition, tid: Tid) -> Result<Option<TransactionMeta>>;
+    /// Inserts or replaces a `trans` row.
+    fn put_transaction(
         &mut self,
-        ptid: Ptid,
-        num_replicas: u32,
-        cells: &[(Partition, NodeId, CellState)],
-        reset: bool,
-    ) -> Result<()>;
-    /// Every cell of the persisted table, ordered by partition then nid.
-    fn partition_table(&mut self) -> Result<Vec<(Partition, NodeId, CellState)>>;
-    /// Number of partitions (1 + greatest partition of the table; 0 when
-    /// the table is empty).
-    fn num_partitions(&self) -> u32;
-    /// Cells assigned to this node.
-    fn assigned_cells(&mut self) -> Result<Vec<AssignedCell>>;
-    /// Partitions this node may serve reads for.
-    fn readable_partitions(&self) -> BTreeSet<Partition>;
-    /// Records replication progress of an own OUT_OF_DATE cell (no-op for
-    /// other cells).
-    fn update_cell_tid(&mut self, partition: Partition, tid: Tid) -> Result<()>;
-
-    // --- reads -----------------------------------------------------------
-
-    /// `AskObject` (§7.1): the revision with serial `at`, or the newest
-    /// before `before`, or the newest.
-    fn get_object(
-        &mut self,
-        oid: Oid,
-        at: Option<Tid>,
-        before: Option<Tid>,
-    ) -> Result<ObjectLookup>;
-    /// Serial of the newest committed record of `oid` (conflict detection;
-    /// any cell state).
-    fn last_object_tid(&mut self, oid: Oid) -> Result<Option<Tid>>;
-    /// Committed metadata of `tid`; with `include_temporary`, falls back to
-    /// the in-progress transaction whose TTID is `tid` (no readability
-    /// check then).
-    fn get_transaction(
-        &mut self,
+        partition: Partition,
         tid: Tid,
-        include_temporary: bool,
-    ) -> Result<Option<TransactionMeta>>;
-    /// `[(serial, stored size)]` of `oid`, newest first; empty when the oid
-    /// has no record (`OID_NOT_FOUND`).
-    fn object_history(&mut self, oid: Oid, offset: u64, length: u64) -> Result<Vec<HistoryEntry>>;
-    /// Committed tids of `partitions`, newest first (`AskTIDs`); the caller
-    /// expands `INVALID_PARTITION` ("all") with
-    /// [`Backend::readable_partitions`].
-    fn tid_list(&mut self, offset: u64, length: u64, partitions: &[Partition]) -> Result<Vec<Tid>>;
-    /// Committed tids of `partition` in `[min, max]`, ascending
-    /// (`AskTIDsFrom`, replication).
-    fn replication_tid_list(
+        meta: &TransactionMeta,
+    ) -> Result<()>;
+    /// The tid of the `trans` row of `partition` whose `ttid` column is
+    /// `ttid` (at or after `ttid`).
+    fn final_tid(&mut self, partition: Partition, ttid: Tid) -> Result<Option<Tid>>;
+    /// Tids of `trans` rows of `partitions`, newest first, after skipping
+    /// `offset` of them.
+    fn tids(&mut self, partitions: &[Partition], offset: u64, length: u64) -> Result<Vec<Tid>>;
+    /// Tids of `trans` rows of `partition` in `[min, max]`, ascending.
+    fn tids_between(
         &mut self,
+        partition: Partition,
         min: Tid,
         max: Tid,
         length: u64,
-        partition: Partition,
     ) -> Result<Vec<Tid>>;
-    /// §8.6: oids of `partition` from `min_oid` whose newest record at or
-    /// before `tid` has data, and the next `min_oid` when the page is full.
-    fn oids_from(
+    /// Smallest tid of the `trans` rows of `partition`.
+    fn first_tid(&mut self, partition: Partition) -> Result<Option<Tid>>;
+    /// Greatest tid of the `trans` and `obj` rows of `partition`.
+    fn last_tid(&mut self, partition: Partition) -> Result<Option<Tid>>;
+    /// Greatest oid of the `obj` rows of `partition`.
+    fn last_oid(&mut self, partition: Partition) -> Result<Option<Oid>>;
+    /// Deletes the `trans` rows of `partition` after `tid`.
+    fn delete_transactions_after(&mut self, partition: Partition, tid: Tid) -> Result<()>;
+    /// The `ttrans` row of `ttid`.
+    fn temporary_transaction(&mut self, ttid: Tid) -> Result<Option<TransactionMeta>>;
+    /// Replaces the `ttrans` row of `ttid` (its `tid` column null).
+    fn put_temporary_transaction(
         &mut self,
         partition: Partition,
-        length: u64,
-        min_oid: Oid,
-        tid: Tid,
-    ) -> Result<(Vec<Oid>, Option<Oid>)>;
-    /// §8.3 `findUndoTID`. `current` is what the undoing transaction
-    /// already stored for `oid` (its back-pointer, else its TTID).
-    fn find_undo_tid(
-        &mut self,
-        oid: Oid,
-        snapshot: Tid,
-        undone_tid: Tid,
-        current: Option<Tid>,
-    ) -> Result<UndoLookup>;
-    /// Final tid of the committed transaction whose TTID is `ttid`.
-    fn final_tid(&mut self, ttid: Tid) -> Result<Option<Tid>>;
-    /// Greatest tid and oid over readable partitions.
-    fn last_ids(&mut self) -> Result<LastIds>;
-    /// Smallest committed tid over readable partitions, `Tid::MAX` if none.
-    fn first_tid(&mut self) -> Result<Tid>;
-    /// Transactions in the temporary tables: ttid → final tid once locked.
-    fn unfinished_transactions(&mut self) -> Result<BTreeMap<Tid, Option<Tid>>>;
-    /// Raw data by id: `(compression, checksum, data)`.
-    fn load_data(&mut self, data_id: DataId) -> Result<Option<(u8, Checksum, Vec<u8>)>>;
-
-    // --- writes ----------------------------------------------------------
-
-    /// Stores object data and returns its id, held once (see
-    /// [`Backend::hold_data`]). `checksum` must be the SHA-1 of `data`
-    /// (verified by the caller); [`Checksum::ZERO`] with empty data means
-    /// "no data" and gives `None`. With `data_tid` (undo), the data id of
-    /// record `(oid, data_tid)` is reused; if that record is gone and the
-    /// partition is readable, fails with [`RequestError::UndoPack`].
-    fn store_data(
-        &mut self,
-        oid: Oid,
-        checksum: Checksum,
-        data: &[u8],
-        compression: u8,
-        data_tid: Option<Tid>,
-    ) -> Result<Option<DataId>>;
-    /// Counts one more in-progress reference to each id, so that pruning
-    /// keeps them although no committed record uses them yet.
-    fn hold_data(&mut self, ids: &[DataId]);
-    /// Drops one in-progress reference to each id; with `prune`, deletes
-    /// the rows referenced by nothing any more.
-    fn release_data(&mut self, ids: &[DataId], prune: bool) -> Result<()>;
-    /// Inserts object rows and optionally the transaction row: into
-    /// `tobj`/`ttrans` keyed by TTID `tid` when `temporary`, else directly
-    /// into `obj`/`trans` (replication). Re-inserting a row replaces it.
-    fn store_transaction(
-        &mut self,
-        tid: Tid,
-        objects: &[ObjectRow],
-        transaction: Option<&TransactionMeta>,
-        temporary: bool,
+        ttid: Tid,
+        meta: &TransactionMeta,
     ) -> Result<()>;
-    /// Records the final `tid` of `ttid`; once committed, the commit
-    /// decision survives a crash (§12.2).
-    fn lock_transaction(&mut self, ttid: Tid, tid: Tid) -> Result<()>;
-    /// Moves the rows of `ttid` to `obj`/`trans` under `tid`, re-keys its
-    /// pack order (if any) to `tid` and releases their data holds; not
-    /// committed (deferred commit).
-    fn unlock_transaction(&mut self, ttid: Tid, tid: Tid) -> Result<()>;
-    /// Deletes the temporary rows of `ttid` (and its pack order), releasing
-    /// and pruning their data.
-    fn abort_transaction(&mut self, ttid: Tid) -> Result<()>;
-    /// Deletes all temporary rows, the pack orders of unfinished
-    /// transactions and their unreferenced data; forgets all holds.
-    fn drop_unfinished_data(&mut self) -> Result<()>;
-    /// Executes a pending truncation (§11.1 step 5): deletes everything
-    /// after `truncate_tid` in own partitions, prunes data, lowers the
-    /// progress of OUT_OF_DATE cells, clears `truncate_tid`; committed.
-    /// Returns the truncation tid, or `None` if none was pending.
-    fn truncate(&mut self) -> Result<Option<Tid>>;
-    /// Deletes the committed metadata of `tid` (replication fix-up).
-    fn delete_transaction(&mut self, tid: Tid) -> Result<()>;
-    /// Deletes the record `(oid, serial)` and prunes its data (replication
-    /// fix-up).
-    fn delete_object(&mut self, oid: Oid, serial: Tid) -> Result<()>;
+    /// Sets the `tid` column of the `ttrans` row of `ttid` (lock).
+    fn set_temporary_tid(&mut self, ttid: Tid, tid: Tid) -> Result<()>;
+    /// Every `ttrans` row: `(ttid, tid)`.
+    fn temporary_transactions(&mut self) -> Result<Vec<(Tid, Option<Tid>)>>;
+    /// The distinct TTIDs of `tobj` rows.
+    fn temporary_object_ttids(&mut self) -> Result<Vec<Tid>>;
+    /// Moves the `tobj` and `ttrans` rows of `ttid` to `obj` and `trans`
+    /// under `tid` (replacing rows already there).
+    fn make_permanent(&mut self, ttid: Tid, tid: Tid) -> Result<()>;
+    /// Deletes the `tobj` and `ttrans` rows of `ttid`, or all of them.
+    fn delete_temporary(&mut self, ttid: Option<Tid>) -> Result<()>;
 
-    // --- pack (§11.2, §11.3) -----------------------------------------------
+    // --- obj, tobj -------------------------------------------------------
 
-    /// Records a pack order in `pack`, keyed by `order.id` (the TTID while
-    /// the transaction carrying it is in progress: [`Backend::unlock_transaction`]
-    /// re-keys it to the final TID, [`Backend::abort_transaction`] and
-    /// [`Backend::drop_unfinished_data`] delete it). Replaces an order of
-    /// the same id. Not committed.
-    fn store_pack_order(&mut self, order: &PackOrder) -> Result<()>;
-    /// Marks the stored orders among `approved` as approved and those among
-    /// `rejected` as rejected; returns the ids that were found. Not
-    /// committed (it is, with the lock of the transaction carrying it).
-    fn sign_pack_orders(&mut self, approved: &[Tid], rejected: &[Tid]) -> Result<Vec<Tid>>;
-    /// Committed pack orders of readable partitions with id `>= min_id`,
-    /// ascending (`AskPackOrders` from the master).
-    fn pack_orders(&mut self, min_id: Tid) -> Result<Vec<PackOrder>>;
-    /// Records that pack order `pack_id` is completed on own cell
-    /// `partition` (`pt.pack`); not committed.
-    fn set_partition_packed(&mut self, partition: Partition, pack_id: Tid) -> Result<()>;
-    /// Packs `partition` (§11.2) as `order` says, one bounded step: for at
-    /// most `limit` oids from `min_oid` (every oid of the partition with a
-    /// record at or before `order.pack_tid`, or only the listed ones of a
-    /// partial pack), keeps the newest record at or before `pack_tid`
-    /// unless it is a deletion, deletes the older ones, prunes the data
-    /// nothing references any more. Returns the `min_oid` of the next step,
-    /// or `None` when the partition is done. Idempotent. Not committed.
-    fn pack(
+    /// Inserts or replaces the `tobj` (`temporary`, `tid` = TTID) or `obj`
+    /// row `(partition, row.oid, tid)`; returns the data id of the row it
+    /// replaced, if that one had data.
+    fn put_object(
+        &mut self,
+        temporary: bool,
+        partition: Partition,
+        tid: Tid,
+        row: &ObjectRow,
+    ) -> Result<Option<DataId>>;
+    /// The `obj` row of `oid` at exactly `serial`.
+    fn object(&mut self, partition: Partition, oid: Oid, serial: Tid) -> Result<Option<ObjectRow>>;
+    /// The newest `obj` row of `oid` before `before`, with its serial.
+    fn object_before(
         &mut self,
         partition: Partition,
-        order: &PackOrder,
+        oid: Oid,
+        before: Tid,
+    ) -> Result<Option<(Tid, ObjectRow)>>;
+    /// A revision of `oid` with its data and the serial of the next
+    /// revision, in one read (the load path, §7.1).
+    fn load_object(
+        &mut self,
+        partition: Partition,
+        oid: Oid,
+        revision: Revision,
+    ) -> Result<Option<ObjectRecord>>;
+    /// Whether `oid` has any `obj` row.
+    fn has_object(&mut self, partition: Partition, oid: Oid) -> Result<bool>;
+    /// Greatest serial of the `obj` rows of `oid`.
+    fn last_serial(&mut self, partition: Partition, oid: Oid) -> Result<Option<Tid>>;
+    /// `[(serial, stored size)]` of `oid`, newest first, after skipping
+    /// `offset` of them.
+    fn object_history(
+        &mut self,
+        partition: Partition,
+        oid: Oid,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<HistoryEntry>>;
+    /// Ascending oids of `partition` from `min_oid` whose newest `obj` row
+    /// at or before `tid` has data.
+    fn oids_with_data(
+        &mut self,
+        partition: Partition,
         min_oid: Oid,
+        tid: Tid,
+        length: u64,
+    ) -> Result<Vec<Oid>>;
+    /// Data ids of the `tobj` rows of `ttid`, or of all of them.
+    fn temporary_data_ids(&mut self, ttid: Option<Tid>) -> Result<Vec<DataId>>;
+    /// Deletes the `obj` rows of `oid` at or before `tid`; returns the
+    /// distinct data ids they had.
+    fn delete_objects_up_to(
+        &mut self,
+        partition: Partition,
+        oid: Oid,
+        tid: Tid,
+    ) -> Result<Vec<DataId>>;
+    /// Deletes the `obj` rows of `partition` after `tid`; returns the
+    /// distinct data ids they had.
+    fn delete_objects_after(&mut self, partition: Partition, tid: Tid) -> Result<Vec<DataId>>;
+    /// Oids of `partition` from `min_oid` having `obj` rows at or before
+    /// `pack_tid`, ascending, at most `limit`.
+    fn pack_candidates(
+        &mut self,
+        partition: Partition,
+        min_oid: Oid,
+        pack_tid: Tid,
         limit: u64,
-    ) -> Result<Option<Oid>>;
+    ) -> Result<Vec<PackCandidate>>;
+    /// [`Backend::pack_candidates`] for one oid.
+    fn pack_candidate(
+        &mut self,
+        partition: Partition,
+        oid: Oid,
+        pack_tid: Tid,
+    ) -> Result<Option<PackCandidate>>;
+
+    // --- data ------------------------------------------------------------
+
+    /// Greatest id of `data` rows in `[first, last]`.
+    fn last_data_id(&mut self, first: DataId, last: DataId) -> Result<Option<DataId>>;
+    /// Inserts a `data` row.
+    fn put_data(
+        &mut self,
+        id: DataId,
+        checksum: Checksum,
+        compression: u8,
+        data: &[u8],
+    ) -> Result<()>;
+    /// A `data` row: `(compression, checksum, data)`.
+    fn load_data(&mut self, id: DataId) -> Result<Option<(u8, Checksum, Vec<u8>)>>;
+    /// Deletes the `data` rows among `ids` that no `obj` or `tobj` row
+    /// references.
+    fn prune_data(&mut self, ids: &[DataId]) -> Result<()>;
+
+    // --- pack ------------------------------------------------------------
+
+    /// Inserts or replaces the `pack` row of `order.id`.
+    fn put_pack_order(&mut self, order: &PackOrder) -> Result<()>;
+    /// Sets the `approved` column of the order `id`; whether it exists.
+    fn sign_pack_order(&mut self, id: Tid, approved: bool) -> Result<bool>;
+    /// `pack` rows with id `>= min_id`, ascending.
+    fn pack_orders(&mut self, min_id: Tid) -> Result<Vec<PackOrder>>;
+    /// Gives the order `from` the id `to` (replacing one of that id).
+    fn rekey_pack_order(&mut self, from: Tid, to: Tid) -> Result<()>;
+    /// Deletes the order `id`.
+    fn delete_pack_order(&mut self, id: Tid) -> Result<()>;
+    /// Deletes the orders with an id after `tid`.
+    fn delete_pack_orders_after(&mut self, tid: Tid) -> Result<()>;
+    /// Greatest id of an approved order.
+    fn last_approved_pack_id(&mut self) -> Result<Option<Tid>>;
 }

@@ -1,4 +1,4 @@
-//! The storage node as a state machine over a [`Backend`]: packets from the
+//! The storage node as a state machine over a [`Database`]: packets from the
 //! master, clients and (later) other storages go in, packets to send come
 //! out. No network I/O and no clock here; the shell runs it on a thread of
 //! its own so database work never holds up the connections.
@@ -15,16 +15,15 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use neo_cluster::{NodeTable, UnixTime};
-use neo_proto::packets::{self as p, CellInfo, RelockConflict, Row, StoredData};
+use neo_proto::packets::{self as p, RelockConflict, StoredData};
 use neo_proto::{
     Address, Checksum, ErrorCode, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid, Value,
     INVALID_PARTITION,
 };
 use sha1::{Digest, Sha1};
 
-use crate::backend::{
-    Backend, Error, FatalError, ObjectLookup, ObjectRow, RequestError, TransactionMeta, UndoLookup,
-};
+use crate::backend::{Error, FatalError, ObjectRow, RequestError, TransactionMeta};
+use crate::db::{Database, ObjectLookup, UndoLookup};
 use locks::{LockManager, LockOutcome, Stored};
 use pack::PackState;
 
@@ -158,9 +157,9 @@ struct Peer {
 }
 
 /// The storage node.
-pub struct Storage<B: Backend> {
+pub struct Storage {
     config: StorageConfig,
-    backend: B,
+    db: Database,
     nid: Option<NodeId>,
     /// The master connection, once connected.
     master: Option<ConnId>,
@@ -190,11 +189,11 @@ pub struct Storage<B: Backend> {
 /// node.
 type Handled = Result<(), Error>;
 
-impl<B: Backend> Storage<B> {
-    /// A storage node over an opened backend. Refuses a database of
+impl Storage {
+    /// A storage node over an opened database. Refuses a database of
     /// another cluster.
-    pub fn new(config: StorageConfig, mut backend: B) -> Result<Storage<B>, String> {
-        let name = backend.name().map_err(|e| e.to_string())?;
+    pub fn new(config: StorageConfig, mut db: Database) -> Result<Storage, String> {
+        let name = db.name().map_err(|e| e.to_string())?;
         match name {
             Some(name) if name != config.cluster => {
                 return Err(format!(
@@ -204,16 +203,14 @@ impl<B: Backend> Storage<B> {
             }
             Some(_) => {}
             None => {
-                backend
-                    .set_name(&config.cluster)
-                    .map_err(|e| e.to_string())?;
-                backend.commit().map_err(|e| e.to_string())?;
+                db.set_name(&config.cluster).map_err(|e| e.to_string())?;
+                db.commit().map_err(|e| e.to_string())?;
             }
         }
-        let nid = backend.nid().map_err(|e| e.to_string())?;
+        let nid = db.nid().map_err(|e| e.to_string())?;
         Ok(Storage {
             config,
-            backend,
+            db,
             nid,
             master: None,
             operational: false,
@@ -334,8 +331,9 @@ impl<B: Backend> Storage<B> {
             RequestError::UndoPack { .. } => {
                 self.error(conn, msg_id, ErrorCode::UndoPackError, error.to_string());
             }
-            // A peer sent an id the database can not hold: malformed.
-            RequestError::OutOfRange { .. } => {
+            // A peer sent an id or a partition the database can not hold:
+            // malformed.
+            RequestError::OutOfRange { .. } | RequestError::PartitionOutOfRange { .. } => {
                 self.refuse(conn, msg_id, ErrorCode::ProtocolError, &error.to_string());
             }
             RequestError::NoPartitionTable { .. } => {
@@ -407,8 +405,8 @@ impl<B: Backend> Storage<B> {
                     return Ok(());
                 };
                 if self.nid != Some(nid) {
-                    self.backend.set_nid(nid)?;
-                    self.backend.commit()?;
+                    self.db.set_nid(nid)?;
+                    self.db.commit()?;
                     self.nid = Some(nid);
                 }
                 tracing::info!(%nid, "identified to the primary master");
@@ -430,17 +428,21 @@ impl<B: Backend> Storage<B> {
             Packet::NotifyPackSigned(signed) => self.on_pack_signed(signed)?,
             Packet::AskRecovery(_) => {
                 let answer = p::AnswerRecovery {
-                    ptid: self.backend.ptid()?,
-                    backup_tid: self.backend.backup_tid()?,
-                    truncate_tid: self.backend.truncate_tid()?,
+                    ptid: self.db.ptid()?,
+                    backup_tid: self.db.backup_tid()?,
+                    truncate_tid: self.db.truncate_tid()?,
                 };
                 self.answer(conn, msg_id, answer);
             }
             Packet::AskPartitionTable(_) => {
                 let answer = p::AnswerPartitionTable {
-                    ptid: self.backend.ptid()?,
-                    num_replicas: self.backend.num_replicas()?,
-                    rows: self.rows()?,
+                    ptid: self.db.ptid()?,
+                    num_replicas: self.db.num_replicas()?,
+                    rows: self
+                        .db
+                        .partition_table()
+                        .map(|pt| pt.to_rows())
+                        .unwrap_or_default(),
                 };
                 self.answer(conn, msg_id, answer);
             }
@@ -455,12 +457,12 @@ impl<B: Backend> Storage<B> {
                                 .map(move |cell| (partition as u32, cell.nid, cell.state))
                         })
                         .collect();
-                    self.backend
+                    self.db
                         .change_partition_table(ptid, table.num_replicas, &cells, true)?;
                 }
             }
             Packet::NotifyPartitionChanges(changes) => {
-                let current = self.backend.ptid()?;
+                let current = self.db.ptid()?;
                 if current.map(|ptid| ptid + 1) != Some(changes.ptid) {
                     tracing::warn!(
                         ?current,
@@ -475,7 +477,7 @@ impl<B: Backend> Storage<B> {
                     .iter()
                     .map(|c| (c.partition, c.nid, c.state))
                     .collect();
-                self.backend.change_partition_table(
+                self.db.change_partition_table(
                     changes.ptid,
                     changes.num_replicas,
                     &cells,
@@ -488,11 +490,7 @@ impl<B: Backend> Storage<B> {
                 }
             }
             Packet::AskLockedTransactions(_) => {
-                let ttids = Map(self
-                    .backend
-                    .unfinished_transactions()?
-                    .into_iter()
-                    .collect());
+                let ttids = Map(self.db.unfinished_transactions()?.into_iter().collect());
                 self.answer(conn, msg_id, p::AnswerLockedTransactions { ttids });
             }
             Packet::AskFinalTID(request) => {
@@ -500,36 +498,35 @@ impl<B: Backend> Storage<B> {
                 self.answer(conn, msg_id, p::AnswerFinalTID { tid });
             }
             Packet::ValidateTransaction(validate) => {
-                self.backend.lock_transaction(validate.ttid, validate.tid)?;
-                self.backend
-                    .unlock_transaction(validate.ttid, validate.tid)?;
-                self.backend.commit()?;
+                self.db.lock_transaction(validate.ttid, validate.tid)?;
+                self.db.unlock_transaction(validate.ttid, validate.tid)?;
+                self.db.commit()?;
             }
             Packet::Truncate(truncate) => {
-                self.backend.set_truncate_tid(Some(truncate.tid))?;
-                self.backend.commit()?;
+                self.db.set_truncate_tid(Some(truncate.tid))?;
+                self.db.commit()?;
             }
             Packet::AskLastIDs(_) => {
                 // A pending truncation is carried out before answering.
-                self.backend.truncate()?;
+                self.db.truncate()?;
                 if !self.pack.disabled {
                     self.report_pack_completed()?;
                 }
-                let last = self.backend.last_ids()?;
+                let last = self.db.last_ids()?;
                 let answer = p::AnswerLastIDs {
                     last_tid: last.tid,
                     last_oid: last.oid,
-                    first_tid: self.backend.first_tid()?,
+                    first_tid: self.db.first_tid()?,
                 };
                 self.answer(conn, msg_id, answer);
             }
             Packet::AskPackOrders(request) => {
-                let orders = self.backend.pack_orders(request.min_id)?;
+                let orders = self.db.pack_orders(request.min_id)?;
                 self.answer(conn, msg_id, p::AnswerPackOrders { orders });
             }
             Packet::StartOperation(_) => {
-                self.backend.drop_unfinished_data()?;
-                self.backend.commit()?;
+                self.db.drop_unfinished_data()?;
+                self.db.commit()?;
                 self.locks.clear();
                 self.waiting.clear();
                 self.operational = true;
@@ -557,17 +554,6 @@ impl<B: Backend> Storage<B> {
         Ok(())
     }
 
-    /// The persisted partition table in wire form.
-    fn rows(&mut self) -> Result<Vec<Row>, Error> {
-        let mut rows: Vec<Row> = vec![Vec::new(); self.backend.num_partitions() as usize];
-        for (partition, nid, state) in self.backend.partition_table()? {
-            if let Some(row) = rows.get_mut(partition as usize) {
-                row.push(CellInfo { nid, state });
-            }
-        }
-        Ok(rows)
-    }
-
     fn on_nodes(&mut self, notification: p::NotifyNodeInformation) -> Handled {
         self.last_notification = notification.timestamp;
         for info in &notification.nodes {
@@ -575,12 +561,12 @@ impl<B: Backend> Storage<B> {
                 match info.state {
                     NodeState::Down => {
                         tracing::info!("told to stop by the master");
-                        self.backend.commit()?;
+                        self.db.commit()?;
                         self.out.push(Output::Exit(Ok(())));
                     }
                     NodeState::Unknown => {
                         tracing::warn!("dropped from the cluster: erasing the database");
-                        self.backend.erase()?;
+                        self.db.erase()?;
                         self.out.push(Output::Exit(Ok(())));
                     }
                     _ => {}
@@ -633,7 +619,7 @@ impl<B: Backend> Storage<B> {
         if let Some(tid) = self.locks.locked_tid(ttid) {
             return Ok(Some(tid));
         }
-        match self.backend.final_tid(ttid) {
+        match self.db.final_tid(ttid) {
             Err(Error::Request(RequestError::NonReadableCell { .. })) => Ok(None),
             other => other,
         }
@@ -664,11 +650,11 @@ impl<B: Backend> Storage<B> {
         if has_metadata {
             if request.pack_approved {
                 // Approved in the same durable lock (§11.3 step 3).
-                self.backend.sign_pack_orders(&[request.ttid], &[])?;
+                self.db.sign_pack_orders(&[request.ttid], &[])?;
             }
             // The commit decision becomes durable here (§12.2), before the
             // answer goes out.
-            self.backend.lock_transaction(request.ttid, request.tid)?;
+            self.db.lock_transaction(request.ttid, request.tid)?;
             self.commit_owed = true;
         }
         self.answer(
@@ -683,7 +669,7 @@ impl<B: Backend> Storage<B> {
         let Some(tid) = self.locks.locked_tid(ttid) else {
             return Ok(());
         };
-        self.backend.unlock_transaction(ttid, tid)?;
+        self.db.unlock_transaction(ttid, tid)?;
         // Committed with the next vote or lock, or within a second.
         self.commit_due
             .get_or_insert(self.now + DEFERRED_COMMIT_SECONDS);
@@ -703,15 +689,15 @@ impl<B: Backend> Storage<B> {
             return Ok(());
         };
         if transaction.voted {
-            self.backend.abort_transaction(ttid)?;
-            self.backend.commit()?;
+            self.db.abort_transaction(ttid)?;
+            self.db.commit()?;
         } else {
             let held: Vec<_> = transaction
                 .stored
                 .values()
                 .filter_map(|s| s.data_id)
                 .collect();
-            self.backend.release_data(&held, true)?;
+            self.db.release_data(&held, true)?;
         }
         self.retry_waiting()
     }
@@ -727,7 +713,7 @@ impl<B: Backend> Storage<B> {
     fn commit(&mut self) -> Handled {
         self.commit_due = None;
         self.commit_owed = false;
-        self.backend.commit()
+        self.db.commit()
     }
 
     // ---- clients ----
@@ -860,7 +846,7 @@ impl<B: Backend> Storage<B> {
                 };
                 if let Some(pack) = request.pack {
                     // Unsigned until the lock (§11.3 step 3); durable with the vote.
-                    self.backend.store_pack_order(&p::PackOrder {
+                    self.db.store_pack_order(&p::PackOrder {
                         id: request.ttid,
                         approved: None,
                         partial: pack.oids.is_some(),
@@ -912,7 +898,7 @@ impl<B: Backend> Storage<B> {
                 .collect(),
             None => Vec::new(),
         };
-        self.backend.store_transaction(ttid, &rows, meta, true)?;
+        self.db.store_transaction(ttid, &rows, meta, true)?;
         // The vote is durable before it is answered (§12.2).
         self.commit_owed = true;
         if let Some(transaction) = self.locks.transactions.get_mut(&ttid) {
@@ -923,23 +909,14 @@ impl<B: Backend> Storage<B> {
         self.retry_waiting()
     }
 
-    fn partition_readable(&self, oid: Oid) -> bool {
-        let partitions = self.backend.num_partitions();
-        partitions > 0
-            && self
-                .backend
-                .readable_partitions()
-                .contains(&((oid.0 % u64::from(partitions)) as u32))
-    }
-
     /// Takes the lock for a store or check; `None` when the request waits.
     fn try_lock(&mut self, ttid: Tid, serial: Tid, oid: Oid) -> Result<Option<LockOutcome>, Error> {
-        let readable = self.partition_readable(oid);
+        let readable = self.db.is_oid_readable(oid);
         let mut last = Ok(None);
         let (outcome, deadlock) = {
-            let backend = &mut self.backend;
+            let db = &mut self.db;
             self.locks.lock(ttid, serial, oid, readable, || {
-                last = backend.last_object_tid(oid);
+                last = db.last_object_tid(oid);
                 last.as_ref().ok().copied().flatten()
             })
         };
@@ -979,10 +956,10 @@ impl<B: Backend> Storage<B> {
             .get_mut(&request.ttid)
             .and_then(|t| t.stored.remove(&request.oid));
         if let Some(data_id) = previous.and_then(|p| p.data_id) {
-            self.backend.release_data(&[data_id], true)?;
+            self.db.release_data(&[data_id], true)?;
         }
         // An undo of packed data is answered UNDO_PACK_ERROR (settle).
-        let data_id = self.backend.store_data(
+        let data_id = self.db.store_data(
             request.oid,
             request.checksum,
             &request.data,
@@ -1070,7 +1047,7 @@ impl<B: Backend> Storage<B> {
                 // Give the data back and forget it: the client may not have it.
                 let data = match stored.data_id {
                     Some(data_id) => {
-                        self.backend
+                        self.db
                             .load_data(data_id)?
                             .map(|(compression, checksum, data)| StoredData {
                                 compression,
@@ -1084,7 +1061,7 @@ impl<B: Backend> Storage<B> {
                     transaction.stored.remove(&request.oid);
                 }
                 if let Some(data_id) = stored.data_id {
-                    self.backend.release_data(&[data_id], true)?;
+                    self.db.release_data(&[data_id], true)?;
                 }
                 Some(RelockConflict {
                     serial: stored.serial,
@@ -1150,7 +1127,7 @@ impl<B: Backend> Storage<B> {
             return Ok(());
         }
         let lookup = self
-            .backend
+            .db
             .get_object(request.oid, request.at, request.before)?;
         match lookup {
             ObjectLookup::Found(record) => self.answer(
@@ -1208,9 +1185,7 @@ impl<B: Backend> Storage<B> {
         match packet {
             Packet::AskObjectHistory(request) => {
                 let length = request.last.saturating_sub(request.first);
-                let history = self
-                    .backend
-                    .object_history(request.oid, request.first, length)?;
+                let history = self.db.object_history(request.oid, request.first, length)?;
                 if history.is_empty() {
                     self.error(
                         conn,
@@ -1230,7 +1205,7 @@ impl<B: Backend> Storage<B> {
                 }
             }
             Packet::AskTransactionInformation(request) => {
-                match self.backend.get_transaction(request.tid, false)? {
+                match self.db.get_transaction(request.tid, false)? {
                     Some(meta) => self.answer(
                         conn,
                         msg_id,
@@ -1255,27 +1230,21 @@ impl<B: Backend> Storage<B> {
                     return Ok(());
                 }
                 let partitions: Vec<u32> = if request.partition == INVALID_PARTITION {
-                    self.backend.readable_partitions().into_iter().collect()
+                    self.db.readable_partitions().into_iter().collect()
                 } else {
                     vec![request.partition]
                 };
-                let tids = self.backend.tid_list(
-                    request.first,
-                    request.last - request.first,
-                    &partitions,
-                )?;
+                let tids =
+                    self.db
+                        .tid_list(request.first, request.last - request.first, &partitions)?;
                 self.answer(conn, msg_id, p::AnswerTIDs { tids });
             }
             Packet::AskTIDsFrom(request) => {
-                if !self
-                    .backend
-                    .readable_partitions()
-                    .contains(&request.partition)
-                {
+                if !self.db.is_readable(request.partition) {
                     self.error(conn, msg_id, ErrorCode::NonReadableCell, "");
                     return Ok(());
                 }
-                let tids = self.backend.replication_tid_list(
+                let tids = self.db.replication_tid_list(
                     request.min_tid,
                     request.max_tid,
                     request.length.into(),
@@ -1284,7 +1253,7 @@ impl<B: Backend> Storage<B> {
                 self.answer(conn, msg_id, p::AnswerTIDsFrom { tids });
             }
             Packet::AskOIDsFrom(request) => {
-                let (oids, next_min_oid) = self.backend.oids_from(
+                let (oids, next_min_oid) = self.db.oids_from(
                     request.partition,
                     request.length.into(),
                     request.min_oid,
@@ -1335,9 +1304,9 @@ impl<B: Backend> Storage<B> {
                 .get(&request.ttid)
                 .and_then(|t| t.stored.get(&oid))
                 .map(|stored| stored.data_serial.unwrap_or(request.ttid));
-            let lookup =
-                self.backend
-                    .find_undo_tid(oid, request.ltid, request.undone_tid, current)?;
+            let lookup = self
+                .db
+                .find_undo_tid(oid, request.ltid, request.undone_tid, current)?;
             match lookup {
                 UndoLookup::Found(serial) => serials.push((oid, serial)),
                 UndoLookup::NoRecord => {}

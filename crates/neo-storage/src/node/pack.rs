@@ -13,7 +13,6 @@ use neo_proto::packets::{self as p, PackOrder};
 use neo_proto::{CellState, Oid, Partition, Tid};
 
 use super::{Handled, Storage};
-use crate::backend::Backend;
 
 /// Oids examined per pack step: one step is one short database
 /// transaction between two client requests.
@@ -59,7 +58,7 @@ impl PackState {
     }
 }
 
-impl<B: Backend> Storage<B> {
+impl Storage {
     /// Whether a pack is in progress, so the shell should give the node
     /// [`super::Input::Tick`]s without waiting.
     pub fn has_background_work(&self) -> bool {
@@ -67,13 +66,12 @@ impl<B: Backend> Storage<B> {
     }
 
     /// Last pack id completed by each own cell: `(partition, state, id)`.
-    fn packed_cells(&mut self) -> Result<Vec<(Partition, CellState, Tid)>, crate::backend::Error> {
-        Ok(self
-            .backend
-            .assigned_cells()?
+    fn packed_cells(&self) -> Vec<(Partition, CellState, Tid)> {
+        self.db
+            .assigned_cells()
             .into_iter()
             .filter_map(|cell| Some((cell.partition, cell.state, cell.pack?)))
-            .collect())
+            .collect()
     }
 
     /// Sends `NotifyPackCompleted` with the smallest completed id over own
@@ -82,7 +80,7 @@ impl<B: Backend> Storage<B> {
         let pack_id = if self.pack.disabled {
             self.pack.last_pack_id
         } else {
-            match self.packed_cells()?.iter().map(|(_, _, id)| *id).min() {
+            match self.packed_cells().iter().map(|(_, _, id)| *id).min() {
                 Some(id) => id,
                 None => return Ok(()),
             }
@@ -101,7 +99,7 @@ impl<B: Backend> Storage<B> {
     pub(super) fn on_pack_signed(&mut self, signed: p::NotifyPackSigned) -> Handled {
         if !self.pack.disabled {
             let changed = self
-                .backend
+                .db
                 .sign_pack_orders(&signed.approved, &signed.rejected)?;
             if !changed.is_empty() {
                 self.commit()?;
@@ -137,7 +135,7 @@ impl<B: Backend> Storage<B> {
             return Ok(());
         };
         let completed = self
-            .packed_cells()?
+            .packed_cells()
             .into_iter()
             .filter(|(_, state, _)| *state == CellState::UpToDate)
             .map(|(_, _, id)| id)
@@ -177,7 +175,7 @@ impl<B: Backend> Storage<B> {
             return Ok(());
         };
         let partitions: VecDeque<Partition> = self
-            .packed_cells()?
+            .packed_cells()
             .into_iter()
             .filter(|(_, state, id)| *state == CellState::UpToDate && *id == completed)
             .map(|(partition, _, _)| partition)
@@ -209,7 +207,7 @@ impl<B: Backend> Storage<B> {
             return self.pack_done();
         };
         let next = self
-            .backend
+            .db
             .pack(partition, &job.order, job.next_oid, PACK_BATCH)?;
         match next {
             Some(next_oid) => {
@@ -223,7 +221,7 @@ impl<B: Backend> Storage<B> {
                 job.partitions.pop_front();
                 job.next_oid = Oid(0);
                 let finished = job.partitions.is_empty();
-                self.backend.set_partition_packed(partition, id)?;
+                self.db.set_partition_packed(partition, id)?;
                 self.commit()?;
                 tracing::debug!(partition, pack_id = %id, "partition packed");
                 if finished {
