@@ -19,6 +19,8 @@ use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use neo_proto::{Address, NodeId};
+// The engine names and paths of `-a` and `-d` are the storage's own.
+pub use neo_storage::backend::{expand_user, Adapter};
 
 use crate::conf::{parse_bool, ConfError, ConfigFile};
 
@@ -288,51 +290,6 @@ pub struct MasterOptions {
     pub partitions: u32,
 }
 
-/// Storage backend (`-a/--adapter`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Adapter {
-    /// Imports from another ZODB storage (operations.md §6).
-    Importer,
-    /// MySQL, with the default Python binding.
-    MySql,
-    /// MySQL through MySQLdb.
-    MySqlDb,
-    /// MySQL through PyMySQL.
-    PyMySql,
-    /// SQLite.
-    Sqlite,
-}
-
-impl Adapter {
-    /// NEO/py's name of the backend.
-    pub fn name(self) -> &'static str {
-        match self {
-            Adapter::Importer => "Importer",
-            Adapter::MySql => "MySQL",
-            Adapter::MySqlDb => "MySQLdb",
-            Adapter::PyMySql => "PyMySQL",
-            Adapter::Sqlite => "SQLite",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Adapter> {
-        [
-            Adapter::Importer,
-            Adapter::MySql,
-            Adapter::MySqlDb,
-            Adapter::PyMySql,
-            Adapter::Sqlite,
-        ]
-        .into_iter()
-        .find(|adapter| adapter.name() == name)
-    }
-
-    /// Whether the backend is MySQL, whatever the binding.
-    pub fn is_mysql(self) -> bool {
-        matches!(self, Adapter::MySql | Adapter::MySqlDb | Adapter::PyMySql)
-    }
-}
-
 /// Options of `neostorage` (operations.md §1.2).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StorageOptions {
@@ -385,40 +342,6 @@ impl AdminOptions {
             .clone()
             .unwrap_or_else(|| Address::new("localhost", DEFAULT_SMTP_PORT))
     }
-}
-
-/// `~` and `~user` at the start of a path, as Python's `expanduser`; left
-/// unchanged when the home directory is unknown.
-pub fn expand_user(path: &str) -> PathBuf {
-    let Some(rest) = path.strip_prefix('~') else {
-        return PathBuf::from(path);
-    };
-    let (user, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let home = if user.is_empty() {
-        std::env::var_os("HOME").map(PathBuf::from)
-    } else {
-        home_of(user)
-    };
-    match home {
-        Some(home) => {
-            let tail = tail.trim_start_matches('/');
-            if tail.is_empty() {
-                home
-            } else {
-                home.join(tail)
-            }
-        }
-        None => PathBuf::from(path),
-    }
-}
-
-/// Home directory of `user` from `/etc/passwd`.
-fn home_of(user: &str) -> Option<PathBuf> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.len() >= 6 && fields[0] == user).then(|| PathBuf::from(fields[5]))
-    })
 }
 
 /// The merged view of command line and configuration file.

@@ -13,7 +13,7 @@ use neo_master::MasterConfig;
 use neo_net::{connect_alone, ConnectionConfig, Listener};
 use neo_proto::packets::{AskClusterState, SetClusterState};
 use neo_proto::{Address, ClusterState};
-use neo_storage::backend::{OpenOptions, SqliteBackend};
+use neo_storage::backend::{self, Adapter, OpenOptions};
 use neo_storage::db::Database;
 use neo_storage::node::{Storage, StorageConfig};
 use tokio::task::JoinHandle;
@@ -46,7 +46,7 @@ pub struct SimpleOptions {
     /// Delete the databases first.
     #[arg(long = "clear_databases")]
     pub clear_databases: bool,
-    /// Storage backend; only SQLite is supported.
+    /// Storage engine, by NEO/py's name; only SQLite is supported yet.
     #[arg(long, default_value = "SQLite")]
     pub adapter: String,
     /// One storage node per name (database `«name».sqlite`).
@@ -66,12 +66,8 @@ pub async fn run(
     options: SimpleOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    if options.adapter != "SQLite" {
-        return Err(format!(
-            "the {} adapter is not supported yet; use SQLite",
-            options.adapter
-        ));
-    }
+    let adapter = Adapter::from_name(&options.adapter)
+        .ok_or_else(|| format!("unknown adapter {:?}", options.adapter))?;
     std::fs::create_dir_all(&options.temp_dir)
         .map_err(|e| format!("cannot create {}: {e}", options.temp_dir.display()))?;
     let ip = options.bind_ip.as_str();
@@ -91,23 +87,27 @@ pub async fn run(
             .map_err(|e| format!("master: {e}"))
     }));
     for db in &options.db {
-        let path = if db.contains('/') {
-            PathBuf::from(db)
+        // An SQLite database per name, in the data directory.
+        let database = if adapter == Adapter::Sqlite && !db.contains('/') {
+            let path = options.temp_dir.join(format!("{db}.sqlite"));
+            path.to_str()
+                .ok_or_else(|| format!("{} is not valid UTF-8", path.display()))?
+                .to_owned()
         } else {
-            options.temp_dir.join(format!("{db}.sqlite"))
+            db.clone()
         };
         let open = OpenOptions {
             reset: options.clear_databases,
             ..OpenOptions::default()
         };
-        let backend = SqliteBackend::open(&path, &open).map_err(|e| e.to_string())?;
-        let db = Database::new(Box::new(backend)).map_err(|e| e.to_string())?;
+        let backend = backend::open(adapter, &database, &open).map_err(|e| e.to_string())?;
+        let db = Database::new(backend).map_err(|e| format!("{database}: {e}"))?;
         let listener = bind(ip, 0).await?;
         let config = StorageConfig {
             cluster: options.name.clone(),
             address: listener.local_address().clone(),
         };
-        let storage = Storage::new(config, db).map_err(|e| format!("{}: {e}", path.display()))?;
+        let storage = Storage::new(config, db).map_err(|e| format!("{database}: {e}"))?;
         let masters = vec![master_address.clone()];
         nodes.push(tokio::spawn(async move {
             neo_storage::run(storage, masters, listener, std::future::pending())

@@ -11,7 +11,7 @@ use common::Cluster;
 use neo_client::{BlockingClient, ClientError, TxnMeta};
 use neo_proto::packets::HistoryEntry;
 use neo_proto::{Oid, Tid};
-use neo_storage::backend::{OpenOptions, SqliteBackend};
+use neo_storage::backend::{self, Adapter, OpenOptions};
 use neo_storage::db::Database;
 
 fn meta() -> TxnMeta {
@@ -120,8 +120,14 @@ fn check_packed(client: &BlockingClient, w: &Written) {
 
 /// Histories of `oids` in a stopped storage's database.
 fn histories(cluster: &Cluster, index: usize, oids: &[Oid]) -> Vec<Vec<HistoryEntry>> {
-    let backend = SqliteBackend::open(cluster.database(index), &OpenOptions::default()).unwrap();
-    let mut backend = Database::new(Box::new(backend)).unwrap();
+    let path = cluster.database(index);
+    let backend = backend::open(
+        Adapter::Sqlite,
+        path.to_str().unwrap(),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    let mut backend = Database::new(backend).unwrap();
     oids.iter()
         .map(|oid| backend.object_history(*oid, 0, 100).unwrap())
         .collect()

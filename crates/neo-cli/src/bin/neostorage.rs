@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use neo_cli::daemon::{fail, serve, shutdown_signal};
-use neo_cli::options::{expand_user, parse_storage, report_and_exit, Adapter};
+use neo_cli::options::{parse_storage, report_and_exit};
 use neo_net::Listener;
-use neo_storage::backend::{OpenOptions, SqliteBackend};
+use neo_storage::backend::{self, OpenOptions};
 use neo_storage::db::Database;
 use neo_storage::node::{Storage, StorageConfig};
 
@@ -17,29 +17,22 @@ fn main() -> ExitCode {
     if options.common.tls.is_some() {
         return fail(PROGRAM, "TLS is not supported yet");
     }
-    if options.adapter != Adapter::Sqlite {
-        let name = options.adapter.name();
-        return fail(
-            PROGRAM,
-            format!("the {name} adapter is not supported yet; use SQLite"),
-        );
-    }
     if options.new_nid || options.dedup {
         return fail(PROGRAM, "--new-nid and --dedup are not supported yet");
     }
-    let path = expand_user(&options.database);
     let open = OpenOptions {
         reset: options.reset,
         ..OpenOptions::default()
     };
     let logfile = options.common.logfile.clone();
     serve(PROGRAM, logfile.as_deref(), async move {
-        let backend = SqliteBackend::open(&path, &open).map_err(|e| e.to_string())?;
-        let db = Database::new(Box::new(backend)).map_err(|e| e.to_string())?;
+        let backend =
+            backend::open(options.adapter, &options.database, &open).map_err(|e| e.to_string())?;
         if options.reset {
             // `--reset` erases the database and exits, as NEO/py does.
             return Ok(());
         }
+        let db = Database::new(backend).map_err(|e| e.to_string())?;
         let listener = Listener::bind(&options.common.bind)
             .await
             .map_err(|e| e.to_string())?;

@@ -5,6 +5,8 @@
 
 use neo_proto::{Oid, Partition, Tid};
 
+use super::Adapter;
+
 /// The database could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -51,6 +53,20 @@ pub enum OpenError {
         found: u32,
         /// The version this code writes.
         supported: u32,
+    },
+    /// The database string does not name a database of this engine.
+    #[error("invalid database {database:?}: {reason}")]
+    BadDatabase {
+        /// The database, as named by `-d`.
+        database: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The engine is not implemented yet.
+    #[error("the {} adapter is not supported yet", adapter.name())]
+    Unsupported {
+        /// The engine asked for.
+        adapter: Adapter,
     },
     /// The database failed while it was being opened.
     #[error("opening {database}: {source}")]

@@ -26,11 +26,13 @@
 //! [`RequestError::OutOfRange`]; range bounds beyond them mean "no limit".
 
 mod error;
+mod open;
 mod sqlite;
 
 pub use error::{Error, FatalError, OpenError, RequestError};
 pub use neo_proto::packets::{HistoryEntry, PackOrder};
 use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Tid};
+pub use open::{expand_user, open, Adapter, OpenOptions};
 pub use sqlite::{SqliteBackend, SCHEMA_VERSION};
 
 /// Row id of a raw data record.
@@ -38,26 +40,6 @@ pub type DataId = u64;
 
 /// Result of backend operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// How to open a database.
-#[derive(Clone, Debug)]
-pub struct OpenOptions {
-    /// Erase everything first (`--reset`).
-    pub reset: bool,
-    /// SQLite: use the write-ahead log (the default, see
-    /// [`SqliteBackend::open`]); `false` keeps a rollback journal, as NEO/py
-    /// does by default.
-    pub wal: bool,
-}
-
-impl Default for OpenOptions {
-    fn default() -> Self {
-        OpenOptions {
-            reset: false,
-            wal: true,
-        }
-    }
-}
 
 /// One object revision as served to `AskObject` (§7.1).
 #[derive(Clone, Debug, PartialEq, Eq)]

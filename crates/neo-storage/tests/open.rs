@@ -1,0 +1,66 @@
+//! `backend::open`: the engine named by `-a`, on the database named by
+//! `-d`, as NEO/py spells them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use neo_storage::backend::{self, Adapter, OpenError, OpenOptions};
+use neo_storage::db::Database;
+
+#[test]
+fn adapters_go_by_neopy_names() {
+    for adapter in [
+        Adapter::Importer,
+        Adapter::MySql,
+        Adapter::MySqlDb,
+        Adapter::PyMySql,
+        Adapter::Sqlite,
+    ] {
+        assert_eq!(Adapter::from_name(adapter.name()), Some(adapter));
+    }
+    assert_eq!(Adapter::from_name("SQLite"), Some(Adapter::Sqlite));
+    assert_eq!(
+        Adapter::from_name("sqlite"),
+        None,
+        "names are case-sensitive"
+    );
+}
+
+#[test]
+fn engines_not_written_yet_are_refused_by_name() {
+    for (adapter, name) in [
+        (Adapter::MySql, "MySQL"),
+        (Adapter::MySqlDb, "MySQLdb"),
+        (Adapter::PyMySql, "PyMySQL"),
+        (Adapter::Importer, "Importer"),
+    ] {
+        let error = backend::open(adapter, "neo", &OpenOptions::default())
+            .err()
+            .expect("not supported yet");
+        assert!(matches!(error, OpenError::Unsupported { .. }), "{error}");
+        assert_eq!(
+            error.to_string(),
+            format!("the {name} adapter is not supported yet")
+        );
+    }
+}
+
+#[test]
+fn an_sqlite_database_is_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("neo.sqlite");
+    let backend = backend::open(
+        Adapter::Sqlite,
+        path.to_str().unwrap(),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    let mut db = Database::new(backend).unwrap();
+    assert_eq!(db.name().unwrap(), None);
+    assert!(path.is_file());
+    for database in ["", "file:neo.sqlite?cache_size=10"] {
+        let error = backend::open(Adapter::Sqlite, database, &OpenOptions::default())
+            .err()
+            .expect("not a path");
+        assert!(matches!(error, OpenError::BadDatabase { .. }), "{error}");
+    }
+}
