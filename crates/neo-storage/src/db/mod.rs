@@ -97,15 +97,6 @@ pub struct Database {
     next_data_id: HashMap<Partition, DataId>,
 }
 
-impl std::fmt::Debug for Database {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database")
-            .field("nid", &self.nid)
-            .field("pt", &self.pt)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Database {
     /// The rules over an opened engine: loads the own node id, the
     /// partition table and the data held by voted transactions.

@@ -55,8 +55,9 @@ impl Database {
     /// Packs `partition` (§11.2) as `order` says, one bounded step: for at
     /// most `limit` oids from `min_oid` (every oid of the partition with a
     /// record at or before `order.pack_tid`, or only the listed ones of a
-    /// partial pack), deletes what [`Database::pack_up_to`] says, prunes
-    /// the data nothing references any more. Returns the `min_oid` of the
+    /// partial pack), keeps the newest record at or before `pack_tid`
+    /// unless it is a deletion, deletes the older ones, prunes the data
+    /// nothing references any more. Returns the `min_oid` of the
     /// next step, or `None` when the partition is done. Idempotent. Not
     /// committed.
     pub fn pack(
