@@ -12,44 +12,26 @@
 //! - any number of unidentified `neoctl` connections (protocol.md §9.1),
 //!   whose requests it answers from that copy or relays to the master.
 //!
-//! Requests sent to the master are tagged with a [`Token`] chosen here; the
-//! shell maps the msg_id `neo-net` gives them back to the token. That is how
-//! an answer relayed to `neoctl` keeps `neoctl`'s msg_id whatever id the
-//! request had on the master connection.
+//! Requests sent to the master are tagged with a [`Token`] chosen here and
+//! come back with it. That is how an answer relayed to `neoctl` keeps
+//! `neoctl`'s msg_id whatever id the request had on the master connection.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
 
-use neo_cluster::{NodeTable, PartitionTable, UnixTime};
+use neo_cluster::{NodeTable, PartitionTable, PrimaryFinder, UnixTime};
+use neo_net::{ConnId, Input, Node, Outbox, Output, Requests, Token};
 use neo_proto::packets::{self as p, NodeInfo};
 use neo_proto::{Address, ClusterState, ErrorCode, Map, NodeId, NodeType, Packet, Tid, Value};
 
 use crate::summary::{self, ClusterReport};
 
-/// Identifies a connection for the state machine; the shell maps it to a
-/// real connection.
-pub type ConnId = u64;
-
-/// Tags a request sent to the master, so that its answer finds its way back
-/// whatever msg_id the connection gave the request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Token(pub u64);
-
 /// Message of every refusal while no primary master is at hand; `neoctl`
 /// prints it after `ERROR: ` (operations.md §3.1).
 pub const NOT_CONNECTED: &str = "Not connected to a primary master.";
 
-/// At most one connection attempt per master address per this interval
-/// (protocol.md §9.5 "Reconnection").
-pub const RETRY_INTERVAL: f64 = 1.0;
-
 /// How long a monitoring question to the master may stay unanswered before
 /// the silent connection is closed (protocol.md §9.5).
 pub const MONITOR_TIMEOUT: f64 = 60.0;
-
-/// Largest number of master addresses remembered: `NotPrimaryMaster` lists
-/// come from the network and must not grow our list without bound.
-const MAX_MASTERS: usize = 64;
 
 /// Largest number of `neoctl` requests waiting for the master at once; more
 /// are refused rather than queued without bound.
@@ -80,113 +62,15 @@ pub enum ConfigError {
     NoMaster,
 }
 
-/// What happened.
-#[derive(Debug)]
-pub enum Input {
-    /// The node starts: look for the primary master.
-    Start,
-    /// A connection asked for with [`Output::Connect`] is established
-    /// (handshake done).
-    MasterConnected {
-        /// The new connection.
-        conn: ConnId,
-        /// The address it was asked for.
-        address: Address,
-    },
-    /// A connection asked for with [`Output::Connect`] failed (refused,
-    /// unreachable, no handshake).
-    MasterUnreachable {
-        /// The address it was asked for.
-        address: Address,
-    },
-    /// A connection was accepted on the listening socket (handshake done):
-    /// a `neoctl`.
-    Accepted {
-        /// The new connection.
-        conn: ConnId,
-    },
-    /// A request or notification arrived.
-    Packet {
-        /// Where from.
-        conn: ConnId,
-        /// Its msg_id, to answer with.
-        msg_id: u32,
-        /// The packet.
-        packet: Packet,
-    },
-    /// The answer to a request sent with [`Output::Request`].
-    Answer {
-        /// Where from.
-        conn: ConnId,
-        /// The token the request was sent with.
-        token: Token,
-        /// The answer or an `Error`.
-        packet: Packet,
-    },
-    /// The connection is gone (requests pending on it will get no answer).
-    Closed {
-        /// The connection.
-        conn: ConnId,
-    },
-    /// Time passes: the shell sends this about once a second, for timeouts.
-    Tick,
-}
-
-/// What to do.
-#[derive(Debug, PartialEq)]
-pub enum Output {
-    /// Connect to a master after `delay`; the outcome comes back as
-    /// [`Input::MasterConnected`] or [`Input::MasterUnreachable`].
-    Connect {
-        /// The master to try.
-        address: Address,
-        /// How long to wait first (reconnection throttling).
-        delay: Duration,
-    },
-    /// Send a request; its answer comes back as [`Input::Answer`] with
-    /// `token`.
-    Request {
-        /// Where to.
-        conn: ConnId,
-        /// Tag for the answer.
-        token: Token,
-        /// The request.
-        packet: Packet,
-    },
-    /// Answer a request.
-    Answer {
-        /// Where to.
-        conn: ConnId,
-        /// msg_id of the request answered.
-        msg_id: u32,
-        /// The answer.
-        packet: Packet,
-    },
-    /// Send a notification.
-    Notify {
-        /// Where to.
-        conn: ConnId,
-        /// The notification.
-        packet: Packet,
-    },
-    /// Close after sending what is queued.
-    Close {
-        /// The connection.
-        conn: ConnId,
-    },
-    /// The cluster stopped: close everything and exit.
-    Exit,
-}
-
 /// Where the admin stands with the primary master.
 #[derive(Debug, Clone, PartialEq)]
 enum Link {
     /// Nothing yet ([`Input::Start`] not received).
     Idle,
-    /// A connection attempt to `address` is scheduled or running.
-    Connecting { address: Address },
-    /// Connected to `address`, `RequestIdentification` sent.
-    Identifying { conn: ConnId, address: Address },
+    /// A connection attempt is scheduled (`token` is `None`) or running.
+    Connecting { token: Option<Token> },
+    /// Connected, `RequestIdentification` sent.
+    Identifying { conn: ConnId },
     /// Identified to the primary master: `neoctl` is served.
     Ready { conn: ConnId },
 }
@@ -216,13 +100,8 @@ struct MonitorRefresh {
 #[derive(Debug)]
 pub struct Admin {
     config: AdminConfig,
-    /// Masters known: the configured ones, then those learnt from
-    /// `NotPrimaryMaster`.
-    masters: Vec<Address>,
-    /// Index in `masters` of the next one to try.
-    next_master: usize,
-    /// When each address was (or will be) last tried.
-    last_attempt: HashMap<Address, UnixTime>,
+    /// The masters to find the primary among.
+    finder: PrimaryFinder,
     link: Link,
     /// Our id, as last given by a primary master; proposed again when
     /// reconnecting.
@@ -242,10 +121,9 @@ pub struct Admin {
     /// Open `neoctl` connections.
     ctl: HashSet<ConnId>,
     /// Requests sent to the master, not answered yet.
-    pending: HashMap<Token, Pending>,
-    next_token: u64,
+    pending: Requests<Pending>,
     monitor: Option<MonitorRefresh>,
-    out: Vec<Output>,
+    out: Outbox,
 }
 
 impl Admin {
@@ -254,20 +132,10 @@ impl Admin {
         if config.cluster.is_empty() {
             return Err(ConfigError::EmptyCluster);
         }
-        if config.masters.is_empty() {
-            return Err(ConfigError::NoMaster);
-        }
-        let mut masters: Vec<Address> = Vec::new();
-        for address in &config.masters {
-            if !masters.contains(address) {
-                masters.push(address.clone());
-            }
-        }
+        let finder = PrimaryFinder::new(&config.masters).ok_or(ConfigError::NoMaster)?;
         Ok(Admin {
             config,
-            masters,
-            next_master: 0,
-            last_attempt: HashMap::new(),
+            finder,
             link: Link::Idle,
             nid: None,
             primary: None,
@@ -277,10 +145,9 @@ impl Admin {
             last_node_timestamp: None,
             pt: None,
             ctl: HashSet::new(),
-            pending: HashMap::new(),
-            next_token: 0,
+            pending: Requests::default(),
             monitor: None,
-            out: Vec::new(),
+            out: Outbox::default(),
         })
     }
 
@@ -310,99 +177,40 @@ impl Admin {
         self.pt.as_ref()
     }
 
-    /// Processes one input at time `now`; returns what to do, in order.
-    pub fn handle(&mut self, input: Input, now: UnixTime) -> Vec<Output> {
-        match input {
-            Input::Start => {
-                if self.link == Link::Idle {
-                    self.connect_next(None, now);
-                }
-            }
-            Input::MasterConnected { conn, address } => self.on_connected(conn, address),
-            Input::MasterUnreachable { address } => {
-                if self.link == (Link::Connecting { address }) {
-                    self.connect_next(None, now);
-                }
-            }
-            Input::Accepted { conn } => {
-                self.ctl.insert(conn);
-            }
-            Input::Packet {
-                conn,
-                msg_id,
-                packet,
-            } => {
-                if self.ctl.contains(&conn) {
-                    self.on_ctl_packet(conn, msg_id, packet, now);
-                } else if self.master_conn() == Some(conn) {
-                    self.on_master_packet(conn, msg_id, packet, now);
-                } else {
-                    // A master connection we gave up (redirected): whatever
-                    // it still says is moot.
-                    tracing::debug!(conn, packet = packet.name(), "ignoring packet");
-                }
-            }
-            Input::Answer {
-                conn,
-                token,
-                packet,
-            } => self.on_answer(conn, token, packet),
-            Input::Closed { conn } => self.on_closed(conn, now),
-            Input::Tick => self.on_tick(now),
-        }
-        std::mem::take(&mut self.out)
-    }
-
     // --- the master connection -------------------------------------------
 
     /// The connection to the master, identified or not.
     fn master_conn(&self) -> Option<ConnId> {
         match self.link {
-            Link::Identifying { conn, .. } | Link::Ready { conn } => Some(conn),
+            Link::Identifying { conn } | Link::Ready { conn } => Some(conn),
             Link::Idle | Link::Connecting { .. } => None,
         }
     }
 
     /// Schedules a connection to `preferred` or else to the next master in
-    /// turn, no sooner than [`RETRY_INTERVAL`] after the last attempt to the
-    /// same address.
+    /// turn (see [`PrimaryFinder::schedule`]); it is made when due.
     fn connect_next(&mut self, preferred: Option<Address>, now: UnixTime) {
-        let address = match preferred {
-            Some(address) => address,
-            None => {
-                let index = self.next_master % self.masters.len().max(1);
-                self.next_master = index + 1;
-                match self.masters.get(index) {
-                    Some(address) => address.clone(),
-                    // `new` refuses an empty list and it only grows.
-                    None => return,
-                }
-            }
-        };
-        let earliest = self
-            .last_attempt
-            .get(&address)
-            .map_or(now, |last| last + RETRY_INTERVAL);
-        let delay = (earliest - now).clamp(0.0, RETRY_INTERVAL);
-        self.last_attempt.insert(address.clone(), now + delay);
-        tracing::debug!(%address, delay, "connecting to master");
-        self.link = Link::Connecting {
-            address: address.clone(),
-        };
-        self.out.push(Output::Connect {
-            address,
-            delay: Duration::from_secs_f64(delay),
-        });
+        self.finder.schedule(preferred, now);
+        self.link = Link::Connecting { token: None };
+        self.connect_if_due(now);
     }
 
-    fn on_connected(&mut self, conn: ConnId, address: Address) {
-        if self.link
-            != (Link::Connecting {
-                address: address.clone(),
-            })
-        {
+    fn connect_if_due(&mut self, now: UnixTime) {
+        if self.link != (Link::Connecting { token: None }) {
+            return;
+        }
+        if let Some(address) = self.finder.due(now) {
+            tracing::debug!(%address, "connecting to master");
+            let token = self.pending.fresh();
+            self.link = Link::Connecting { token: Some(token) };
+            self.out.connect(token, address);
+        }
+    }
+
+    fn on_connected(&mut self, conn: ConnId, token: Token) {
+        if self.link != (Link::Connecting { token: Some(token) }) {
             // Not the attempt we are waiting for.
-            self.out.push(Output::Close { conn });
+            self.out.close(conn);
             return;
         }
         let backups = self
@@ -419,20 +227,9 @@ impl Admin {
             id_timestamp: None,
             extra: Map(vec![("backup".to_owned(), Value::Array(backups))]),
         };
-        self.link = Link::Identifying { conn, address };
-        self.request(conn, Pending::Identification, request);
-    }
-
-    fn request(&mut self, conn: ConnId, why: Pending, packet: impl Into<Packet>) -> Token {
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        self.pending.insert(token, why);
-        self.out.push(Output::Request {
-            conn,
-            token,
-            packet: packet.into(),
-        });
-        token
+        self.link = Link::Identifying { conn };
+        self.pending
+            .send(&mut self.out, conn, Pending::Identification, request);
     }
 
     fn on_master_packet(&mut self, conn: ConnId, msg_id: u32, packet: Packet, now: UnixTime) {
@@ -503,27 +300,16 @@ impl Admin {
             msg_id,
             p::Error::new(ErrorCode::ProtocolError, message),
         );
-        self.out.push(Output::Close { conn });
+        self.out.close(conn);
     }
 
     /// A secondary master told us where the primary is (architecture.md
     /// §2.4 step 3).
     fn redirect(&mut self, conn: ConnId, redirect: p::NotPrimaryMaster, now: UnixTime) {
-        for address in &redirect.known_masters {
-            if self.masters.len() >= MAX_MASTERS {
-                break;
-            }
-            if !self.masters.contains(address) {
-                self.masters.push(address.clone());
-            }
-        }
-        let primary = redirect
-            .primary
-            .and_then(|index| redirect.known_masters.get(index as usize))
-            .cloned();
+        let primary = self.finder.redirected(&redirect);
         tracing::info!(?primary, "not the primary master");
         self.fail_pending();
-        self.out.push(Output::Close { conn });
+        self.out.close(conn);
         self.connect_next(primary, now);
     }
 
@@ -556,7 +342,7 @@ impl Admin {
     }
 
     fn on_answer(&mut self, conn: ConnId, token: Token, packet: Packet) {
-        let Some(why) = self.pending.remove(&token) else {
+        let Some(why) = self.pending.answered(conn, token) else {
             return;
         };
         match why {
@@ -573,7 +359,7 @@ impl Admin {
                     let fatal = matches!(&packet, Packet::Error(error) if error.code == ErrorCode::ProtocolError);
                     self.answer(ctl, msg_id, packet);
                     if fatal {
-                        self.out.push(Output::Close { conn: ctl });
+                        self.out.close(ctl);
                     }
                 }
             }
@@ -594,19 +380,24 @@ impl Admin {
                 self.expect_full_node_list = true;
                 self.last_node_timestamp = None;
                 self.pt = None;
-                self.request(conn, Pending::ClusterState, p::AskClusterState {});
+                self.pending.send(
+                    &mut self.out,
+                    conn,
+                    Pending::ClusterState,
+                    p::AskClusterState {},
+                );
             }
             Packet::AcceptIdentification(accept) => {
                 tracing::warn!(node_type = %accept.node_type, "not a master, or no id given; closing");
-                self.out.push(Output::Close { conn });
+                self.out.close(conn);
             }
             Packet::Error(error) => {
                 tracing::warn!("identification refused: {error}");
-                self.out.push(Output::Close { conn });
+                self.out.close(conn);
             }
             other => {
                 tracing::warn!(packet = other.name(), "unexpected answer to identification");
-                self.out.push(Output::Close { conn });
+                self.out.close(conn);
             }
         }
     }
@@ -629,7 +420,7 @@ impl Admin {
             if self.cluster_state == Some(ClusterState::Stopping) {
                 tracing::info!("the cluster is stopped");
                 self.link = Link::Idle;
-                self.out.push(Output::Exit);
+                self.out.exit(Ok(()));
                 return;
             }
             tracing::error!("primary master is down");
@@ -643,9 +434,10 @@ impl Admin {
     /// given up (there is only ever one with requests pending); `neoctl`
     /// requests relayed on it, and summaries waiting for it, are refused.
     fn fail_pending(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
-        let mut refused: Vec<(ConnId, u32)> = pending
-            .into_values()
+        let mut refused: Vec<(ConnId, u32)> = self
+            .pending
+            .clear()
+            .into_iter()
             .filter_map(|why| match why {
                 Pending::Forward { ctl, msg_id } => Some((ctl, msg_id)),
                 _ => None,
@@ -654,7 +446,6 @@ impl Admin {
         if let Some(monitor) = self.monitor.take() {
             refused.extend(monitor.waiters);
         }
-        refused.sort_unstable();
         for (ctl, msg_id) in refused {
             if self.ctl.contains(&ctl) {
                 self.not_ready(ctl, msg_id);
@@ -662,25 +453,26 @@ impl Admin {
         }
     }
 
-    fn on_tick(&mut self, now: UnixTime) {
+    fn on_timeout(&mut self, now: UnixTime) {
+        self.connect_if_due(now);
         let timed_out = self
             .monitor
             .as_ref()
-            .is_some_and(|monitor| now - monitor.asked_at > MONITOR_TIMEOUT);
+            .is_some_and(|monitor| now >= monitor.asked_at + MONITOR_TIMEOUT);
         if let (true, Some(conn)) = (timed_out, self.master_conn()) {
             tracing::warn!("the master did not answer a monitoring question in time; closing");
-            self.out.push(Output::Close { conn });
+            if let Some(monitor) = &mut self.monitor {
+                // Once: the `Closed` that follows refuses its waiters.
+                monitor.asked_at = f64::INFINITY;
+            }
+            self.out.close(conn);
         }
     }
 
     // --- neoctl --------------------------------------------------------------
 
     fn answer(&mut self, conn: ConnId, msg_id: u32, packet: impl Into<Packet>) {
-        self.out.push(Output::Answer {
-            conn,
-            msg_id,
-            packet: packet.into(),
-        });
+        self.out.answer(conn, msg_id, packet);
     }
 
     fn not_ready(&mut self, conn: ConnId, msg_id: u32) {
@@ -698,7 +490,7 @@ impl Admin {
             msg_id,
             p::Error::new(ErrorCode::ProtocolError, message),
         );
-        self.out.push(Output::Close { conn });
+        self.out.close(conn);
     }
 
     fn on_ctl_packet(&mut self, conn: ConnId, msg_id: u32, packet: Packet, now: UnixTime) {
@@ -727,12 +519,9 @@ impl Admin {
         match packet {
             Packet::Ping(_) => self.answer(conn, msg_id, p::Pong {}),
             Packet::FlushLog(flush) => match self.link {
-                Link::Ready { conn: master } => self.out.push(Output::Notify {
-                    conn: master,
-                    packet: flush.into(),
-                }),
+                Link::Ready { conn: master } => self.out.notify(master, flush),
                 // A notification gets no answer, not even a refusal.
-                _ => tracing::debug!("flush_log while not connected to the master"),
+                _ => tracing::info!("flush_log while not connected to the master: dropped"),
             },
             Packet::RequestIdentification(request) => {
                 // Admins of monitored backup clusters would identify here
@@ -780,7 +569,8 @@ impl Admin {
                     return;
                 }
                 if let Link::Ready { conn: master } = self.link {
-                    self.request(master, Pending::Forward { ctl: conn, msg_id }, packet);
+                    let why = Pending::Forward { ctl: conn, msg_id };
+                    self.pending.send(&mut self.out, master, why, packet);
                 }
             }
         }
@@ -840,7 +630,8 @@ impl Admin {
                 return;
             }
         };
-        self.request(master, Pending::Monitor, question);
+        self.pending
+            .send(&mut self.out, master, Pending::Monitor, question);
         self.monitor = Some(MonitorRefresh {
             asked_at: now,
             waiters: vec![(conn, msg_id)],
@@ -907,6 +698,69 @@ impl Admin {
                     },
                 );
             }
+        }
+    }
+}
+
+impl Node for Admin {
+    fn handle(&mut self, input: Input, now: UnixTime) {
+        match input {
+            Input::Start => {
+                if self.link == Link::Idle {
+                    self.connect_next(None, now);
+                }
+            }
+            Input::Connected { conn, token } => self.on_connected(conn, token),
+            Input::ConnectFailed { token } => {
+                if self.link == (Link::Connecting { token: Some(token) }) {
+                    self.connect_next(None, now);
+                }
+            }
+            Input::Accepted { conn } => {
+                self.ctl.insert(conn);
+            }
+            Input::Packet {
+                conn,
+                msg_id,
+                packet,
+            } => {
+                if self.ctl.contains(&conn) {
+                    self.on_ctl_packet(conn, msg_id, packet, now);
+                } else if self.master_conn() == Some(conn) {
+                    self.on_master_packet(conn, msg_id, packet, now);
+                } else {
+                    // A master connection we gave up (redirected): whatever
+                    // it still says is moot.
+                    tracing::debug!(%conn, packet = packet.name(), "ignoring packet");
+                }
+            }
+            Input::Answer {
+                conn,
+                token,
+                packet,
+            } => self.on_answer(conn, token, packet),
+            Input::Closed { conn } => self.on_closed(conn, now),
+            Input::Timeout => self.on_timeout(now),
+        }
+    }
+
+    fn poll_output(&mut self) -> Vec<Output> {
+        self.out.take()
+    }
+
+    fn poll_timeout(&self) -> Option<UnixTime> {
+        let reconnect = match self.link {
+            Link::Connecting { token: None } => self.finder.deadline(),
+            _ => None,
+        };
+        let monitor = self
+            .monitor
+            .as_ref()
+            .map(|monitor| monitor.asked_at + MONITOR_TIMEOUT)
+            .filter(|due| due.is_finite());
+        match (reconnect, monitor) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }

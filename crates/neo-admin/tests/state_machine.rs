@@ -2,17 +2,17 @@
 //! masters and `neoctl`, and check every output.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
-use neo_admin::{Admin, AdminConfig, ConfigError, ConnId, Input, Output, Token, NOT_CONNECTED};
+use neo_admin::{Admin, AdminConfig, ConfigError, NOT_CONNECTED};
+use neo_net::{ConnId, Input, Node, Output, Token};
 use neo_proto::packets::{self as p, CellChange, CellInfo, NodeInfo};
 use neo_proto::{
     Address, CellState, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Packet, Tid, Value,
 };
 
 const T0: f64 = 1_790_000_000.0;
-const MASTER_CONN: ConnId = 100;
-const CTL: ConnId = 7;
+const MASTER_CONN: ConnId = ConnId(100);
+const CTL: ConnId = ConnId(7);
+const CTL2: ConnId = ConnId(8);
 
 fn master_nid() -> NodeId {
     NodeId::new(NodeType::Master, 1).unwrap()
@@ -47,7 +47,8 @@ impl Sim {
     }
 
     fn input(&mut self, input: Input) -> Vec<Output> {
-        self.admin.handle(input, self.now)
+        self.admin.handle(input, self.now);
+        self.admin.poll_output()
     }
 
     fn ctl(&mut self, msg_id: u32, packet: impl Into<Packet>) -> Vec<Output> {
@@ -80,10 +81,10 @@ impl Sim {
     /// cluster state, answered RECOVERING.
     fn connected(&mut self) {
         let outputs = self.input(Input::Start);
-        let address = connect_address(&outputs);
-        let outputs = self.input(Input::MasterConnected {
+        let (token, _) = connect(&outputs);
+        let outputs = self.input(Input::Connected {
             conn: MASTER_CONN,
-            address,
+            token,
         });
         let (token, _) = request(&outputs, MASTER_CONN);
         let outputs = self.answer(
@@ -141,9 +142,9 @@ fn node(node_type: NodeType, nid: NodeId, state: NodeState) -> NodeInfo {
     }
 }
 
-fn connect_address(outputs: &[Output]) -> Address {
+fn connect(outputs: &[Output]) -> (Token, Address) {
     match outputs {
-        [Output::Connect { address, .. }] => address.clone(),
+        [Output::Connect { token, address }] => (*token, address.clone()),
         other => panic!("expected one Connect, got {other:?}"),
     }
 }
@@ -185,17 +186,11 @@ fn configuration_is_checked() {
 #[test]
 fn identifies_as_admin_with_its_backups() {
     let mut sim = Sim::new(&[10000]);
-    let outputs = sim.input(Input::Start);
-    assert_eq!(
-        outputs,
-        vec![Output::Connect {
-            address: Address::new("127.0.0.1", 10000),
-            delay: Duration::ZERO,
-        }]
-    );
-    let outputs = sim.input(Input::MasterConnected {
+    let (token, address) = connect(&sim.input(Input::Start));
+    assert_eq!(address, Address::new("127.0.0.1", 10000));
+    let outputs = sim.input(Input::Connected {
         conn: MASTER_CONN,
-        address: Address::new("127.0.0.1", 10000),
+        token,
     });
     let (_, packet) = request(&outputs, MASTER_CONN);
     let Packet::RequestIdentification(request) = packet else {
@@ -218,64 +213,51 @@ fn identifies_as_admin_with_its_backups() {
 #[test]
 fn masters_are_tried_in_turn_at_most_once_a_second_each() {
     let mut sim = Sim::new(&[10000, 10001]);
-    let first = connect_address(&sim.input(Input::Start));
-    assert_eq!(first.port, 10000);
-    let outputs = sim.input(Input::MasterUnreachable { address: first });
-    assert_eq!(
-        outputs,
-        vec![Output::Connect {
-            address: Address::new("127.0.0.1", 10001),
-            delay: Duration::ZERO,
-        }]
-    );
+    let (first, address) = connect(&sim.input(Input::Start));
+    assert_eq!(address.port, 10000);
+    let outputs = sim.input(Input::ConnectFailed { token: first });
+    let (second, address) = connect(&outputs);
+    assert_eq!(address.port, 10001);
     sim.now += 0.25;
-    let outputs = sim.input(Input::MasterUnreachable {
-        address: Address::new("127.0.0.1", 10001),
-    });
-    match outputs.as_slice() {
-        [Output::Connect { address, delay }] => {
-            assert_eq!(address.port, 10000);
-            assert!((delay.as_secs_f64() - 0.75).abs() < 1e-6, "{delay:?}");
-        }
-        other => panic!("{other:?}"),
-    }
+    // Back to the first master, tried 0.25 s ago: not before a second.
+    assert!(sim.input(Input::ConnectFailed { token: second }).is_empty());
+    assert_eq!(sim.admin.poll_timeout(), Some(T0 + 1.0));
+    sim.now = T0 + 1.0;
+    let (third, address) = connect(&sim.input(Input::Timeout));
+    assert_eq!(address.port, 10000);
+    assert_eq!(sim.admin.poll_timeout(), None);
     // A late outcome of an attempt we no longer wait for changes nothing.
-    let outputs = sim.input(Input::MasterUnreachable {
-        address: Address::new("127.0.0.1", 10001),
-    });
-    assert!(outputs.is_empty());
+    assert!(sim.input(Input::ConnectFailed { token: second }).is_empty());
+    assert_ne!(third, second);
 }
 
 #[test]
 fn follows_not_primary_master_redirects() {
     let mut sim = Sim::new(&[10000]);
-    sim.input(Input::Start);
-    sim.input(Input::MasterConnected {
+    let (token, _) = connect(&sim.input(Input::Start));
+    sim.input(Input::Connected {
         conn: MASTER_CONN,
-        address: Address::new("127.0.0.1", 10000),
+        token,
     });
     let primary = Address::new("127.0.0.1", 10001);
     let outputs = sim.master_says(p::NotPrimaryMaster {
         primary: Some(1),
         known_masters: vec![Address::new("127.0.0.1", 10000), primary.clone()],
     });
-    assert_eq!(
-        outputs,
-        vec![
-            Output::Close { conn: MASTER_CONN },
-            Output::Connect {
-                address: primary.clone(),
-                delay: Duration::ZERO,
-            },
-        ]
-    );
+    let [Output::Close { conn: MASTER_CONN }, Output::Connect { token, address }] =
+        outputs.as_slice()
+    else {
+        panic!("expected a close and a connection to the primary: {outputs:?}");
+    };
+    assert_eq!(*address, primary);
     // The secondary's close is not a loss of the master.
     assert!(sim.input(Input::Closed { conn: MASTER_CONN }).is_empty());
-    let outputs = sim.input(Input::MasterConnected {
-        conn: MASTER_CONN + 1,
-        address: primary,
+    let other = ConnId(101);
+    let outputs = sim.input(Input::Connected {
+        conn: other,
+        token: *token,
     });
-    request(&outputs, MASTER_CONN + 1);
+    request(&outputs, other);
 }
 
 #[test]
@@ -440,7 +422,7 @@ fn relays_requests_with_neoctl_msg_ids() {
     let mut sim = Sim::new(&[10000]);
     sim.connected();
     sim.input(Input::Accepted { conn: CTL });
-    sim.input(Input::Accepted { conn: CTL + 1 });
+    sim.input(Input::Accepted { conn: CTL2 });
     let set = p::SetClusterState {
         state: ClusterState::Verifying,
     };
@@ -448,7 +430,7 @@ fn relays_requests_with_neoctl_msg_ids() {
     assert_eq!(packet, set.into());
     let (second, _) = request(
         &sim.input(Input::Packet {
-            conn: CTL + 1,
+            conn: CTL2,
             msg_id: 41,
             packet: p::AskLastIDs {}.into(),
         }),
@@ -463,7 +445,7 @@ fn relays_requests_with_neoctl_msg_ids() {
     assert_eq!(
         sim.answer(second, ids.clone()),
         vec![Output::Answer {
-            conn: CTL + 1,
+            conn: CTL2,
             msg_id: 41,
             packet: ids.into(),
         }]
@@ -496,6 +478,23 @@ fn relays_requests_with_neoctl_msg_ids() {
     );
 }
 
+/// neoctl requests relayed to the master are bounded: over the limit they
+/// are refused NOT_READY instead of queued without end.
+#[test]
+fn relayed_requests_are_bounded() {
+    let mut sim = Sim::new(&[10000]);
+    sim.connected();
+    sim.input(Input::Accepted { conn: CTL });
+    for msg_id in 0..1024 {
+        request(&sim.ctl(msg_id, p::AskLastIDs {}), MASTER_CONN);
+    }
+    let refused = answer_to_ctl(&sim.ctl(1024, p::AskLastIDs {}), 1024);
+    assert!(
+        matches!(&refused, Packet::Error(e) if e.code == ErrorCode::NotReady),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn unexpected_packets_from_neoctl_are_protocol_errors() {
     let mut sim = Sim::new(&[10000]);
@@ -524,20 +523,17 @@ fn losing_the_master_refuses_pending_requests_and_reconnects() {
     request(&sim.ctl(1, p::AskRecovery {}), MASTER_CONN);
     sim.now += 5.0;
     let outputs = sim.input(Input::Closed { conn: MASTER_CONN });
-    assert_eq!(
-        outputs,
-        vec![
-            Output::Answer {
-                conn: CTL,
-                msg_id: 1,
-                packet: error(ErrorCode::NotReady, NOT_CONNECTED),
-            },
-            Output::Connect {
-                address: Address::new("127.0.0.1", 10000),
-                delay: Duration::ZERO,
-            },
-        ]
-    );
+    let [Output::Answer {
+        conn: CTL,
+        msg_id: 1,
+        packet,
+    }, Output::Connect { token, address }] = outputs.as_slice()
+    else {
+        panic!("expected a refusal and a new connection: {outputs:?}");
+    };
+    assert_eq!(*packet, error(ErrorCode::NotReady, NOT_CONNECTED));
+    assert_eq!(*address, Address::new("127.0.0.1", 10000));
+    let token = *token;
     assert!(!sim.admin.is_connected());
     let outputs = sim.ctl(2, p::AskNodeList { node_type: None });
     assert_eq!(
@@ -545,11 +541,9 @@ fn losing_the_master_refuses_pending_requests_and_reconnects() {
         error(ErrorCode::NotReady, NOT_CONNECTED)
     );
     // The next identification proposes the id we had.
-    let outputs = sim.input(Input::MasterConnected {
-        conn: MASTER_CONN + 1,
-        address: Address::new("127.0.0.1", 10000),
-    });
-    let (_, Packet::RequestIdentification(request)) = request(&outputs, MASTER_CONN + 1) else {
+    let other = ConnId(101);
+    let outputs = sim.input(Input::Connected { conn: other, token });
+    let (_, Packet::RequestIdentification(request)) = request(&outputs, other) else {
         panic!()
     };
     assert_eq!(request.nid, Some(admin_nid()));
@@ -564,7 +558,7 @@ fn exits_when_the_master_goes_away_after_stopping() {
     });
     assert_eq!(
         sim.input(Input::Closed { conn: MASTER_CONN }),
-        vec![Output::Exit]
+        vec![Output::Exit(Ok(()))]
     );
 }
 
@@ -645,11 +639,15 @@ fn a_silent_master_is_dropped_after_the_monitoring_timeout() {
         state: ClusterState::Running,
     });
     request(&sim.ctl(1, p::AskMonitorInformation {}), MASTER_CONN);
+    assert_eq!(sim.admin.poll_timeout(), Some(sim.now + 60.0));
     sim.now += 30.0;
-    assert!(sim.input(Input::Tick).is_empty());
-    sim.now += 31.0;
+    assert!(sim.input(Input::Timeout).is_empty());
+    sim.now += 30.0;
     assert_eq!(
-        sim.input(Input::Tick),
+        sim.input(Input::Timeout),
         vec![Output::Close { conn: MASTER_CONN }]
     );
+    // Closed once, not at every later wake-up.
+    assert_eq!(sim.admin.poll_timeout(), None);
+    assert!(sim.input(Input::Timeout).is_empty());
 }

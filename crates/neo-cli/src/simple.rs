@@ -15,7 +15,7 @@ use neo_proto::packets::{AskClusterState, SetClusterState};
 use neo_proto::{Address, ClusterState};
 use neo_storage::backend::{self, Adapter, OpenOptions};
 use neo_storage::db::Database;
-use neo_storage::node::{Storage, StorageConfig};
+use neo_storage::node::{Limits, Storage, StorageConfig};
 use tokio::task::JoinHandle;
 
 /// Command line of `neosimple` (NEO/py's option names where they apply).
@@ -106,11 +106,12 @@ pub async fn run(
         let config = StorageConfig {
             cluster: options.name.clone(),
             address: listener.local_address().clone(),
+            masters: vec![master_address.clone()],
+            limits: Limits::default(),
         };
         let storage = Storage::new(config, db).map_err(|e| format!("{database}: {e}"))?;
-        let masters = vec![master_address.clone()];
         nodes.push(tokio::spawn(async move {
-            neo_storage::run(storage, masters, listener, std::future::pending())
+            neo_storage::run(storage, listener, std::future::pending())
                 .await
                 .map_err(|e| format!("storage: {e}"))
         }));

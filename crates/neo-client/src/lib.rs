@@ -11,8 +11,11 @@
 //! - `master`: finding the primary, the session task reading the master
 //!   connection in order, requests answered in that order;
 //! - `storage`: storage connections on demand, routing of pipelined
-//!   answers, choice of the cell to read from;
-//! - `txn`: [`Transaction`] (store, readCurrent, vote, finish, abort);
+//!   answers by token to their transaction, choice of the cell to read
+//!   from;
+//! - `txn`: a transaction's two-phase commit as a state machine without
+//!   I/O (`txn::machine`), and [`Transaction`], its shell (store,
+//!   readCurrent, vote, finish, abort);
 //! - `client`: [`Client`] (load, new_oid, sync, read-side requests);
 //! - `blocking`: [`BlockingClient`], [`BlockingTransaction`];
 //! - `data`: compression and checksums.

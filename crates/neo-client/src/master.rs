@@ -12,11 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use neo_cluster::{NodeTable, PartitionTable};
-use neo_net::{Connection, ConnectionConfig, Event, EventKind, Inbox};
-use neo_proto::packets::{self, NodeInfo};
+use neo_cluster::{NodeTable, PartitionTable, PrimaryFinder};
+use neo_net::{Connection, ConnectionConfig, Event, EventKind, Inbox, Token};
+use neo_proto::packets::{self, NodeInfo, NotPrimaryMaster};
 use neo_proto::{
-    Address, ClusterState, ErrorCode, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid, Value,
+    Address, ClusterState, ErrorCode, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid, UnixTime,
+    Value,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -24,7 +25,7 @@ use crate::config::{ClientConfig, Invalidation};
 use crate::error::ClientError;
 use crate::storage::{Routes, StoragePool};
 use crate::txn::TxnShared;
-use crate::util::lock;
+use crate::util::{lock, next_token};
 
 /// Called with the final TID when `AnswerTransactionFinished` is processed,
 /// in order with invalidations.
@@ -57,14 +58,12 @@ impl View {
     }
 }
 
-/// Requests to the master whose answers come through the session task.
+/// Requests to the master whose answers come through the session task, by
+/// token: one per caller waiting, registered before its request is sent.
 #[derive(Default)]
 struct Waiters {
     closed: bool,
-    waiting: HashMap<u32, oneshot::Sender<Option<Packet>>>,
-    /// Answers processed before their sender registered (it registers just
-    /// after `send_request` returns); `None` = unanswered.
-    early: HashMap<u32, Option<Packet>>,
+    waiting: HashMap<Token, oneshot::Sender<Option<Packet>>>,
 }
 
 /// One identified connection to the primary master, and everything that is
@@ -124,19 +123,19 @@ impl Session {
     pub async fn send_ordered(&self, packet: impl Into<Packet>) -> Result<Ordered, ClientError> {
         let packet = packet.into();
         let name = packet.name();
-        let msg_id = self
-            .master
-            .send_request(packet)
-            .await
-            .map_err(|e| ClientError::master_lost(format!("sending {name}: {e}")))?;
+        let token = next_token();
         let (tx, rx) = oneshot::channel();
-        let mut waiters = lock(&self.waiters);
-        if let Some(answer) = waiters.early.remove(&msg_id) {
-            let _ = tx.send(answer);
-        } else if !waiters.closed {
-            waiters.waiting.insert(msg_id, tx);
+        {
+            let mut waiters = lock(&self.waiters);
+            if waiters.closed {
+                return Err(ClientError::master_lost(format!("sending {name}")));
+            }
+            waiters.waiting.insert(token, tx);
         }
-        // Closed: `tx` is dropped and the receiver sees no answer.
+        if let Err(error) = self.master.send_request(packet, token).await {
+            lock(&self.waiters).waiting.remove(&token);
+            return Err(ClientError::master_lost(format!("sending {name}: {error}")));
+        }
         Ok(Ordered(rx))
     }
 
@@ -162,15 +161,10 @@ impl Session {
         lock(&self.finish_hooks).remove(&ttid)
     }
 
-    fn deliver(&self, msg_id: u32, answer: Option<Packet>) {
-        let mut waiters = lock(&self.waiters);
-        match waiters.waiting.remove(&msg_id) {
-            Some(tx) => {
-                let _ = tx.send(answer);
-            }
-            None => {
-                waiters.early.insert(msg_id, answer);
-            }
+    fn deliver(&self, token: Token, answer: Option<Packet>) {
+        // No waiter: it gave up (its send failed), or the session closed.
+        if let Some(tx) = lock(&self.waiters).waiting.remove(&token) {
+            let _ = tx.send(answer);
         }
     }
 
@@ -180,7 +174,6 @@ impl Session {
         waiters.closed = true;
         // Dropping the senders tells every waiter there is no answer.
         waiters.waiting.clear();
-        waiters.early.clear();
         drop(waiters);
         lock(&self.finish_hooks).clear();
     }
@@ -333,39 +326,57 @@ impl Shared {
 /// Why one attempt to identify to a master failed.
 enum Attempt {
     /// A secondary master told us where the primary is.
-    Redirect {
-        primary: Option<u32>,
-        known: Vec<Address>,
-    },
+    Redirect(NotPrimaryMaster),
     Failed(String),
+}
+
+/// The client's clock for [`PrimaryFinder`]: seconds since the client
+/// started, monotonic.
+struct RetryClock {
+    start: Instant,
+}
+
+impl RetryClock {
+    fn now(&self) -> UnixTime {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Real time from `now` until `at`.
+    fn until(&self, at: UnixTime, now: UnixTime) -> Duration {
+        Duration::from_secs_f64((at - now).max(0.0))
+    }
+}
+
+/// The next master to try, waiting until the attempt is due.
+async fn next_master(finder: &mut PrimaryFinder, clock: &RetryClock) -> Address {
+    loop {
+        let now = clock.now();
+        if let Some(address) = finder.due(now) {
+            return address;
+        }
+        let at = finder.deadline().unwrap_or(now);
+        tokio::time::sleep(clock.until(at, now)).await;
+    }
 }
 
 /// Finds the primary master and follows it, forever (until shutdown).
 pub(crate) async fn supervise(shared: Arc<Shared>) {
-    let mut masters = shared.config.masters.clone();
-    if masters.is_empty() {
+    let Some(finder) = PrimaryFinder::new(&shared.config.masters) else {
         shared.set_error("no master address configured".into());
         return;
-    }
-    let mut next = 0usize;
-    let mut hint: Option<Address> = None;
-    let mut attempts: HashMap<Address, Instant> = HashMap::new();
+    };
+    let mut finder = finder.with_retry_interval(shared.config.retry_interval.as_secs_f64());
+    let clock = RetryClock {
+        start: Instant::now(),
+    };
+    let mut preferred: Option<Address> = None;
     let mut previous_nid: Option<NodeId> = None;
     loop {
         if shared.state.borrow().closed {
             return;
         }
-        let address = hint.take().unwrap_or_else(|| {
-            let address = masters[next % masters.len()].clone();
-            next = next.wrapping_add(1);
-            address
-        });
-        // At most one attempt per address per retry interval (§9.5).
-        if let Some(last) = attempts.get(&address) {
-            let due = *last + shared.config.retry_interval;
-            tokio::time::sleep_until(due.into()).await;
-        }
-        attempts.insert(address.clone(), Instant::now());
+        finder.schedule(preferred.take(), clock.now());
+        let address = next_master(&mut finder, &clock).await;
         match identify(&shared, &address, previous_nid).await {
             Ok((connection, inbox, nid)) => {
                 tracing::info!(%address, %nid, "identified to the primary master");
@@ -375,19 +386,14 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
                     "connection to primary master {address} lost: {error}"
                 ));
                 // The same master first: it is probably back.
-                hint = Some(address);
+                preferred = Some(address);
             }
-            Err(Attempt::Redirect { primary, known }) => {
-                for master in &known {
-                    // Bounded: a cluster has a handful of masters.
-                    if !masters.contains(master) && masters.len() < 64 {
-                        masters.push(master.clone());
-                    }
-                }
-                hint = primary.and_then(|index| known.get(index as usize).cloned());
+            Err(Attempt::Redirect(redirect)) => {
+                preferred = finder.redirected(&redirect);
                 shared.set_error(format!(
                     "{address} is not the primary master (primary: {})",
-                    hint.as_ref()
+                    preferred
+                        .as_ref()
                         .map_or_else(|| "unknown".to_owned(), ToString::to_string)
                 ));
             }
@@ -427,8 +433,9 @@ async fn identify(
         extra,
     };
     let exchange = async {
-        let msg_id = connection
-            .send_request(request)
+        let identification = next_token();
+        connection
+            .send_request(request, identification)
             .await
             .map_err(|e| Attempt::Failed(format!("master {address}: {e}")))?;
         // Bounded by the timeout around this block.
@@ -439,9 +446,7 @@ async fn identify(
                 )));
             };
             match event.kind {
-                EventKind::Answer {
-                    msg_id: id, packet, ..
-                } if id == msg_id => {
+                EventKind::Answer { token, packet } if token == identification => {
                     return match packet {
                         Packet::AcceptIdentification(accept) => {
                             match (accept.node_type, accept.your_nid) {
@@ -464,12 +469,7 @@ async fn identify(
                     };
                 }
                 EventKind::Packet(frame) => match frame.packet {
-                    Packet::NotPrimaryMaster(redirect) => {
-                        return Err(Attempt::Redirect {
-                            primary: redirect.primary,
-                            known: redirect.known_masters,
-                        })
-                    }
+                    Packet::NotPrimaryMaster(redirect) => return Err(Attempt::Redirect(redirect)),
                     other => tracing::debug!(
                         "master {address}: {} before identification, ignored",
                         other.name()
@@ -481,7 +481,9 @@ async fn identify(
                         None => format!("master {address} closed the connection"),
                     }))
                 }
-                EventKind::Answer { .. } | EventKind::Unanswered { .. } => {}
+                EventKind::Answer { .. }
+                | EventKind::Unanswered { .. }
+                | EventKind::Opened { .. } => {}
             }
         }
     };
@@ -512,12 +514,13 @@ async fn run_session(
         state.session = Some(session.clone());
         state.ready = false;
     });
+    let last_tid_request = next_token();
     let reason = match connection
-        .send_request(packets::AskLastTransaction {})
+        .send_request(packets::AskLastTransaction {}, last_tid_request)
         .await
     {
         Err(error) => error.to_string(),
-        Ok(last_tid_request) => follow(shared, &session, &mut inbox, last_tid_request).await,
+        Ok(()) => follow(shared, &session, &mut inbox, last_tid_request).await,
     };
     session.close();
     shared.state.send_modify(|state| {
@@ -540,7 +543,7 @@ async fn follow(
     shared: &Arc<Shared>,
     session: &Arc<Session>,
     inbox: &mut Inbox,
-    last_tid_request: u32,
+    last_tid_request: Token,
 ) -> String {
     let peer = session.master.peer().to_owned();
     let mut ready = false;
@@ -555,15 +558,13 @@ async fn follow(
                     return error;
                 }
             }
-            EventKind::Answer { msg_id, packet, .. } if msg_id == last_tid_request => {
-                match packet {
-                    Packet::AnswerLastTransaction(answer) => {
-                        on_last_transaction(shared, session, answer.tid);
-                    }
-                    other => return format!("unexpected answer to AskLastTransaction: {other:?}"),
+            EventKind::Answer { token, packet } if token == last_tid_request => match packet {
+                Packet::AnswerLastTransaction(answer) => {
+                    on_last_transaction(shared, session, answer.tid);
                 }
-            }
-            EventKind::Answer { msg_id, packet, .. } => {
+                other => return format!("unexpected answer to AskLastTransaction: {other:?}"),
+            },
+            EventKind::Answer { token, packet } => {
                 if let Packet::AnswerTransactionFinished(finished) = &packet {
                     // Our own commit: visible before any later invalidation.
                     if let Some(hook) = session.take_finish_hook(finished.ttid) {
@@ -571,9 +572,11 @@ async fn follow(
                     }
                     shared.advance_last_tid(finished.tid);
                 }
-                session.deliver(msg_id, Some(packet));
+                session.deliver(token, Some(packet));
             }
-            EventKind::Unanswered { msg_id, .. } => session.deliver(msg_id, None),
+            EventKind::Unanswered { token } => session.deliver(token, None),
+            // `connect_alone` never announces its connection.
+            EventKind::Opened { .. } => {}
             EventKind::Closed(reason) => {
                 return reason.map_or_else(|| "closed by the master".into(), |e| e.to_string())
             }

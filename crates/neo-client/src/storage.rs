@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use neo_net::{AskError, Connection, ConnectionId, Event, EventKind};
+use neo_net::{AskError, ConnId, Connection, Event, EventKind, Token};
 use neo_proto::packets;
 use neo_proto::{ErrorCode, Map, NodeId, NodeType, Oid, Packet, Partition, Request, Tid};
 use tokio::sync::mpsc;
@@ -55,7 +55,7 @@ impl StoragePool {
     }
 
     /// Forgets a closed connection; returns the node it was to.
-    pub fn forget(&self, id: ConnectionId) -> Option<NodeId> {
+    pub fn forget(&self, id: ConnId) -> Option<NodeId> {
         let mut connections = lock(&self.connections);
         let nid = connections
             .iter()
@@ -175,70 +175,41 @@ impl<T: PartialEq> NoneOrEq<T> for Option<T> {
     }
 }
 
-/// Where the answer to a pipelined storage request goes.
-pub(crate) struct Route {
-    pub txn: Weak<TxnShared>,
-    pub nid: NodeId,
-    pub kind: RouteKind,
-}
-
-/// What a pipelined storage request was.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum RouteKind {
-    /// `AskStoreObject` of generation `generation` of the oid's store.
-    Store { oid: Oid, generation: u32 },
-    /// `AskCheckCurrentSerial`.
-    Check { oid: Oid, generation: u32 },
-    /// `AskRelockObject` after `NotifyDeadlock`.
-    Relock { oid: Oid, generation: u32 },
-}
-
-enum RouteEntry {
-    Waiting(Route),
-    /// The answer came before its route was registered (the sender
-    /// registers right after `send_request` returns); `None`: unanswered.
-    Early(Option<Packet>),
-}
-
-/// Routes of pipelined requests, by connection and msg_id. Its size is
-/// bounded by the requests in flight, which `store` bounds in bytes.
+/// Where the answers to pipelined storage requests go: to the transaction
+/// that sent each, by connection and token. A route is registered before
+/// its request is sent and removed by its answer (or by the failure to
+/// send it), so the map holds the requests in flight, which `store` bounds
+/// in bytes and the machine to one relock per oid and storage.
+///
+/// A peer never sees our tokens: neo-net gives an answer the token of the
+/// request pending under its msg_id on that same connection, once. So a
+/// storage answering twice is a protocol error there (or, for an `Error`,
+/// a packet answering nothing), and a storage cannot send a transaction
+/// anything but the answer to that transaction's own request.
 #[derive(Default)]
 pub(crate) struct Routes {
-    map: HashMap<(ConnectionId, u32), RouteEntry>,
+    map: HashMap<(ConnId, Token), Weak<TxnShared>>,
 }
 
 impl Shared {
-    /// Registers where the answer to `msg_id` on `connection` goes.
-    pub fn route(&self, connection: ConnectionId, msg_id: u32, route: Route) {
-        let early = {
-            let mut routes = lock(&self.routes);
-            match routes.map.remove(&(connection, msg_id)) {
-                Some(RouteEntry::Early(answer)) => answer,
-                _ => {
-                    routes
-                        .map
-                        .insert((connection, msg_id), RouteEntry::Waiting(route));
-                    return;
-                }
-            }
-        };
-        deliver(route, early);
+    /// Registers that the answer to `token` on `conn` goes to `txn`.
+    pub fn route(&self, conn: ConnId, token: Token, txn: Weak<TxnShared>) {
+        let previous = lock(&self.routes).map.insert((conn, token), txn);
+        debug_assert!(previous.is_none(), "token {} routed twice", token.0);
     }
 
-    fn on_routed(&self, connection: ConnectionId, msg_id: u32, answer: Option<Packet>) {
-        let route = {
-            let mut routes = lock(&self.routes);
-            match routes.map.remove(&(connection, msg_id)) {
-                Some(RouteEntry::Waiting(route)) => route,
-                _ => {
-                    routes
-                        .map
-                        .insert((connection, msg_id), RouteEntry::Early(answer));
-                    return;
-                }
-            }
-        };
-        deliver(route, answer);
+    /// Forgets a route whose request could not be sent.
+    pub fn unroute(&self, conn: ConnId, token: Token) {
+        lock(&self.routes).map.remove(&(conn, token));
+    }
+
+    fn on_routed(&self, conn: ConnId, token: Token, answer: Option<Packet>) {
+        let route = lock(&self.routes).map.remove(&(conn, token));
+        // No route: its sender failed to send it and said so itself. No
+        // transaction: it is over, and so is its interest in answers.
+        if let Some(txn) = route.and_then(|txn| txn.upgrade()) {
+            txn.on_answer(token, answer);
+        }
     }
 
     /// Remembers that a connection to `nid` failed.
@@ -267,40 +238,35 @@ impl Shared {
     }
 }
 
-fn deliver(route: Route, answer: Option<Packet>) {
-    if let Some(txn) = route.txn.upgrade() {
-        txn.on_answer(route.nid, route.kind, answer);
-    }
-}
-
 /// Reads the events of every storage connection: routed answers,
 /// `NotifyDeadlock`, closures.
 pub(crate) async fn dispatch(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>) {
     while let Some(event) = events.recv().await {
-        let connection = event.connection;
+        let conn = event.conn;
         match event.kind {
-            EventKind::Answer { msg_id, packet, .. } => {
-                shared.on_routed(connection, msg_id, Some(packet))
-            }
-            EventKind::Unanswered { msg_id, .. } => shared.on_routed(connection, msg_id, None),
+            EventKind::Answer { token, packet } => shared.on_routed(conn, token, Some(packet)),
+            EventKind::Unanswered { token } => shared.on_routed(conn, token, None),
             EventKind::Packet(frame) => match frame.packet {
                 Packet::NotifyDeadlock(deadlock) => {
-                    txn::on_deadlock(&shared, connection, deadlock.ttid, deadlock.oid)
+                    txn::on_deadlock(&shared, conn, deadlock.ttid, deadlock.oid)
                 }
                 Packet::Error(error) => tracing::warn!("storage sent {error}"),
                 other => tracing::debug!("storage sent {}, ignored", other.name()),
             },
             EventKind::Closed(reason) => {
                 let session = shared.state.borrow().session.clone();
-                let nid = session.and_then(|session| session.storages.forget(connection));
+                let nid = session.and_then(|session| session.storages.forget(conn));
                 if let Some(nid) = nid {
                     if let Some(reason) = &reason {
                         tracing::info!(%nid, "storage connection lost: {reason}");
                         shared.note_failure(nid);
                     }
                 }
-                txn::on_storage_lost(&shared, connection);
+                txn::on_storage_lost(&shared, conn);
             }
+            // Storage connections are made with `neo_net::connect`, which
+            // never announces them: one nobody asked for is not kept open.
+            EventKind::Opened { connection, .. } => connection.abort(),
         }
     }
 }

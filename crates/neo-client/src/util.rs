@@ -1,6 +1,9 @@
 //! Small helpers shared by the modules.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+use neo_net::Token;
 
 /// Locks a mutex; a panic while it was held cannot leave our maps in a
 /// state worse than a lost update, so poisoning is ignored.
@@ -10,10 +13,16 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A token no other request of the client carries: answers are routed by
+/// token, which must not repeat on a connection.
+pub(crate) fn next_token() -> Token {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    Token(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// xorshift64*: enough randomness to spread reads over replicas, without a
 /// dependency or a shared generator lock.
-pub(crate) fn next_random(state: &std::sync::atomic::AtomicU64) -> u64 {
-    use std::sync::atomic::Ordering;
+pub(crate) fn next_random(state: &AtomicU64) -> u64 {
     let mut x = state.load(Ordering::Relaxed);
     loop {
         let mut next = x;

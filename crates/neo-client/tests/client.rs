@@ -701,6 +701,49 @@ async fn lost_storage_is_reported_to_the_master_at_vote() {
     assert_eq!(cluster.storages[1].count("AskStoreTransaction"), 0);
 }
 
+/// A storage answering a store twice breaks the protocol: neo-net answers
+/// the extra answer with a protocol error and closes that connection, the
+/// transaction keeps the first answer and loses that storage, and commits
+/// on the other cell, reporting the lost one to the master.
+#[tokio::test]
+async fn a_storage_answering_a_store_twice_is_dropped_from_the_transaction() {
+    let cluster = Cluster::start(2, 1, 2).await;
+    let s2 = &cluster.storages[1];
+    s2.script.lock().unwrap().answer_twice = Some(Oid(0));
+    let client = Client::connect(cluster.config()).await.unwrap();
+    let mut txn = client.begin(None).await.unwrap();
+    let ttid = txn.ttid();
+    txn.store(Oid(0), Tid(FIRST_TID), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert!(txn.wait_stores().await.unwrap().is_empty());
+    eventually("the protocol error", || {
+        s2.received()
+            .iter()
+            .any(|p| matches!(p, Packet::Error(error) if error.code == ErrorCode::ProtocolError))
+    })
+    .await;
+    txn.vote(&TxnMeta::default()).await.unwrap();
+    assert!(cluster
+        .master
+        .received()
+        .contains(&Packet::FailedVote(packets::FailedVote {
+            ttid,
+            failed_nids: vec![s2.nid],
+        })));
+    txn.finish().await.unwrap();
+    assert_eq!(cluster.storages[0].count("AskStoreTransaction"), 1);
+    // The next transaction connects to it again.
+    s2.script.lock().unwrap().answer_twice = None;
+    let mut txn = client.begin(None).await.unwrap();
+    txn.store(Oid(0), Tid(FIRST_TID), Bytes::from_static(b"y"))
+        .await
+        .unwrap();
+    txn.vote(&TxnMeta::default()).await.unwrap();
+    txn.finish().await.unwrap();
+    assert_eq!(s2.count("RequestIdentification"), 2);
+}
+
 #[tokio::test]
 async fn read_side_requests() {
     let cluster = Cluster::start(2, 2, 1).await;

@@ -5,9 +5,7 @@
 //! the clock: callers pass the time in.
 
 use neo_proto::Tid;
-
-/// Seconds since the Unix epoch, as NEO's clocks give them.
-pub type UnixTime = f64;
+pub use neo_proto::UnixTime;
 
 /// A calendar date and time in UTC.
 #[derive(Clone, Copy, Debug, PartialEq)]

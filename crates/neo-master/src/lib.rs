@@ -1,13 +1,18 @@
 //! The NEO master node.
 //!
-//! [`Master`] is the primary master as a state machine: it is fed
-//! [`Input`]s with the time and returns [`Output`]s, with no I/O of its own.
-//! [`run`] is the tokio shell that runs it on real connections.
+//! [`Master`] is the primary master as a state machine ([`neo_net::Node`]):
+//! it is fed inputs with the time and gives back what to send, with no I/O
+//! of its own. [`run`] runs it on `neo-net`'s node shell.
 
-mod app;
+mod cluster_state;
+mod commit;
+mod identification;
+mod master;
 mod pack;
+mod recovery;
 mod shell;
 mod transactions;
+mod verification;
 
-pub use app::{ConnId, Input, Master, MasterConfig, Output};
+pub use master::{Master, MasterConfig};
 pub use shell::{run, RunError};

@@ -4,10 +4,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use neo_net::ConnId;
 use neo_proto::packets::{PackOrder, PackRequest};
 use neo_proto::{NodeId, Tid};
 
-use crate::app::ConnId;
+/// Most `WaitForPack` requests held at once.
+pub const MAX_PACK_WAITERS: usize = 4096;
+
+/// What to do with a `WaitForPack` request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PackWait {
+    /// Answer now: the order is unknown or completed.
+    Done,
+    /// Held until the order completes.
+    Held,
+    /// Refused: too many requests are held already.
+    TooMany,
+}
 
 /// Orders still to complete, and who waits for them.
 #[derive(Debug, Default)]
@@ -151,14 +164,17 @@ impl PackManager {
         answers
     }
 
-    /// `WaitForPack(id)`: `true` to answer now (unknown or completed
-    /// order), else the request is kept until the order completes.
-    pub fn wait(&mut self, id: Tid, conn: ConnId, msg_id: u32) -> bool {
+    /// `WaitForPack(id)`: answered now (unknown or completed order), or
+    /// held until the order completes, within [`MAX_PACK_WAITERS`].
+    pub fn wait(&mut self, id: Tid, conn: ConnId, msg_id: u32) -> PackWait {
         if !self.orders.contains_key(&id) {
-            return true;
+            return PackWait::Done;
+        }
+        if self.waiters.values().map(Vec::len).sum::<usize>() >= MAX_PACK_WAITERS {
+            return PackWait::TooMany;
         }
         self.waiters.entry(id).or_default().push((conn, msg_id));
-        false
+        PackWait::Held
     }
 
     /// A client is gone: forget its waits.

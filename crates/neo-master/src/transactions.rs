@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use neo_cluster::{TidGenerator, UnixTime};
 use neo_proto::{NodeId, Oid, Tid};
 
-use crate::app::ConnId;
+use neo_net::ConnId;
 
 /// A transaction between `tpc_begin` and its completion.
 #[derive(Debug)]
@@ -65,6 +65,16 @@ pub struct Committed {
 /// A begin request waiting for storages to be ready.
 type QueuedBegin = (ConnId, u32, Option<Tid>);
 
+/// Most transactions between `tpc_begin` and their end at once: clients
+/// cannot make the master's memory grow without bound.
+pub const MAX_TRANSACTIONS: usize = 65_536;
+
+/// Most begin requests held while storages get ready.
+pub const MAX_QUEUED_BEGINS: usize = 4096;
+
+/// Most `AskFinalTID` requests held until their transaction completes.
+pub const MAX_FINAL_TID_WAITERS: usize = 4096;
+
 /// Pending transactions and the ids the master hands out.
 #[derive(Debug, Default)]
 pub struct TransactionManager {
@@ -79,6 +89,8 @@ pub struct TransactionManager {
     /// Greatest TID or TTID handed out: new ones must be greater.
     last_used: Tid,
     queued_begins: Vec<QueuedBegin>,
+    /// `AskFinalTID` requests held, over every transaction.
+    final_tid_waiters: usize,
     /// Storages to tell when a transaction ends (they replicate, §9.1).
     watchers: BTreeMap<Tid, BTreeSet<NodeId>>,
 }
@@ -104,10 +116,13 @@ impl TransactionManager {
                 (tid, true)
             }
             None => {
+                // An imposed TID began alone and every TTID since is above
+                // it: if one is pending, it is the first transaction.
                 let importing = self
                     .transactions
                     .values()
-                    .any(|t| t.requested_tid && t.finish.is_none());
+                    .next()
+                    .is_some_and(|t| t.requested_tid && t.finish.is_none());
                 if importing {
                     return Err("a transaction with an imposed TID is pending");
                 }
@@ -134,6 +149,11 @@ impl TransactionManager {
         Ok(ttid)
     }
 
+    /// Whether [`MAX_TRANSACTIONS`] are in progress: no more may begin.
+    pub fn is_full(&self) -> bool {
+        self.transactions.len() >= MAX_TRANSACTIONS
+    }
+
     /// `count` new OIDs, following the last one known.
     pub fn new_oids(&mut self, count: u32) -> Vec<Oid> {
         let first = self.last_oid.0 + 1;
@@ -151,8 +171,22 @@ impl TransactionManager {
 
     /// Forgets a transaction (abort).
     pub fn remove(&mut self, ttid: Tid) {
-        self.transactions.remove(&ttid);
+        if let Some(transaction) = self.transactions.remove(&ttid) {
+            self.final_tid_waiters -= transaction.final_tid_waiters.len();
+        }
         self.commit_queue.retain(|queued| *queued != ttid);
+    }
+
+    /// Back to recovery: every transaction is forgotten, those in
+    /// `tpc_finish` too. Whether they committed is for verification to find
+    /// out from the storages; completing one here would announce a commit
+    /// the storages may have dropped. Their `AskFinalTID` waiters get no
+    /// answer (their connections are closed).
+    pub fn drop_unfinished(&mut self) {
+        self.transactions.clear();
+        self.commit_queue.clear();
+        self.final_tid_waiters = 0;
+        self.queued_begins.clear();
     }
 
     /// Records storages that failed during the vote.
@@ -224,6 +258,7 @@ impl TransactionManager {
         }
         self.commit_queue.pop_front();
         let transaction = self.transactions.remove(&ttid)?;
+        self.final_tid_waiters -= transaction.final_tid_waiters.len();
         let finish = transaction.finish?;
         let tid = transaction.tid?;
         self.last_tid = self.last_tid.max(tid);
@@ -249,11 +284,17 @@ impl TransactionManager {
         }
     }
 
-    /// Answers `AskFinalTID` when the transaction completes.
-    pub fn wait_final_tid(&mut self, ttid: Tid, conn: ConnId, msg_id: u32) {
+    /// Answers `AskFinalTID` when the transaction completes; `false` when
+    /// too many requests wait already.
+    pub fn wait_final_tid(&mut self, ttid: Tid, conn: ConnId, msg_id: u32) -> bool {
+        if self.final_tid_waiters >= MAX_FINAL_TID_WAITERS {
+            return false;
+        }
         if let Some(transaction) = self.transactions.get_mut(&ttid) {
             transaction.final_tid_waiters.push((conn, msg_id));
+            self.final_tid_waiters += 1;
         }
+        true
     }
 
     /// A client is gone: its transactions not yet in `tpc_finish` are
@@ -269,14 +310,20 @@ impl TransactionManager {
             .into_iter()
             .filter_map(|ttid| {
                 let transaction = self.transactions.remove(&ttid)?;
+                self.final_tid_waiters -= transaction.final_tid_waiters.len();
                 Some((ttid, transaction.ready_at_begin))
             })
             .collect()
     }
 
-    /// Holds a begin request until storages are ready.
-    pub fn queue_begin(&mut self, conn: ConnId, msg_id: u32, tid: Option<Tid>) {
+    /// Holds a begin request until storages are ready; `false` when too
+    /// many are held already.
+    pub fn queue_begin(&mut self, conn: ConnId, msg_id: u32, tid: Option<Tid>) -> bool {
+        if self.queued_begins.len() >= MAX_QUEUED_BEGINS {
+            return false;
+        }
         self.queued_begins.push((conn, msg_id, tid));
+        true
     }
 
     /// The begin requests held so far.

@@ -2,207 +2,14 @@
 //! storages, clients and admin, and check every packet the master sends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use neo_master::{ConnId, Input, Master, MasterConfig, Output};
+mod common;
+
+use common::*;
+use neo_net::{ConnId, Input, Output};
 use neo_proto::packets::{self as p, NodeInfo};
 use neo_proto::{
-    Address, CellState, ClusterState, ErrorCode, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid,
+    CellState, ClusterState, ErrorCode, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid,
 };
-
-const CLUSTER: &str = "test";
-const T0: f64 = 1_790_000_000.0;
-
-/// A master and the time, with helpers to speak for its peers.
-struct Sim {
-    master: Master,
-    now: f64,
-    next_conn: ConnId,
-}
-
-impl Sim {
-    fn new(partitions: u32, replicas: u32, autostart: Option<u32>) -> Sim {
-        let config = MasterConfig {
-            cluster: CLUSTER.into(),
-            address: Address::new("127.0.0.1", 10000),
-            partitions,
-            replicas,
-            autostart,
-        };
-        Sim {
-            master: Master::new(config).unwrap(),
-            now: T0,
-            next_conn: 1,
-        }
-    }
-
-    fn input(&mut self, input: Input) -> Vec<Output> {
-        self.now += 0.01;
-        self.master.handle(input, self.now)
-    }
-
-    fn send(&mut self, conn: ConnId, msg_id: u32, packet: impl Into<Packet>) -> Vec<Output> {
-        self.input(Input::Packet {
-            conn,
-            msg_id,
-            packet: packet.into(),
-        })
-    }
-
-    fn reply(&mut self, conn: ConnId, request_code: u16, packet: impl Into<Packet>) -> Vec<Output> {
-        self.input(Input::Answer {
-            conn,
-            request_code,
-            packet: packet.into(),
-        })
-    }
-
-    fn close(&mut self, conn: ConnId) -> Vec<Output> {
-        self.input(Input::Closed { conn })
-    }
-
-    /// Connects and identifies; returns the connection, the id given, and
-    /// the outputs.
-    fn identify(
-        &mut self,
-        node_type: NodeType,
-        nid: Option<NodeId>,
-        port: Option<u16>,
-    ) -> (ConnId, Option<NodeId>, Vec<Output>) {
-        let conn = self.next_conn;
-        self.next_conn += 1;
-        self.input(Input::Accepted { conn });
-        let request = p::RequestIdentification {
-            node_type,
-            nid,
-            address: port.map(|port| Address::new("127.0.0.1", port)),
-            cluster: CLUSTER.into(),
-            id_timestamp: None,
-            extra: Map::new(),
-        };
-        let outputs = self.send(conn, 0, request);
-        let given = outputs.iter().find_map(|output| match output {
-            Output::Answer {
-                packet: Packet::AcceptIdentification(accept),
-                ..
-            } => accept.your_nid,
-            _ => None,
-        });
-        (conn, given, outputs)
-    }
-}
-
-/// Packets sent (answers, notifications, requests) to `conn`, in order.
-fn to(outputs: &[Output], conn: ConnId) -> Vec<&Packet> {
-    outputs
-        .iter()
-        .filter_map(|output| match output {
-            Output::Answer {
-                conn: c, packet, ..
-            }
-            | Output::Notify { conn: c, packet }
-            | Output::Request { conn: c, packet }
-                if *c == conn =>
-            {
-                Some(packet)
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-fn names(packets: &[&Packet]) -> Vec<&'static str> {
-    packets.iter().map(|packet| packet.name()).collect()
-}
-
-fn closed(outputs: &[Output], conn: ConnId) -> bool {
-    outputs
-        .iter()
-        .any(|output| *output == Output::Close { conn })
-}
-
-/// An empty storage that answers recovery questions.
-fn empty_recovery() -> p::AnswerRecovery {
-    p::AnswerRecovery {
-        ptid: None,
-        backup_tid: None,
-        truncate_tid: None,
-    }
-}
-
-/// Brings a new cluster of `count` storages to RUNNING with `neoctl start`;
-/// returns the storage connections and the admin connection.
-fn running_cluster(sim: &mut Sim, count: u16) -> (Vec<ConnId>, ConnId) {
-    let mut storages = Vec::new();
-    for port in 0..count {
-        let (conn, _, outputs) = sim.identify(NodeType::Storage, None, Some(20000 + port));
-        assert_eq!(
-            names(&to(&outputs, conn)),
-            [
-                "AcceptIdentification",
-                "NotifyNodeInformation",
-                "AskRecovery"
-            ]
-        );
-        sim.reply(conn, p::AskRecovery::CODE, empty_recovery());
-        storages.push(conn);
-    }
-    let (admin, _, _) = sim.identify(NodeType::Admin, None, Some(9999));
-    let outputs = sim.send(
-        admin,
-        4,
-        p::SetClusterState {
-            state: ClusterState::Verifying,
-        },
-    );
-    assert_eq!(
-        to(&outputs, admin)[0],
-        &Packet::Error(p::Error::ack("Cluster state changed"))
-    );
-    for &storage in &storages {
-        let sent = names(&to(&outputs, storage));
-        assert!(sent.ends_with(&[
-            "SendPartitionTable",
-            "NotifyClusterInformation",
-            "AskLockedTransactions"
-        ]));
-    }
-    assert_eq!(sim.master.cluster_state(), ClusterState::Verifying);
-    for &storage in &storages {
-        let answer = p::AnswerLockedTransactions { ttids: Map::new() };
-        sim.reply(storage, p::AskLockedTransactions::CODE, answer);
-    }
-    let mut outputs = Vec::new();
-    for &storage in &storages {
-        let last_ids = p::AnswerLastIDs {
-            last_tid: None,
-            last_oid: None,
-            first_tid: Tid::MAX,
-        };
-        outputs = sim.reply(storage, p::AskLastIDs::CODE, last_ids);
-    }
-    // Then the pack orders are reloaded from the storages (§5.2 step 4).
-    for &storage in &storages {
-        assert_eq!(
-            to(&outputs, storage),
-            [&Packet::AskPackOrders(p::AskPackOrders {
-                min_id: Tid::ZERO
-            })]
-        );
-    }
-    for &storage in &storages {
-        let orders = p::AnswerPackOrders { orders: vec![] };
-        outputs = sim.reply(storage, p::AskPackOrders::CODE, orders);
-    }
-    assert_eq!(sim.master.cluster_state(), ClusterState::Running);
-    for &storage in &storages {
-        assert!(
-            to(&outputs, storage).contains(&&Packet::StartOperation(p::StartOperation {
-                backup: false
-            }))
-        );
-        sim.send(storage, 1, p::NotifyReady {});
-    }
-    (storages, admin)
-}
 
 #[test]
 fn a_new_cluster_starts_with_neoctl_start() {
@@ -250,7 +57,7 @@ fn autostart_creates_the_cluster_without_neoctl() {
 #[test]
 fn identification_refusals() {
     let mut sim = Sim::new(4, 0, None);
-    sim.input(Input::Accepted { conn: 50 });
+    sim.input(Input::Accepted { conn: ConnId(50) });
     let wrong = p::RequestIdentification {
         node_type: NodeType::Client,
         nid: None,
@@ -259,15 +66,15 @@ fn identification_refusals() {
         id_timestamp: None,
         extra: Map::new(),
     };
-    let outputs = sim.send(50, 0, wrong);
+    let outputs = sim.send(ConnId(50), 0, wrong);
     assert_eq!(
-        to(&outputs, 50),
+        to(&outputs, ConnId(50)),
         [&Packet::Error(p::Error::new(
             ErrorCode::ProtocolError,
             "invalid cluster name"
         ))]
     );
-    assert!(closed(&outputs, 50));
+    assert!(closed(&outputs, ConnId(50)));
 
     // A client while the cluster is not running.
     let (conn, nid, outputs) = sim.identify(NodeType::Client, None, None);
@@ -349,11 +156,7 @@ fn a_commit_is_locked_answered_invalidated_and_unlocked() {
     assert!(lock.tid >= ttid && lock.tid.0 % 4 == ttid.0 % 4);
     assert!(to(&outputs, client).is_empty(), "answered only once locked");
 
-    let outputs = sim.reply(
-        storage,
-        p::AskLockInformation::CODE,
-        p::AnswerInformationLocked { ttid },
-    );
+    let outputs = sim.locked(storage, ttid);
     assert!(outputs.contains(&Output::Answer {
         conn: client,
         msg_id: 3,
@@ -417,18 +220,10 @@ fn transactions_complete_in_tid_order() {
     assert!(tids[0] < tids[1]);
     // The younger transaction is locked everywhere first...
     for &storage in &storages {
-        let outputs = sim.reply(
-            storage,
-            p::AskLockInformation::CODE,
-            p::AnswerInformationLocked { ttid: ttids[1] },
-        );
+        let outputs = sim.locked(storage, ttids[1]);
         assert!(to(&outputs, client).is_empty(), "waits for the older one");
     }
-    sim.reply(
-        storages[0],
-        p::AskLockInformation::CODE,
-        p::AnswerInformationLocked { ttid: ttids[0] },
-    );
+    sim.locked(storages[0], ttids[0]);
     // ...and a lost storage no longer holds anything up.
     let outputs = sim.close(storages[1]);
     let finished: Vec<u32> = outputs
@@ -580,7 +375,7 @@ fn stopping_tells_storages_they_are_down_and_exits() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(outputs.last(), Some(&Output::Exit));
+    assert_eq!(outputs.last(), Some(&Output::Exit(Ok(()))));
 }
 
 #[test]
@@ -605,62 +400,6 @@ fn imposed_tids_and_new_oids_are_checked() {
             ..
         })
     ));
-}
-
-/// Commits a transaction of `client` through the master, every storage of
-/// `storages` locking it; returns the final TID and the outputs of the
-/// last lock.
-fn commit(
-    sim: &mut Sim,
-    client: ConnId,
-    storages: &[ConnId],
-    oids: Vec<Oid>,
-    pack: Option<p::PackRequest>,
-) -> (Tid, bool, Vec<Output>) {
-    let outputs = sim.send(client, 10, p::AskBeginTransaction { tid: None });
-    let Packet::AnswerBeginTransaction(begin) = to(&outputs, client)[0] else {
-        panic!("{outputs:?}")
-    };
-    let ttid = begin.ttid;
-    let finish = p::AskFinishTransaction {
-        ttid,
-        oids,
-        deleted: vec![],
-        checked: vec![],
-        pack,
-    };
-    let outputs = sim.send(client, 11, finish);
-    let mut lock = None;
-    for &storage in storages {
-        for packet in to(&outputs, storage) {
-            if let Packet::AskLockInformation(request) = packet {
-                lock = Some(request.clone());
-            }
-        }
-    }
-    let lock = lock.unwrap_or_else(|| panic!("no lock asked: {outputs:?}"));
-    let mut outputs = Vec::new();
-    for &storage in storages {
-        outputs = sim.reply(
-            storage,
-            p::AskLockInformation::CODE,
-            p::AnswerInformationLocked { ttid },
-        );
-    }
-    assert!(outputs.contains(&Output::Answer {
-        conn: client,
-        msg_id: 11,
-        packet: p::AnswerTransactionFinished {
-            ttid,
-            tid: lock.tid
-        }
-        .into()
-    }));
-    (lock.tid, lock.pack_approved, outputs)
-}
-
-fn pack_signed(approved: Vec<Tid>, rejected: Vec<Tid>) -> Packet {
-    p::NotifyPackSigned { approved, rejected }.into()
 }
 
 #[test]

@@ -2,15 +2,18 @@
 //! [`Connection`] handle.
 //!
 //! The reader decodes packets, hands answers to the requests waiting for
-//! them (by msg_id) and sends everything else — requests, notifications,
-//! unsolicited errors — as [`Event`]s to the node, through a bounded channel:
-//! when the node falls behind, the reader stops reading and TCP pushes back.
+//! them (by msg_id: to the task awaiting [`Connection::ask`], or as an
+//! [`EventKind::Answer`] carrying the [`Token`] the request was sent with)
+//! and sends everything else — requests, notifications, unsolicited
+//! errors — as [`Event`]s to the node, through a bounded channel: when the
+//! node falls behind, the reader stops reading and TCP pushes back. A
+//! request is registered before it leaves, so its answer always finds it.
 //! Senders write their packets to the socket themselves, one at a time
 //! (no writer task: one thread hand-off less per request); a sender that
 //! outruns the peer waits in its write.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,9 +22,10 @@ use neo_proto::{
     MAGIC, MAX_PACKET_SIZE, RESPONSE_MASK,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
 use crate::error::NetError;
+use crate::node::{ConnId, Token};
 use crate::transport::Transport;
 
 /// Tunables of a connection; the defaults suit every node.
@@ -55,22 +59,11 @@ pub enum Side {
     Acceptor,
 }
 
-/// Identifies a connection in [`Event`]s, unique in the process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub u64);
-
-impl ConnectionId {
-    fn next() -> ConnectionId {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        ConnectionId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
 /// Something that happened on a connection.
 #[derive(Debug)]
 pub struct Event {
     /// The connection it happened on.
-    pub connection: ConnectionId,
+    pub conn: ConnId,
     /// What happened.
     pub kind: EventKind,
 }
@@ -78,28 +71,51 @@ pub struct Event {
 /// What happened on a connection.
 #[derive(Debug)]
 pub enum EventKind {
+    /// The connection is established: the first event of a connection
+    /// started with [`Announce::Opened`], before any of its packets, on the
+    /// same channel (so whoever keeps connections by id never sees a
+    /// packet of one it does not know).
+    Opened {
+        /// The connection.
+        connection: Connection,
+        /// For a connection we made, the token it was asked for with.
+        token: Option<Token>,
+    },
     /// A request or notification from the peer, or an `Error` that answers
     /// no pending request.
     Packet(Frame),
     /// The answer to a request sent with [`Connection::send_request`].
     Answer {
-        /// msg_id of the request (and of the answer).
-        msg_id: u32,
-        /// Code of the request answered.
-        request_code: u16,
+        /// The token the request was sent with.
+        token: Token,
         /// The answer: the request's answer packet or `Error`.
         packet: Packet,
     },
     /// A request sent with [`Connection::send_request`] will get no answer:
     /// the connection closed first. Comes before `Closed`.
     Unanswered {
-        /// msg_id of the request.
-        msg_id: u32,
-        /// Code of the request.
-        request_code: u16,
+        /// The token the request was sent with.
+        token: Token,
     },
     /// The connection is gone: `None` after a clean close, else why.
     Closed(Option<NetError>),
+}
+
+/// Whether a new connection announces itself with [`EventKind::Opened`].
+#[derive(Debug, Default)]
+pub enum Announce {
+    /// No: the caller gets the [`Connection`] back and registers it itself
+    /// (it has no packets to route before that).
+    #[default]
+    Silent,
+    /// Yes, as the first event of the connection.
+    Opened {
+        /// The token of the connection attempt, for one we made.
+        token: Option<Token>,
+        /// Held as long as the connection lives (a listener's limit on
+        /// connections).
+        permit: Option<OwnedSemaphorePermit>,
+    },
 }
 
 /// The receiving end of a single connection's events.
@@ -132,8 +148,6 @@ pub enum AskError {
 }
 
 struct Pending {
-    /// Code of the request, reported with its answer.
-    request_code: u16,
     /// Code of the answer that request expects (`Error` is always accepted).
     expected: u16,
     reply: Reply,
@@ -143,15 +157,16 @@ struct Pending {
 enum Reply {
     /// To the task awaiting it in `ask`.
     Waiter(oneshot::Sender<Result<Packet, NetError>>),
-    /// Into the event stream, in order with the connection's other packets.
-    Event,
+    /// Into the event stream, in order with the connection's other
+    /// packets, tagged with the sender's token.
+    Event(Token),
 }
 
 /// The sending half of the stream, written by whoever sends.
 type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
 struct Shared {
-    id: ConnectionId,
+    id: ConnId,
     peer: String,
     /// Counter for the msg_id of the packets we originate.
     next_msg_id: AtomicU32,
@@ -186,20 +201,20 @@ impl Shared {
         }
     }
 
-    /// Fails the requests still waiting; returns those whose failure goes
-    /// into the event stream, as (msg_id, request code).
-    fn fail_pending(&self) -> Vec<(u32, u16)> {
+    /// Fails the requests still waiting; returns the tokens of those whose
+    /// failure goes into the event stream, in the order they were sent.
+    fn fail_pending(&self) -> Vec<Token> {
         let mut unanswered = Vec::new();
         for (msg_id, pending) in self.pending().drain() {
             match pending.reply {
                 Reply::Waiter(waiter) => {
                     let _ = waiter.send(Err(self.closed_error()));
                 }
-                Reply::Event => unanswered.push((msg_id, pending.request_code)),
+                Reply::Event(token) => unanswered.push((msg_id, token)),
             }
         }
-        unanswered.sort_unstable();
-        unanswered
+        unanswered.sort_unstable_by_key(|(msg_id, _)| *msg_id);
+        unanswered.into_iter().map(|(_, token)| token).collect()
     }
 }
 
@@ -221,14 +236,18 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Runs the handshake on `stream` and starts the connection; its events
-    /// go to `events`. `peer` names the remote end in logs and errors.
+    /// Runs the handshake on `stream` and starts the connection as `id`;
+    /// its events go to `events`, the first one being
+    /// [`EventKind::Opened`] if `announce` says so. `peer` names the remote
+    /// end in logs and errors.
     pub async fn establish<T: Transport>(
         stream: T,
         side: Side,
         peer: String,
+        id: ConnId,
         events: mpsc::Sender<Event>,
         config: &ConnectionConfig,
+        announce: Announce,
     ) -> Result<Connection, NetError> {
         let (mut reader, mut writer) = stream.split();
         let mut decoder = StreamDecoder::new().with_max_packet_size(config.max_packet_size);
@@ -247,7 +266,7 @@ impl Connection {
 
         let (closing, closing_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            id: ConnectionId::next(),
+            id,
             peer,
             next_msg_id: AtomicU32::new(0),
             pending: Mutex::new(HashMap::new()),
@@ -261,7 +280,25 @@ impl Connection {
         let connection = Connection {
             shared: shared.clone(),
         };
-        tokio::spawn(read_loop(reader, decoder, closing_rx, shared, events));
+        let permit = match announce {
+            Announce::Silent => None,
+            Announce::Opened { token, permit } => {
+                let opened = Event {
+                    conn: id,
+                    kind: EventKind::Opened {
+                        connection: connection.clone(),
+                        token,
+                    },
+                };
+                if events.send(opened).await.is_err() {
+                    return Err(connection.shared.closed_error());
+                }
+                permit
+            }
+        };
+        tokio::spawn(read_loop(
+            reader, decoder, closing_rx, shared, events, permit,
+        ));
         Ok(connection)
     }
 
@@ -273,12 +310,21 @@ impl Connection {
         config: &ConnectionConfig,
     ) -> Result<(Connection, Inbox), NetError> {
         let (events, rx) = mpsc::channel(config.event_capacity);
-        let connection = Connection::establish(stream, side, peer, events, config).await?;
+        let connection = Connection::establish(
+            stream,
+            side,
+            peer,
+            ConnId::next(),
+            events,
+            config,
+            Announce::Silent,
+        )
+        .await?;
         Ok((connection, Inbox { events: rx }))
     }
 
     /// Identifies this connection in events.
-    pub fn id(&self) -> ConnectionId {
+    pub fn id(&self) -> ConnId {
         self.shared.id
     }
 
@@ -355,12 +401,17 @@ impl Connection {
     }
 
     /// Sends a request whose answer comes back as an [`EventKind::Answer`]
-    /// (or [`EventKind::Unanswered`]) in the event stream, in order with the
-    /// connection's other packets: what node state machines want. Returns
-    /// the request's msg_id.
-    pub async fn send_request(&self, request: impl Into<Packet>) -> Result<u32, NetError> {
-        self.register_and_send(request.into(), Reply::Event)
+    /// tagged with `token` (or [`EventKind::Unanswered`]) in the event
+    /// stream, in order with the connection's other packets: what node
+    /// state machines want. The request is registered before it is sent.
+    pub async fn send_request(
+        &self,
+        request: impl Into<Packet>,
+        token: Token,
+    ) -> Result<(), NetError> {
+        self.register_and_send(request.into(), Reply::Event(token))
             .await
+            .map(drop)
             .map_err(|(_, error)| error)
     }
 
@@ -370,15 +421,10 @@ impl Connection {
         reply: Reply,
     ) -> Result<u32, (u32, NetError)> {
         self.shared.client.store(true, Ordering::SeqCst);
-        let request_code = request.code();
-        let expected = answer_code(request_code).unwrap_or(packets::Error::CODE);
+        let expected = answer_code(request.code()).unwrap_or(packets::Error::CODE);
         let msg_id = self.next_msg_id();
         // Registered before sending: the answer may beat us back.
-        let pending = Pending {
-            request_code,
-            expected,
-            reply,
-        };
+        let pending = Pending { expected, reply };
         self.shared.pending().insert(msg_id, pending);
         if self.shared.closed.load(Ordering::SeqCst) {
             // The reader failed the pending requests before ours was
@@ -525,9 +571,8 @@ fn dispatch(shared: &Shared, frame: Frame) -> Result<Dispatch, NetError> {
                     let _ = waiter.send(Ok(frame.packet));
                     Ok(Dispatch::Answered)
                 }
-                Reply::Event => Ok(Dispatch::Deliver(EventKind::Answer {
-                    msg_id: frame.msg_id,
-                    request_code: request.request_code,
+                Reply::Event(token) => Ok(Dispatch::Deliver(EventKind::Answer {
+                    token,
                     packet: frame.packet,
                 })),
             }
@@ -552,6 +597,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut closing: watch::Receiver<bool>,
     shared: Arc<Shared>,
     events: mpsc::Sender<Event>,
+    // Released when the connection is over.
+    _permit: Option<OwnedSemaphorePermit>,
 ) {
     let reason: Option<NetError> = 'connection: loop {
         // Packets that arrived with the magic or in the last read.
@@ -567,7 +614,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Ok(Dispatch::Close) => break 'connection None,
                 Ok(Dispatch::Deliver(kind)) => {
                     let event = Event {
-                        connection: shared.id,
+                        conn: shared.id,
                         kind,
                     };
                     if events.send(event).await.is_err() {
@@ -617,21 +664,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
     shared.closing.send_replace(true);
     shared.closed.store(true, Ordering::SeqCst);
-    for (msg_id, request_code) in shared.fail_pending() {
-        let kind = EventKind::Unanswered {
-            msg_id,
-            request_code,
-        };
+    for token in shared.fail_pending() {
+        let kind = EventKind::Unanswered { token };
         let _ = events
             .send(Event {
-                connection: shared.id,
+                conn: shared.id,
                 kind,
             })
             .await;
     }
     let _ = events
         .send(Event {
-            connection: shared.id,
+            conn: shared.id,
             kind: EventKind::Closed(reason),
         })
         .await;

@@ -1,21 +1,25 @@
-//! NEO connections over tokio.
+//! NEO connections over tokio, and the one runtime every node role runs on.
 //!
 //! This crate turns byte streams into NEO connections: TCP with NEO/py's
 //! socket options, the protocol-5 handshake, `[msg_id, code, args]` framing
 //! (through `neo-proto`), msg_id allocation, and matching of answers to the
-//! requests waiting for them. It knows nothing of node roles: what a packet
-//! means is the business of the node logic that receives [`Event`]s.
+//! requests waiting for them. [`node`] is the I/O model of a node's state
+//! machine, without I/O (inputs, outputs, tokens, timers); [`shell`] runs
+//! any such machine on real connections. It knows nothing of node roles:
+//! what a packet means is the business of the node logic.
 
 mod connection;
 mod error;
-mod registry;
+pub mod node;
+pub mod shell;
 mod tcp;
 mod transport;
 
 pub use connection::{
-    AskError, Connection, ConnectionConfig, ConnectionId, Event, EventKind, Inbox, Side,
+    Announce, AskError, Connection, ConnectionConfig, Event, EventKind, Inbox, Side,
 };
 pub use error::NetError;
-pub use registry::{accept_loop, Registry};
+pub use node::{ConnId, Input, Node, Outbox, Output, Requests, Token};
+pub use shell::{ShellConfig, ShellError};
 pub use tcp::{connect, connect_alone, resolve, Accepted, Listener};
 pub use transport::Transport;

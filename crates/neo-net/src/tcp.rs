@@ -8,8 +8,9 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::connection::{Connection, ConnectionConfig, Event, Inbox, Side};
+use crate::connection::{Announce, Connection, ConnectionConfig, Event, Inbox, Side};
 use crate::error::NetError;
+use crate::node::ConnId;
 
 /// Resolves a NEO address to a socket address: IP literals directly, host
 /// names with the system resolver (first answer wins, as in NEO/py).
@@ -50,14 +51,26 @@ async fn connect_tcp(address: &Address) -> Result<(TcpStream, String), NetError>
     Ok((stream, peer))
 }
 
-/// Connects to a NEO node and runs the handshake; events go to `events`.
+/// Connects to a NEO node and runs the handshake; events go to `events`
+/// (without [`crate::EventKind::Opened`]: the caller gets the connection).
 pub async fn connect(
     address: &Address,
     events: mpsc::Sender<Event>,
     config: &ConnectionConfig,
 ) -> Result<Connection, NetError> {
+    connect_announced(address, events, config, Announce::Silent).await
+}
+
+/// [`connect`], announcing the connection on `events` as `announce` says.
+pub(crate) async fn connect_announced(
+    address: &Address,
+    events: mpsc::Sender<Event>,
+    config: &ConnectionConfig,
+    announce: Announce,
+) -> Result<Connection, NetError> {
     let (stream, peer) = connect_tcp(address).await?;
-    Connection::establish(stream, Side::Initiator, peer, events, config).await
+    let id = ConnId::next();
+    Connection::establish(stream, Side::Initiator, peer, id, events, config, announce).await
 }
 
 /// Connects to a NEO node, with a channel of the connection's own.
@@ -144,13 +157,25 @@ impl Accepted {
         &self.peer
     }
 
-    /// Runs the handshake; events go to `events`.
+    /// Runs the handshake; events go to `events`, announced as `announce`
+    /// says.
     pub async fn establish(
         self,
         events: mpsc::Sender<Event>,
         config: &ConnectionConfig,
+        announce: Announce,
     ) -> Result<Connection, NetError> {
-        Connection::establish(self.stream, Side::Acceptor, self.peer, events, config).await
+        let id = ConnId::next();
+        Connection::establish(
+            self.stream,
+            Side::Acceptor,
+            self.peer,
+            id,
+            events,
+            config,
+            announce,
+        )
+        .await
     }
 
     /// Runs the handshake, with a channel of the connection's own.

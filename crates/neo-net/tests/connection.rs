@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use neo_net::{
     connect_alone, AskError, Connection, ConnectionConfig, EventKind, Inbox, Listener, NetError,
-    Side,
+    Side, Token,
 };
 use neo_proto::packets::{
     AnswerObject, AskLastTransaction, AskObject, Error, InvalidateObjects, Ping, Pong,
@@ -378,9 +378,11 @@ async fn close_client_closes_when_the_peer_sends_no_requests() {
 #[tokio::test]
 async fn answers_to_send_request_come_in_order_with_other_packets() {
     let ((client, mut client_inbox), (server, mut server_inbox)) = pair(&config()).await;
-    let msg_id = client.send_request(AskLastTransaction {}).await.unwrap();
+    client
+        .send_request(AskLastTransaction {}, Token(41))
+        .await
+        .unwrap();
     let request = next_frame(&mut server_inbox).await;
-    assert_eq!(request.msg_id, msg_id);
     // A notification sent before the answer is seen before it.
     let notification = InvalidateObjects {
         tid: Tid(7),
@@ -388,72 +390,74 @@ async fn answers_to_send_request_come_in_order_with_other_packets() {
     };
     server.notify(notification.clone()).await.unwrap();
     let answer = neo_proto::packets::AnswerLastTransaction { tid: Tid(7) };
-    server.answer(msg_id, answer.clone()).await.unwrap();
+    server.answer(request.msg_id, answer.clone()).await.unwrap();
     assert_eq!(
         next_frame(&mut client_inbox).await.packet,
         Packet::InvalidateObjects(notification)
     );
     match client_inbox.recv().await.unwrap().kind {
-        EventKind::Answer {
-            msg_id: answered,
-            request_code,
-            packet,
-        } => {
-            assert_eq!(answered, msg_id);
-            assert_eq!(request_code, AskLastTransaction::CODE);
+        EventKind::Answer { token, packet } => {
+            assert_eq!(token, Token(41));
             assert_eq!(packet, Packet::AnswerLastTransaction(answer));
         }
         other => panic!("expected the answer, got {other:?}"),
     }
 
     // A request still pending when the connection closes is reported.
-    let msg_id = client.send_request(Ping {}).await.unwrap();
+    client.send_request(Ping {}, Token(42)).await.unwrap();
     next_frame(&mut server_inbox).await;
     server.close().await;
     match client_inbox.recv().await.unwrap().kind {
-        EventKind::Unanswered {
-            msg_id: unanswered,
-            request_code,
-        } => assert_eq!((unanswered, request_code), (msg_id, Ping::CODE)),
+        EventKind::Unanswered { token } => assert_eq!(token, Token(42)),
         other => panic!("expected Unanswered, got {other:?}"),
     }
     assert!(next_closed(&mut client_inbox).await.is_none());
 }
 
-/// A node's registry gives up on a peer that stops reading instead of
-/// waiting for it forever.
-#[tokio::test(start_paused = true)]
-async fn a_peer_that_does_not_read_is_aborted_by_the_registry() {
-    let (a, mut b) = tokio::io::duplex(256);
-    b.write_all(&neo_proto::MAGIC).await.unwrap();
+/// A connection started with `Announce::Opened` says so on its channel
+/// before any of its packets, even when the peer's first packet is already
+/// there when the handshake ends.
+#[tokio::test]
+async fn an_announced_connection_is_opened_before_its_first_packet() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let mut sent = neo_proto::MAGIC.to_vec();
+    neo_proto::encode_frame_into(&mut sent, 0, &Packet::Ping(Ping {}));
+    b.write_all(&sent).await.unwrap();
     let (events, mut event_rx) = tokio::sync::mpsc::channel(16);
-    let connection = Connection::establish(a, Side::Acceptor, "stuck".into(), events, &config())
-        .await
-        .unwrap();
-    let id = connection.id();
-    let mut registry = neo_net::Registry::new();
-    assert!(registry.register(connection).is_empty());
-    let started = tokio::time::Instant::now();
-    let sends = async {
-        for tid in 0..100 {
-            let oids = (0..50).map(Oid).collect();
-            let packet = Packet::InvalidateObjects(InvalidateObjects {
-                tid: Tid(tid),
-                oids,
-            });
-            registry.notify(id.0, packet).await;
-        }
+    let announce = neo_net::Announce::Opened {
+        token: Some(Token(7)),
+        permit: None,
     };
-    tokio::time::timeout(Duration::from_secs(60), sends)
-        .await
-        .expect("the registry gives up on the stuck peer");
-    // The sends stopped waiting after the timeout, once.
-    assert!(started.elapsed() < Duration::from_secs(20));
-    loop {
-        let event = event_rx.recv().await.expect("an event");
-        if let EventKind::Closed(_) = event.kind {
-            break;
+    let id = neo_net::ConnId::next();
+    let connection = Connection::establish(
+        a,
+        Side::Initiator,
+        "peer".into(),
+        id,
+        events,
+        &config(),
+        announce,
+    )
+    .await
+    .unwrap();
+    match event_rx.recv().await.unwrap() {
+        neo_net::Event {
+            conn,
+            kind:
+                EventKind::Opened {
+                    connection: opened,
+                    token,
+                },
+        } => {
+            assert_eq!(conn, id);
+            assert_eq!(opened.id(), connection.id());
+            assert_eq!(token, Some(Token(7)));
         }
+        other => panic!("expected Opened first, got {other:?}"),
+    }
+    match event_rx.recv().await.unwrap().kind {
+        EventKind::Packet(frame) => assert_eq!(frame.packet, Packet::Ping(Ping {})),
+        other => panic!("expected the ping, got {other:?}"),
     }
     drop(b);
 }

@@ -66,6 +66,10 @@ impl Tid {
 /// Partition table id: increments with every change of the table.
 pub type Ptid = u64;
 
+/// Seconds since the Unix epoch, as NEO's clocks give them. Node logic is
+/// handed the time; only the shells read a clock.
+pub type UnixTime = f64;
+
 /// Partition number (offset in the partition table).
 pub type Partition = u32;
 

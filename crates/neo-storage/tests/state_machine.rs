@@ -4,160 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use neo_proto::packets::{self as p, CellInfo, NodeInfo, UndoSerial};
-use neo_proto::{Address, CellState, Checksum, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid};
-use neo_storage::backend::{OpenOptions, SqliteBackend};
-use neo_storage::db::Database;
-use neo_storage::node::{ConnId, Input, Output, Storage, StorageConfig};
-use sha1::{Digest, Sha1};
+mod common;
 
-const MASTER: ConnId = 1;
-const CLIENT: ConnId = 2;
-
-fn storage_nid() -> NodeId {
-    NodeId::new(NodeType::Storage, 1).unwrap()
-}
-
-fn client_nid() -> NodeId {
-    NodeId::new(NodeType::Client, 1).unwrap()
-}
-
-fn tid(n: u64) -> Tid {
-    Tid(0x03f0_0000_0000_0000 + n)
-}
-
-/// A storage node with one partition of its own, operational, with one
-/// identified client on [`CLIENT`].
-struct Harness {
-    dir: tempfile::TempDir,
-    storage: Storage,
-    next_msg_id: u32,
-}
-
-impl Harness {
-    fn new() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let backend =
-            SqliteBackend::open(dir.path().join("neo.sqlite"), &OpenOptions::default()).unwrap();
-        let db = Database::new(Box::new(backend)).unwrap();
-        let config = StorageConfig {
-            cluster: "test".to_owned(),
-            address: Address::parse("127.0.0.1:1", 1).unwrap(),
-        };
-        let mut harness = Harness {
-            dir,
-            storage: Storage::new(config, db).unwrap(),
-            next_msg_id: 0,
-        };
-        harness.input(Input::MasterConnected { conn: MASTER });
-        harness.input(Input::Answer {
-            conn: MASTER,
-            packet: p::AcceptIdentification {
-                node_type: NodeType::Master,
-                nid: Some(NodeId::new(NodeType::Master, 1).unwrap()),
-                your_nid: Some(storage_nid()),
-            }
-            .into(),
-        });
-        harness.master_sends(p::SendPartitionTable {
-            ptid: Some(1),
-            num_replicas: 0,
-            rows: vec![vec![CellInfo {
-                nid: storage_nid(),
-                state: CellState::UpToDate,
-            }]],
-        });
-        harness.master_sends(p::NotifyNodeInformation {
-            timestamp: 1.0,
-            nodes: vec![NodeInfo {
-                node_type: NodeType::Client,
-                address: None,
-                nid: Some(client_nid()),
-                state: NodeState::Running,
-                id_timestamp: Some(1.0),
-            }],
-        });
-        harness.master_sends(p::StartOperation { backup: false });
-        harness.input(Input::Accepted { conn: CLIENT });
-        let accepted = harness.client_sends(p::RequestIdentification {
-            node_type: NodeType::Client,
-            nid: Some(client_nid()),
-            address: None,
-            cluster: "test".to_owned(),
-            id_timestamp: Some(1.0),
-            extra: Map(vec![]),
-        });
-        assert!(
-            matches!(
-                accepted.as_slice(),
-                [Output::Answer {
-                    packet: Packet::AcceptIdentification(_),
-                    ..
-                }]
-            ),
-            "{accepted:?}"
-        );
-        harness
-    }
-
-    /// Voted object rows committed to the database, as another reader sees
-    /// them.
-    fn committed_votes(&self) -> i64 {
-        let conn = rusqlite::Connection::open(self.dir.path().join("neo.sqlite")).unwrap();
-        conn.query_row("SELECT COUNT(*) FROM tobj", [], |row| row.get(0))
-            .unwrap()
-    }
-
-    fn input(&mut self, input: Input) -> Vec<Output> {
-        let outputs = self.storage.handle(input, 1.0);
-        assert!(
-            !outputs.iter().any(|o| matches!(o, Output::Exit(_))),
-            "{outputs:?}"
-        );
-        outputs
-    }
-
-    fn packet(&mut self, conn: ConnId, packet: impl Into<Packet>) -> Vec<Output> {
-        self.next_msg_id += 1;
-        let msg_id = self.next_msg_id;
-        self.input(Input::Packet {
-            conn,
-            msg_id,
-            packet: packet.into(),
-        })
-    }
-
-    fn master_sends(&mut self, packet: impl Into<Packet>) -> Vec<Output> {
-        self.packet(MASTER, packet)
-    }
-
-    fn client_sends(&mut self, packet: impl Into<Packet>) -> Vec<Output> {
-        self.packet(CLIENT, packet)
-    }
-
-    fn store(&mut self, ttid: Tid, oid: Oid, serial: Tid, data: &'static [u8]) -> Vec<Output> {
-        self.client_sends(p::AskStoreObject {
-            oid,
-            serial,
-            compression: 0,
-            checksum: Checksum(Sha1::digest(data).into()),
-            data: data.into(),
-            data_serial: None,
-            ttid,
-        })
-    }
-}
-
-/// The answers among `outputs`, in order.
-fn answers(outputs: &[Output]) -> Vec<&Packet> {
-    outputs
-        .iter()
-        .filter_map(|output| match output {
-            Output::Answer { packet, .. } => Some(packet),
-            _ => None,
-        })
-        .collect()
-}
+use common::*;
+use neo_net::{Input, Node, Output};
+use neo_proto::packets::{self as p, UndoSerial};
+use neo_proto::{Checksum, Oid, Packet, Tid};
 
 /// Undoing several transactions in one transaction asks for undo serials
 /// right after storing the first undo. When both wait for the unlock of
@@ -241,7 +93,7 @@ fn votes_fed_together_are_answered_after_one_flush() {
         assert_eq!(answers(&stored).len(), 1, "{stored:?}");
     }
     for (msg_id, ttid) in (100..).zip(ttids) {
-        harness.storage.feed(
+        harness.storage.handle(
             Input::Packet {
                 conn: CLIENT,
                 msg_id,
@@ -251,7 +103,7 @@ fn votes_fed_together_are_answered_after_one_flush() {
         );
     }
     assert_eq!(harness.committed_votes(), 0);
-    let flushed = harness.storage.flush();
+    let flushed = harness.storage.poll_output();
     assert_eq!(harness.committed_votes(), 2);
     assert_eq!(
         flushed,
@@ -268,7 +120,7 @@ fn votes_fed_together_are_answered_after_one_flush() {
             },
         ]
     );
-    assert_eq!(harness.storage.flush(), vec![]);
+    assert_eq!(harness.storage.poll_output(), vec![]);
 }
 
 /// A transaction locked but not unlocked yet may already be reported

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use neo_cli::daemon::{fail, serve, shutdown_signal};
 use neo_cli::options::{parse_master, report_and_exit};
 use neo_master::MasterConfig;
-use neo_net::Listener;
+use neo_net::{resolve, Listener};
+use neo_proto::Address;
 
 const PROGRAM: &str = "neomaster";
 
@@ -23,6 +24,19 @@ fn main() -> ExitCode {
         let listener = Listener::bind(&options.common.bind)
             .await
             .map_err(|e| e.to_string())?;
+        let own = [
+            listener.local_address().clone(),
+            options.common.bind.clone(),
+        ];
+        let others = other_masters(&options.common.masters, &own).await;
+        if !others.is_empty() {
+            // Two masters that do not elect one primary would both act as
+            // one: a split brain. Refuse until election exists.
+            return Err(format!(
+                "several masters are not supported yet (-m/--masters names {}): run one master",
+                others.join(", ")
+            ));
+        }
         let config = MasterConfig {
             cluster: options.common.cluster.clone(),
             address: listener.local_address().clone(),
@@ -35,4 +49,23 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| e.to_string())
     })
+}
+
+/// The masters of `masters` that are not this one (listening on `own`),
+/// comparing resolved addresses so `localhost:10000` is `127.0.0.1:10000`.
+async fn other_masters(masters: &[Address], own: &[Address]) -> Vec<String> {
+    let mut own_resolved = Vec::new();
+    for address in own {
+        own_resolved.push(resolve(address).await.ok());
+    }
+    let mut others = Vec::new();
+    for master in masters {
+        let resolved = resolve(master).await.ok();
+        let is_own =
+            own.contains(master) || (resolved.is_some() && own_resolved.contains(&resolved));
+        if !is_own {
+            others.push(master.to_string());
+        }
+    }
+    others
 }

@@ -7,7 +7,7 @@ use neo_cli::options::{parse_storage, report_and_exit};
 use neo_net::Listener;
 use neo_storage::backend::{self, OpenOptions};
 use neo_storage::db::Database;
-use neo_storage::node::{Storage, StorageConfig};
+use neo_storage::node::{Limits, Storage, StorageConfig};
 
 const PROGRAM: &str = "neostorage";
 
@@ -39,17 +39,14 @@ fn main() -> ExitCode {
         let config = StorageConfig {
             cluster: options.common.cluster.clone(),
             address: listener.local_address().clone(),
+            masters: options.common.masters.clone(),
+            limits: Limits::default(),
         };
         let mut storage = Storage::new(config, db)?;
         storage.set_disable_pack(options.disable_pack);
         tracing::info!(address = %listener.local_address(), "storage listening");
-        neo_storage::run(
-            storage,
-            options.common.masters.clone(),
-            listener,
-            shutdown_signal(),
-        )
-        .await
-        .map_err(|e| e.to_string())
+        neo_storage::run(storage, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
     })
 }

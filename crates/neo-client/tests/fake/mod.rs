@@ -304,6 +304,8 @@ pub struct StorageScript {
     pub conflicts: HashMap<Oid, Tid>,
     /// After the next store of this oid, send `NotifyDeadlock`.
     pub deadlock: Option<Oid>,
+    /// Answer the stores of this oid twice (a broken or hostile storage).
+    pub answer_twice: Option<Oid>,
     /// Transactions known: tid → (description, oids).
     pub transactions: HashMap<Tid, (Bytes, Vec<Oid>)>,
 }
@@ -459,17 +461,21 @@ async fn serve_storage(storage: Arc<FakeStorage>, connection: Connection, mut in
                 }
             }
             Packet::AskStoreObject(request) => {
-                let (conflict, deadlock) = {
+                let (conflict, deadlock, twice) = {
                     let mut script = storage.script.lock().unwrap();
                     let deadlock = if script.deadlock == Some(request.oid) {
                         script.deadlock.take()
                     } else {
                         None
                     };
-                    (script.conflicts.remove(&request.oid), deadlock)
+                    let twice = script.answer_twice == Some(request.oid);
+                    (script.conflicts.remove(&request.oid), deadlock, twice)
                 };
                 let answer = packets::AnswerStoreObject { conflict };
-                let _ = connection.answer(msg_id, answer).await;
+                let _ = connection.answer(msg_id, answer.clone()).await;
+                if twice {
+                    let _ = connection.answer(msg_id, answer).await;
+                }
                 if let Some(oid) = deadlock {
                     let _ = connection
                         .notify(packets::NotifyDeadlock {

@@ -5,9 +5,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use neo_net::{connect_alone, ConnectionConfig, EventKind, Listener};
+use neo_net::shell::MAX_CONNECTIONS;
+use neo_net::{
+    connect_alone, ConnectionConfig, Input, Listener, Node, Outbox, Output, ShellConfig,
+};
 use neo_proto::packets::{Error, Ping, Pong};
-use neo_proto::{Address, ErrorCode, Packet};
+use neo_proto::{Address, ErrorCode, Packet, UnixTime};
 
 #[derive(Parser)]
 #[command(version, about = "Talk NEO protocol 5 to a node")]
@@ -72,37 +75,56 @@ async fn serve(bind: &str) -> Result<(), String> {
     let listener = Listener::bind(&address).await.map_err(|e| e.to_string())?;
     // Tests and scripts read the chosen port from this line.
     println!("listening on {}", listener.local_address());
-    loop {
-        let accepted = listener.accept().await.map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let config = ConnectionConfig::default();
-            let (connection, mut inbox) = match accepted.open(&config).await {
-                Ok(opened) => opened,
-                Err(error) => {
-                    eprintln!("neo-peer: {error}");
-                    return;
-                }
-            };
-            while let Some(event) = inbox.recv().await {
-                let frame = match event.kind {
-                    EventKind::Packet(frame) => frame,
-                    EventKind::Closed(Some(error)) => {
-                        eprintln!("neo-peer: {error}");
-                        break;
-                    }
-                    EventKind::Closed(None) => break,
-                    // This peer sends no requests of its own.
-                    EventKind::Answer { .. } | EventKind::Unanswered { .. } => continue,
-                };
-                if let Packet::Ping(_) = frame.packet {
-                    let _ = connection.answer(frame.msg_id, Pong {}).await;
-                } else {
-                    let message = format!("unexpected packet {}", frame.packet.name());
-                    let error = Error::new(ErrorCode::ProtocolError, message);
-                    let _ = connection.answer(frame.msg_id, error).await;
-                    connection.close().await;
-                }
+    let mut node = PingNode::default();
+    let config = ShellConfig {
+        max_connections: max_connections()?,
+        ..ShellConfig::default()
+    };
+    neo_net::shell::run(&mut node, Some(listener), config, std::future::pending())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `NEO_PEER_MAX_CONNECTIONS`: the listener's limit, so tests can reach it.
+fn max_connections() -> Result<usize, String> {
+    match std::env::var("NEO_PEER_MAX_CONNECTIONS") {
+        Ok(value) => value
+            .parse()
+            .map_err(|_| format!("NEO_PEER_MAX_CONNECTIONS={value:?} is not a number")),
+        Err(_) => Ok(MAX_CONNECTIONS),
+    }
+}
+
+/// The smallest node: answers `Ping`, refuses everything else.
+#[derive(Default)]
+struct PingNode {
+    out: Outbox,
+}
+
+impl Node for PingNode {
+    fn handle(&mut self, input: Input, _now: UnixTime) {
+        if let Input::Packet {
+            conn,
+            msg_id,
+            packet,
+        } = input
+        {
+            if let Packet::Ping(_) = packet {
+                self.out.answer(conn, msg_id, Pong {});
+            } else {
+                let message = format!("unexpected packet {}", packet.name());
+                self.out
+                    .answer(conn, msg_id, Error::new(ErrorCode::ProtocolError, message));
+                self.out.close(conn);
             }
-        });
+        }
+    }
+
+    fn poll_output(&mut self) -> Vec<Output> {
+        self.out.take()
+    }
+
+    fn poll_timeout(&self) -> Option<UnixTime> {
+        None
     }
 }

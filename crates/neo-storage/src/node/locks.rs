@@ -5,10 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use neo_net::ConnId;
 use neo_proto::{NodeId, Oid, Tid};
 
 use crate::backend::DataId;
-use crate::node::ConnId;
 
 /// What a transaction stored (or only checked) for one oid.
 #[derive(Clone, Debug)]
@@ -234,7 +234,7 @@ mod tests {
     fn manager_with(ttids: &[u64]) -> LockManager {
         let mut manager = LockManager::default();
         for ttid in ttids {
-            manager.register(Tid(*ttid), 1, None);
+            manager.register(Tid(*ttid), ConnId(1), None);
         }
         manager
     }

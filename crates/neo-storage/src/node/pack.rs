@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use neo_proto::packets::{self as p, PackOrder};
 use neo_proto::{CellState, Oid, Partition, Tid};
 
+use super::master::MasterAsked;
 use super::{Handled, Storage};
 
 /// Oids examined per pack step: one step is one short database
@@ -88,7 +89,7 @@ impl Storage {
         if self.pack.reported == Some(pack_id) {
             return Ok(());
         }
-        if let Some(master) = self.master {
+        if let Some(master) = self.master() {
             self.pack.reported = Some(pack_id);
             self.notify(master, p::NotifyPackCompleted { pack_id });
         }
@@ -131,7 +132,7 @@ impl Storage {
         {
             return Ok(());
         }
-        let Some(master) = self.master else {
+        let Some(master) = self.master() else {
             return Ok(());
         };
         let completed = self
@@ -147,13 +148,11 @@ impl Storage {
             return Ok(());
         }
         self.pack.asked = Some(completed);
-        self.out.push(super::Output::Request {
-            conn: master,
-            packet: p::AskPackOrders {
-                min_id: Tid(completed.0.saturating_add(1)),
-            }
-            .into(),
-        });
+        let request = p::AskPackOrders {
+            min_id: Tid(completed.0.saturating_add(1)),
+        };
+        self.asked
+            .send(&mut self.out, master, MasterAsked::PackOrders, request);
         Ok(())
     }
 

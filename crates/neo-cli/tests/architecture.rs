@@ -1,0 +1,161 @@
+//! The architecture invariants of ARCHITECTURE.md that are about absence,
+//! checked on the sources: which crate may depend on which, and which
+//! files may do I/O or read the clock. The state machines are tested
+//! deterministically only as long as they stay free of both.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+fn crates_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The names of a crate's normal dependencies.
+fn dependencies(krate: &str) -> Vec<String> {
+    let manifest = std::fs::read_to_string(crates_dir().join(krate).join("Cargo.toml")).unwrap();
+    let mut in_dependencies = false;
+    let mut names = Vec::new();
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_dependencies = line == "[dependencies]";
+            continue;
+        }
+        if in_dependencies && !line.is_empty() && !line.starts_with('#') {
+            let name = line.split(['.', '=', ' ']).next().unwrap();
+            names.push(name.to_owned());
+        }
+    }
+    names
+}
+
+/// The code lines (comments left out) of every `.rs` file under `dir` of
+/// `krate`, with the file's path relative to the crate.
+fn code_lines(krate: &str, dir: &str) -> Vec<(String, String)> {
+    let root = crates_dir().join(krate);
+    let mut lines = Vec::new();
+    let mut pending = vec![root.join(dir)];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            let relative = path.strip_prefix(&root).unwrap().display().to_string();
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let code = line.trim();
+                if !code.starts_with("//") {
+                    lines.push((relative.clone(), code.to_owned()));
+                }
+            }
+        }
+    }
+    lines
+}
+
+#[test]
+fn dependency_arrows_go_one_way() {
+    let proto = dependencies("neo-proto");
+    for name in &proto {
+        assert!(
+            ["bytes", "rmp", "thiserror"].contains(&name.as_str()),
+            "neo-proto depends on {name}"
+        );
+    }
+    let cluster = dependencies("neo-cluster");
+    assert_eq!(cluster, ["neo-proto", "thiserror"], "neo-cluster");
+    let roles = [
+        "neo-master",
+        "neo-storage",
+        "neo-admin",
+        "neo-client",
+        "neo-py",
+    ];
+    for name in dependencies("neo-net") {
+        assert!(
+            !roles.contains(&name.as_str()) && name != "neo-cluster",
+            "neo-net knows {name}"
+        );
+    }
+    for role in ["neo-master", "neo-storage", "neo-admin", "neo-client"] {
+        for name in dependencies(role) {
+            assert!(!roles.contains(&name.as_str()), "{role} depends on {name}");
+        }
+    }
+    for krate in [
+        "neo-proto",
+        "neo-net",
+        "neo-cluster",
+        "neo-master",
+        "neo-storage",
+        "neo-admin",
+        "neo-client",
+        "neo-py",
+        "neo-cli",
+        "neo-bench",
+    ] {
+        let names = dependencies(krate);
+        if krate != "neo-storage" {
+            assert!(!names.contains(&"rusqlite".into()), "{krate} knows SQL");
+        }
+        if krate != "neo-py" {
+            assert!(!names.contains(&"pyo3".into()), "{krate} knows Python");
+        }
+    }
+}
+
+/// Node logic and the protocol neither do I/O nor read the clock: no
+/// tokio, no sockets, no files, no `now()` outside the shells.
+#[test]
+fn state_machines_do_no_io_and_read_no_clock() {
+    // Addresses are values (`std::net::SocketAddr` is fine); sockets,
+    // files, sleeping and the clock are I/O.
+    let forbidden = [
+        "tokio",
+        "TcpStream",
+        "TcpListener",
+        "UdpSocket",
+        "std::fs",
+        "thread::sleep",
+        "SystemTime::now",
+        "Instant::now",
+    ];
+    let places = [
+        ("neo-proto", "src"),
+        ("neo-cluster", "src"),
+        ("neo-net", "src/node.rs"),
+        ("neo-master", "src"),
+        ("neo-storage", "src/node"),
+        ("neo-storage", "src/db"),
+        ("neo-admin", "src/app.rs"),
+        ("neo-admin", "src/summary.rs"),
+        ("neo-client", "src/txn/machine.rs"),
+    ];
+    let mut checked = 0;
+    for (krate, dir) in places {
+        for (file, line) in code_lines(krate, dir) {
+            // The shells are where I/O and the clock belong.
+            if file.ends_with("shell.rs") || file.contains("fuzzing") {
+                continue;
+            }
+            checked += 1;
+            for word in forbidden {
+                assert!(!line.contains(word), "{krate}/{file}: {line}");
+            }
+        }
+    }
+    assert!(checked > 5000, "only {checked} lines checked");
+}
+
+/// Within the storage, only the SQLite engine knows SQLite.
+#[test]
+fn only_the_sqlite_engine_knows_sqlite() {
+    for (file, line) in code_lines("neo-storage", "src") {
+        if !file.starts_with("src/backend/sqlite") {
+            assert!(!line.contains("rusqlite"), "neo-storage/{file}: {line}");
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Who may join the cluster and how everybody learns about it
+//! (architecture.md §1, protocol.md §9.2): identification of every node
+//! type, `NotifyNodeInformation`, distribution of the partition table and
+//! the cluster state, and what the loss of a connection means.
+
+use neo_cluster::{Node, UnixTime};
+use neo_net::ConnId;
+use neo_proto::packets::{self as p, NodeInfo};
+use neo_proto::{ClusterState, ErrorCode, NodeId, NodeState, NodeType};
+
+use crate::master::{Asked, Master};
+
+impl Master {
+    /// Which node types a receiver is told about (architecture.md §1.4).
+    fn sees(receiver: NodeType, node: NodeType) -> bool {
+        match receiver {
+            NodeType::Master => node == NodeType::Master,
+            NodeType::Client => matches!(node, NodeType::Master | NodeType::Storage),
+            NodeType::Storage | NodeType::Admin => node != NodeType::Admin,
+        }
+    }
+
+    /// Tells every identified node that may see them about changed nodes.
+    pub(crate) fn broadcast_nodes(&mut self, changed: &[NodeInfo], now: UnixTime) {
+        if changed.is_empty() {
+            return;
+        }
+        let timestamp = self.timestamp(now);
+        for (_, receiver_type, conn) in self.identified() {
+            let visible: Vec<NodeInfo> = changed
+                .iter()
+                .filter(|info| Self::sees(receiver_type, info.node_type))
+                .cloned()
+                .collect();
+            if !visible.is_empty() {
+                self.notify(
+                    conn,
+                    p::NotifyNodeInformation {
+                        timestamp,
+                        nodes: visible,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Changes a node's state and tells everybody.
+    pub(crate) fn set_node_state(&mut self, nid: NodeId, state: NodeState, now: UnixTime) {
+        let info = match self.nodes.get_mut(nid) {
+            Some(node) if node.state != state => {
+                node.state = state;
+                node.info()
+            }
+            _ => return,
+        };
+        if state == NodeState::Unknown {
+            self.nodes.remove(nid);
+        }
+        self.broadcast_nodes(&[info], now);
+    }
+
+    pub(crate) fn send_partition_table(&mut self, conn: ConnId) {
+        let packet = p::SendPartitionTable {
+            ptid: self.pt.ptid(),
+            num_replicas: self.pt.num_replicas(),
+            rows: self.pt.to_rows(),
+        };
+        self.notify(conn, packet);
+    }
+
+    /// Broadcasts partition table changes to every identified non-master node.
+    pub(crate) fn broadcast_pt_changes(&mut self, changes: Vec<p::CellChange>) {
+        let Some(ptid) = self.pt.ptid() else { return };
+        if changes.is_empty() {
+            return;
+        }
+        let packet = p::NotifyPartitionChanges {
+            ptid,
+            num_replicas: self.pt.num_replicas(),
+            changes,
+        };
+        for (_, node_type, conn) in self.identified() {
+            if node_type != NodeType::Master {
+                self.notify(conn, packet.clone());
+            }
+        }
+    }
+
+    pub(crate) fn broadcast_cluster_state(&mut self) {
+        for (_, _, conn) in self.identified() {
+            self.notify(conn, p::NotifyClusterInformation { state: self.state });
+        }
+    }
+
+    pub(crate) fn identify(
+        &mut self,
+        conn: ConnId,
+        msg_id: u32,
+        request: p::RequestIdentification,
+        now: UnixTime,
+    ) {
+        if request.cluster != self.config.cluster {
+            return self.refuse(
+                conn,
+                msg_id,
+                ErrorCode::ProtocolError,
+                "invalid cluster name",
+            );
+        }
+        if request.address.as_ref() == Some(&self.config.address) {
+            return self.refuse(
+                conn,
+                msg_id,
+                ErrorCode::ProtocolError,
+                "address conflicts with this master",
+            );
+        }
+        // Protect against cloned databases and buggy peers (§1.2).
+        let taken_by_identified = |nid: NodeId| self.conn_of.contains_key(&nid);
+        if let Some(address) = &request.address {
+            if let Some(node) = self.nodes.by_address(address) {
+                if taken_by_identified(node.nid) {
+                    return self.refuse(
+                        conn,
+                        msg_id,
+                        ErrorCode::ProtocolError,
+                        "already connected",
+                    );
+                }
+            }
+        }
+        if request.node_type == NodeType::Storage {
+            // A storage may come back at another address (ephemeral ports):
+            // only a connected holder of the id is a conflict (a clone).
+            if let Some(nid) = request.nid {
+                if taken_by_identified(nid) {
+                    return self.refuse(
+                        conn,
+                        msg_id,
+                        ErrorCode::ProtocolError,
+                        "already connected",
+                    );
+                }
+            }
+        }
+        let read_only = request
+            .extra
+            .0
+            .iter()
+            .any(|(key, value)| key == "read_only" && *value == neo_proto::Value::Bool(true));
+        let state = match request.node_type {
+            NodeType::Client => {
+                if self.state != ClusterState::Running {
+                    return self.refuse(conn, msg_id, ErrorCode::NotReady, "Retry Later");
+                }
+                NodeState::Running
+            }
+            NodeType::Storage => {
+                if request.address.is_none() {
+                    // `--new-nid` cloning (§3.9) is not supported yet.
+                    let code = if self.state == ClusterState::Recovering {
+                        ErrorCode::NotReady
+                    } else {
+                        ErrorCode::ProtocolError
+                    };
+                    return self.refuse(
+                        conn,
+                        msg_id,
+                        code,
+                        "storages without address are not supported",
+                    );
+                }
+                match self.state {
+                    ClusterState::Recovering => NodeState::Pending,
+                    ClusterState::Stopping | ClusterState::StoppingBackup => {
+                        return self.refuse(conn, msg_id, ErrorCode::NotReady, "Retry Later");
+                    }
+                    _ => {
+                        let known = request.nid.is_some_and(|nid| self.pt.has_cells(nid));
+                        if known {
+                            NodeState::Running
+                        } else {
+                            NodeState::Pending
+                        }
+                    }
+                }
+            }
+            NodeType::Admin | NodeType::Master => NodeState::Running,
+        };
+        let Some(nid) = self.nodes.allocate_nid(
+            request.node_type,
+            request.nid,
+            request.address.as_ref(),
+            self.nid,
+        ) else {
+            return self.refuse(conn, msg_id, ErrorCode::ProtocolError, "no node id left");
+        };
+        let id_timestamp = self.timestamp(now);
+        let node = Node {
+            nid,
+            node_type: request.node_type,
+            address: request.address,
+            state,
+            id_timestamp: Some(id_timestamp),
+        };
+        let info = node.info();
+        self.nodes.insert(node);
+        // Others first, then the newcomer hears about everybody.
+        self.broadcast_nodes(std::slice::from_ref(&info), now);
+        if let Some(peer) = self.peers.get_mut(&conn) {
+            peer.nid = Some(nid);
+            peer.node_type = Some(request.node_type);
+            peer.read_only = read_only;
+        }
+        self.conn_of.insert(nid, conn);
+        tracing::info!(%nid, node_type = %request.node_type, %state, "node identified");
+        self.answer(
+            conn,
+            msg_id,
+            p::AcceptIdentification {
+                node_type: NodeType::Master,
+                nid: Some(self.nid),
+                your_nid: Some(nid),
+            },
+        );
+        let mut nodes = vec![info];
+        nodes.extend(
+            self.nodes
+                .iter()
+                .filter(|node| node.nid != nid && Self::sees(request.node_type, node.node_type))
+                .map(Node::info),
+        );
+        let timestamp = self.timestamp(now);
+        self.notify(conn, p::NotifyNodeInformation { timestamp, nodes });
+        match request.node_type {
+            NodeType::Client | NodeType::Admin => {
+                self.send_partition_table(conn);
+                if request.node_type == NodeType::Admin {
+                    self.notify(conn, p::NotifyClusterInformation { state: self.state });
+                }
+            }
+            NodeType::Storage => {
+                if self.state == ClusterState::Recovering {
+                    self.asked
+                        .send(&mut self.out, conn, Asked::Recovery, p::AskRecovery {});
+                } else {
+                    self.send_partition_table(conn);
+                    self.notify(conn, p::NotifyClusterInformation { state: self.state });
+                    if state == NodeState::Running && self.state == ClusterState::Running {
+                        self.starting.insert(nid);
+                        self.notify(conn, p::StartOperation { backup: false });
+                    }
+                }
+            }
+            NodeType::Master => {}
+        }
+    }
+
+    pub(crate) fn on_closed(&mut self, conn: ConnId, now: UnixTime) {
+        // What was asked on it will not be answered (a transaction waiting
+        // for its lock learns it below, with the storage's loss).
+        self.asked.closed(conn);
+        let Some(peer) = self.peers.remove(&conn) else {
+            return;
+        };
+        let (Some(nid), Some(node_type)) = (peer.nid, peer.node_type) else {
+            return;
+        };
+        self.conn_of.remove(&nid);
+        tracing::info!(%nid, %node_type, "connection lost");
+        match node_type {
+            NodeType::Client => {
+                self.packs.client_lost(conn);
+                for storage in self.transactions.client_lost(conn) {
+                    let (ttid, nids) = storage;
+                    for nid in nids {
+                        self.notify_node(nid, p::AbortTransaction { ttid, nids: vec![] });
+                    }
+                    self.finished_for_replication(ttid);
+                }
+                self.set_node_state(nid, NodeState::Unknown, now);
+            }
+            NodeType::Admin | NodeType::Master => self.set_node_state(nid, NodeState::Unknown, now),
+            NodeType::Storage => self.storage_lost(nid, now),
+        }
+    }
+
+    fn storage_lost(&mut self, nid: NodeId, now: UnixTime) {
+        self.starting.remove(&nid);
+        self.ready.remove(&nid);
+        self.recovery.ptids.remove(&nid);
+        self.recovery.unsupported.remove(&nid);
+        let has_cells = self.pt.has_cells(nid);
+        let state = if has_cells {
+            NodeState::Down
+        } else {
+            NodeState::Unknown
+        };
+        self.set_node_state(nid, state, now);
+        self.transactions.storage_lost(nid);
+        match self.state {
+            ClusterState::Verifying | ClusterState::Running => {
+                let changes = self.pt.outdate(|n| self.nodes.is_running(n));
+                self.broadcast_pt_changes(changes);
+                self.update_completed_pack();
+                if !self.pt.is_operational(|n| self.nodes.is_running(n)) {
+                    tracing::warn!("partition table no longer operational: back to recovery");
+                    self.enter_recovering(now);
+                }
+            }
+            _ => {}
+        }
+    }
+}

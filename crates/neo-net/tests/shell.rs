@@ -1,0 +1,288 @@
+//! The node shell with a scripted node on real loopback sockets: what a
+//! node is told and in which order, connecting out, timers, the limit on
+//! accepted connections and peers that stop reading.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use neo_net::{
+    connect_alone, ConnId, ConnectionConfig, EventKind, Input, Listener, Node, Outbox, Output,
+    ShellConfig, Token,
+};
+use neo_proto::packets::{self as p, Ping, Pong};
+use neo_proto::{Address, ErrorCode, Packet, UnixTime};
+use tokio::io::AsyncWriteExt;
+
+/// What the scripted node saw, as comparable strings.
+type Log = Arc<Mutex<Vec<String>>>;
+
+/// A node that logs its inputs and reacts with `script`.
+struct Scripted<F> {
+    log: Log,
+    out: Outbox,
+    timeout: Option<UnixTime>,
+    script: F,
+}
+
+impl<F: FnMut(&Input, &mut Outbox, &mut Option<UnixTime>) + Send> Node for Scripted<F> {
+    fn handle(&mut self, input: Input, _now: UnixTime) {
+        let line = match &input {
+            Input::Start => "start".to_owned(),
+            Input::Accepted { .. } => "accepted".to_owned(),
+            Input::Connected { token, .. } => format!("connected {}", token.0),
+            Input::ConnectFailed { token } => format!("failed {}", token.0),
+            Input::Packet { packet, .. } => format!("packet {}", packet.name()),
+            Input::Answer { token, packet, .. } => format!("answer {} {}", token.0, packet.name()),
+            Input::Closed { .. } => "closed".to_owned(),
+            Input::Timeout => "timeout".to_owned(),
+        };
+        self.log.lock().unwrap().push(line);
+        (self.script)(&input, &mut self.out, &mut self.timeout);
+    }
+
+    fn poll_output(&mut self) -> Vec<Output> {
+        self.out.take()
+    }
+
+    fn poll_timeout(&self) -> Option<UnixTime> {
+        self.timeout
+    }
+}
+
+fn scripted<F>(script: F) -> (Scripted<F>, Log)
+where
+    F: FnMut(&Input, &mut Outbox, &mut Option<UnixTime>) + Send,
+{
+    let log = Log::default();
+    let node = Scripted {
+        log: log.clone(),
+        out: Outbox::default(),
+        timeout: None,
+        script,
+    };
+    (node, log)
+}
+
+async fn listener() -> Listener {
+    Listener::bind(&Address::new("127.0.0.1", 0)).await.unwrap()
+}
+
+/// Waits until the log has a line `line`.
+async fn wait_for(log: &Log, line: &str) {
+    for _ in 0..500 {
+        if log.lock().unwrap().iter().any(|l| l == line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never saw {line:?} in {:?}", log.lock().unwrap());
+}
+
+fn identification() -> p::RequestIdentification {
+    p::RequestIdentification {
+        node_type: neo_proto::NodeType::Client,
+        nid: None,
+        address: None,
+        cluster: "test".into(),
+        id_timestamp: None,
+        extra: neo_proto::Map::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_peer_is_accepted_before_its_packets_and_answers_come_by_token() {
+    // Answers Ping, and asks the peer a Ping of its own tagged 99.
+    let (mut node, log) = scripted(|input, out, _| match input {
+        Input::Packet {
+            conn,
+            msg_id,
+            packet: Packet::Ping(_),
+        } => {
+            out.answer(*conn, *msg_id, Pong {});
+            out.request(*conn, Token(99), Ping {});
+        }
+        Input::Answer { .. } => out.exit(Ok(())),
+        _ => {}
+    });
+    let listener = listener().await;
+    let address = listener.local_address().clone();
+    let shell = tokio::spawn(async move {
+        neo_net::shell::run(
+            &mut node,
+            Some(listener),
+            ShellConfig::default(),
+            std::future::pending(),
+        )
+        .await
+    });
+    let (connection, mut inbox) = connect_alone(&address, &ConnectionConfig::default())
+        .await
+        .unwrap();
+    let Pong {} = connection.ask(Ping {}).await.unwrap();
+    // The node's own ping: answer it.
+    let frame = loop {
+        match inbox.recv().await.unwrap().kind {
+            EventKind::Packet(frame) => break frame,
+            _ => continue,
+        }
+    };
+    assert_eq!(frame.packet, Packet::Ping(Ping {}));
+    connection.answer(frame.msg_id, Pong {}).await.unwrap();
+    shell.await.unwrap().unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["start", "accepted", "packet Ping", "answer 99 Pong"]
+    );
+}
+
+#[tokio::test]
+async fn connections_and_timers_come_back_to_the_node() {
+    let target = listener().await;
+    let reachable = target.local_address().clone();
+    // A port nobody listens on: bind one, note it, close it.
+    let unreachable = listener().await.local_address().clone();
+    let mut outcomes = 0;
+    let (mut node, log) = scripted(move |input, out, timeout| match input {
+        Input::Start => {
+            out.connect(Token(1), reachable.clone());
+            out.connect(Token(2), unreachable.clone());
+        }
+        Input::Connected { .. } | Input::ConnectFailed { .. } => {
+            outcomes += 1;
+            if outcomes == 2 {
+                // A deadline in the past: at once.
+                *timeout = Some(0.0);
+            }
+        }
+        Input::Timeout => out.exit(Err("done".to_owned())),
+        _ => {}
+    });
+    // `target` only completes handshakes.
+    let accepting = tokio::spawn(async move {
+        let accepted = target.accept().await.unwrap();
+        accepted.open(&ConnectionConfig::default()).await.unwrap()
+    });
+    let result = neo_net::shell::run(
+        &mut node,
+        None,
+        ShellConfig::default(),
+        std::future::pending(),
+    )
+    .await;
+    assert_eq!(result.unwrap_err().to_string(), "done");
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log[0], "start");
+    assert!(log.contains(&"connected 1".to_owned()), "{log:?}");
+    assert!(log.contains(&"failed 2".to_owned()), "{log:?}");
+    assert_eq!(log.last().unwrap(), "timeout");
+    drop(accepting.await.unwrap());
+}
+
+/// The hostile case for the listener's limit: a peer over it is answered
+/// NOT_READY ("retry later", as NEO refuses) and closed; once a connection
+/// goes away, a new peer is served again.
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_with_not_ready() {
+    let (mut node, log) = scripted(|input, out, _| {
+        if let Input::Packet {
+            conn,
+            msg_id,
+            packet: Packet::RequestIdentification(_),
+        } = input
+        {
+            out.answer(*conn, *msg_id, p::Error::ack("welcome"));
+        }
+    });
+    let listener = listener().await;
+    let address = listener.local_address().clone();
+    let config = ShellConfig {
+        max_connections: 2,
+        ..ShellConfig::default()
+    };
+    let shell = tokio::spawn(async move {
+        neo_net::shell::run(&mut node, Some(listener), config, std::future::pending()).await
+    });
+    let connection_config = ConnectionConfig::default();
+    let connect = || connect_alone(&address, &connection_config);
+    let (first, _first_inbox) = connect().await.unwrap();
+    let (second, _second_inbox) = connect().await.unwrap();
+    for connection in [&first, &second] {
+        let answer = connection
+            .ask_packet(identification().into())
+            .await
+            .unwrap();
+        assert_eq!(answer, Packet::Error(p::Error::ack("welcome")));
+    }
+    let (third, mut third_inbox) = connect().await.unwrap();
+    match third.ask_packet(identification().into()).await.unwrap() {
+        Packet::Error(error) => {
+            assert_eq!(error.code, ErrorCode::NotReady);
+            assert!(error.message.contains("too many connections"), "{error}");
+        }
+        other => panic!("expected NOT_READY, got {other:?}"),
+    }
+    loop {
+        if let EventKind::Closed(_) = third_inbox.recv().await.unwrap().kind {
+            break;
+        }
+    }
+    first.close().await;
+    wait_for(&log, "closed").await;
+    let (fourth, _fourth_inbox) = connect().await.unwrap();
+    let answer = fourth.ask_packet(identification().into()).await.unwrap();
+    assert_eq!(answer, Packet::Error(p::Error::ack("welcome")));
+    let accepted = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| *line == "accepted")
+        .count();
+    assert_eq!(accepted, 3, "the refused peer never reached the node");
+    shell.abort();
+}
+
+/// A peer that stops reading is given up on (the node sees it closed)
+/// instead of holding the node up forever.
+#[tokio::test]
+async fn a_peer_that_does_not_read_is_aborted() {
+    let conns: Arc<Mutex<Option<ConnId>>> = Arc::default();
+    let flooded = conns.clone();
+    let (mut node, log) = scripted(move |input, out, _| match input {
+        Input::Accepted { conn } => {
+            *flooded.lock().unwrap() = Some(*conn);
+            for tid in 0..2000u64 {
+                let oids = (0..1000).map(neo_proto::Oid).collect();
+                let packet = p::InvalidateObjects {
+                    tid: neo_proto::Tid(tid),
+                    oids,
+                };
+                out.notify(*conn, packet);
+            }
+        }
+        Input::Closed { .. } => out.exit(Ok(())),
+        _ => {}
+    });
+    let listener = listener().await;
+    let address = listener.local_address().clone();
+    let config = ShellConfig {
+        send_timeout: Duration::from_secs(1),
+        ..ShellConfig::default()
+    };
+    let shell = tokio::spawn(async move {
+        neo_net::shell::run(&mut node, Some(listener), config, std::future::pending()).await
+    });
+    // Sends the magic, then never reads.
+    let mut stuck = tokio::net::TcpStream::connect((address.host.as_str(), address.port))
+        .await
+        .unwrap();
+    stuck.write_all(&neo_proto::MAGIC).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), shell)
+        .await
+        .expect("the shell gives up on the peer within the send timeout")
+        .unwrap()
+        .unwrap();
+    assert!(conns.lock().unwrap().is_some());
+    assert_eq!(log.lock().unwrap().last().unwrap(), "closed");
+    drop(stuck);
+}

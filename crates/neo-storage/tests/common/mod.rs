@@ -1,0 +1,189 @@
+//! The harness of the storage node's state-machine tests: a node over a
+//! real SQLite database, operational with one identified client, and
+//! helpers to speak for the master and the client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use neo_net::{ConnId, Input, Node, Output};
+use neo_proto::packets::{self as p, CellInfo, NodeInfo};
+use neo_proto::{Address, CellState, Checksum, Map, NodeId, NodeState, NodeType, Oid, Packet, Tid};
+use neo_storage::backend::{OpenOptions, SqliteBackend};
+use neo_storage::db::Database;
+use neo_storage::node::{Limits, Storage, StorageConfig};
+use sha1::{Digest, Sha1};
+
+pub const MASTER: ConnId = ConnId(1);
+pub const CLIENT: ConnId = ConnId(2);
+
+pub fn storage_nid() -> NodeId {
+    NodeId::new(NodeType::Storage, 1).unwrap()
+}
+
+pub fn client_nid() -> NodeId {
+    NodeId::new(NodeType::Client, 1).unwrap()
+}
+
+pub fn tid(n: u64) -> Tid {
+    Tid(0x03f0_0000_0000_0000 + n)
+}
+
+/// A storage node with one partition of its own, operational, with one
+/// identified client on [`CLIENT`].
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub storage: Storage,
+    pub next_msg_id: u32,
+    /// The time given with every input.
+    pub now: f64,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Harness::with_limits(Limits::default())
+    }
+
+    /// [`Harness::new`] with the node's limits set to `limits`.
+    pub fn with_limits(limits: Limits) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let backend =
+            SqliteBackend::open(dir.path().join("neo.sqlite"), &OpenOptions::default()).unwrap();
+        let db = Database::new(Box::new(backend)).unwrap();
+        let config = StorageConfig {
+            cluster: "test".to_owned(),
+            address: Address::parse("127.0.0.1:1", 1).unwrap(),
+            masters: vec![Address::new("127.0.0.1", 10000)],
+            limits,
+        };
+        let mut harness = Harness {
+            dir,
+            storage: Storage::new(config, db).unwrap(),
+            next_msg_id: 0,
+            now: 1.0,
+        };
+        let connect = harness.input(Input::Start);
+        let [Output::Connect { token, address }] = connect.as_slice() else {
+            panic!("expected a connection to the master: {connect:?}");
+        };
+        assert_eq!(address.port, 10000);
+        let identify = harness.input(Input::Connected {
+            conn: MASTER,
+            token: *token,
+        });
+        let [Output::Request { token, packet, .. }] = identify.as_slice() else {
+            panic!("expected the identification: {identify:?}");
+        };
+        assert!(matches!(packet, Packet::RequestIdentification(_)));
+        harness.input(Input::Answer {
+            conn: MASTER,
+            token: *token,
+            packet: p::AcceptIdentification {
+                node_type: NodeType::Master,
+                nid: Some(NodeId::new(NodeType::Master, 1).unwrap()),
+                your_nid: Some(storage_nid()),
+            }
+            .into(),
+        });
+        harness.master_sends(p::SendPartitionTable {
+            ptid: Some(1),
+            num_replicas: 0,
+            rows: vec![vec![CellInfo {
+                nid: storage_nid(),
+                state: CellState::UpToDate,
+            }]],
+        });
+        harness.master_sends(p::NotifyNodeInformation {
+            timestamp: 1.0,
+            nodes: vec![NodeInfo {
+                node_type: NodeType::Client,
+                address: None,
+                nid: Some(client_nid()),
+                state: NodeState::Running,
+                id_timestamp: Some(1.0),
+            }],
+        });
+        harness.master_sends(p::StartOperation { backup: false });
+        harness.input(Input::Accepted { conn: CLIENT });
+        let accepted = harness.client_sends(p::RequestIdentification {
+            node_type: NodeType::Client,
+            nid: Some(client_nid()),
+            address: None,
+            cluster: "test".to_owned(),
+            id_timestamp: Some(1.0),
+            extra: Map(vec![]),
+        });
+        assert!(
+            matches!(
+                accepted.as_slice(),
+                [Output::Answer {
+                    packet: Packet::AcceptIdentification(_),
+                    ..
+                }]
+            ),
+            "{accepted:?}"
+        );
+        harness
+    }
+
+    /// Voted object rows committed to the database, as another reader sees
+    /// them.
+    pub fn committed_votes(&self) -> i64 {
+        let conn = rusqlite::Connection::open(self.dir.path().join("neo.sqlite")).unwrap();
+        conn.query_row("SELECT COUNT(*) FROM tobj", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    pub fn input(&mut self, input: Input) -> Vec<Output> {
+        let outputs = self.input_may_exit(input);
+        assert!(
+            !outputs.iter().any(|o| matches!(o, Output::Exit(_))),
+            "{outputs:?}"
+        );
+        outputs
+    }
+
+    /// [`Harness::input`], without failing when the node exits.
+    pub fn input_may_exit(&mut self, input: Input) -> Vec<Output> {
+        self.storage.handle(input, self.now);
+        self.storage.poll_output()
+    }
+
+    pub fn packet(&mut self, conn: ConnId, packet: impl Into<Packet>) -> Vec<Output> {
+        self.next_msg_id += 1;
+        let msg_id = self.next_msg_id;
+        self.input(Input::Packet {
+            conn,
+            msg_id,
+            packet: packet.into(),
+        })
+    }
+
+    pub fn master_sends(&mut self, packet: impl Into<Packet>) -> Vec<Output> {
+        self.packet(MASTER, packet)
+    }
+
+    pub fn client_sends(&mut self, packet: impl Into<Packet>) -> Vec<Output> {
+        self.packet(CLIENT, packet)
+    }
+
+    pub fn store(&mut self, ttid: Tid, oid: Oid, serial: Tid, data: &'static [u8]) -> Vec<Output> {
+        self.client_sends(p::AskStoreObject {
+            oid,
+            serial,
+            compression: 0,
+            checksum: Checksum(Sha1::digest(data).into()),
+            data: data.into(),
+            data_serial: None,
+            ttid,
+        })
+    }
+}
+
+/// The answers among `outputs`, in order.
+pub fn answers(outputs: &[Output]) -> Vec<&Packet> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Answer { packet, .. } => Some(packet),
+            _ => None,
+        })
+        .collect()
+}
