@@ -2,6 +2,8 @@
 transaction, BTrees), configuration (ZConfig, zodburi), invalidations
 between clients, the cache, and the errors a user can make."""
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -350,3 +352,32 @@ def test_cluster_stopped():
     finally:
         storage.close()
         c.stop()
+
+
+_EXIT_SCRIPT = """
+import sys, ZODB, transaction
+from neo.client.Storage import Storage
+storage = Storage(master_nodes=sys.argv[1], name=sys.argv[2])
+db = ZODB.DB(storage)
+connection = db.open()
+connection.root()['exit'] = int(sys.argv[3])
+transaction.commit()
+if sys.argv[4] == 'close':
+    db.close()
+"""
+
+
+def test_interpreter_exit_is_clean(cluster):
+    # Regression: the invalidation thread waits in native code without the
+    # GIL; at interpreter exit CPython ends daemon threads that come back
+    # from native code with pthread_exit, which cannot unwind through Rust
+    # and aborted the process ("FATAL: exception not rethrown"), with or
+    # without close(). Many exits, so the race shows.
+    for i in range(24):
+        mode = 'close' if i % 2 else 'leave'
+        result = subprocess.run(
+            [sys.executable, '-c', _EXIT_SCRIPT, cluster.master_nodes,
+             cluster.name, str(i), mode],
+            capture_output=True, timeout=60)
+        assert result.returncode == 0, (mode, result.returncode,
+                                        result.stderr.decode()[-2000:])

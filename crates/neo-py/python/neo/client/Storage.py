@@ -13,6 +13,7 @@ or any call that needs an up-to-date view (``lastTransaction``, ``sync``,
 in order and before ``lastTransaction()`` returns their TID.
 """
 
+import atexit
 import logging
 import threading
 import time
@@ -123,9 +124,28 @@ class _Context:
         self.voted = False
 
 
+# At interpreter exit, CPython ends a daemon thread that comes back from
+# native code with pthread_exit, which cannot unwind through Rust: the
+# process would abort ("FATAL: exception not rethrown") if a delivery
+# thread were waiting in `wait_events` then. They are stopped and joined
+# first, by an exit hook (those run before daemon threads are ended).
+_delivery_threads = weakref.WeakSet()
+_exiting = threading.Event()
+
+
+def _stop_delivery():
+    _exiting.set()
+    for thread in list(_delivery_threads):
+        # Each wakes at least every 0.2 s.
+        thread.join(5)
+
+
+atexit.register(_stop_delivery)
+
+
 def _deliver_forever(ref):
     """Background delivery of invalidations, until the storage goes."""
-    while True:
+    while not _exiting.is_set():
         storage = ref()
         if storage is None or storage._closed:
             return
@@ -291,6 +311,7 @@ class Storage(ConflictResolvingStorage):
             self._thread = threading.Thread(
                 target=_deliver_forever, args=(weakref.ref(self),),
                 name='neo-invalidations %s' % self._name, daemon=True)
+            _delivery_threads.add(self._thread)
             self._thread.start()
 
     def close(self):
