@@ -12,7 +12,7 @@ pub mod tid;
 
 pub use masters::{PrimaryFinder, RETRY_INTERVAL};
 pub use nodes::{Node, NodeTable};
-pub use pt::{Cell, PartitionTable, PtError};
+pub use pt::{Cell, Member, PartitionTable, PtError, Tweaked};
 pub use tid::{
     add_tid, civil_from_days, datetime_of_tid, days_from_civil, tid_fields, tid_from_unix,
     DateTime, TidFields, TidGenerator, UnixTime,

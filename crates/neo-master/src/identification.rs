@@ -300,7 +300,7 @@ impl Master {
         self.transactions.storage_lost(nid);
         match self.state {
             ClusterState::Verifying | ClusterState::Running => {
-                let changes = self.pt.outdate(|n| self.nodes.is_running(n));
+                let changes = self.pt.outdate(|n| self.nodes.is_running(n), Some(nid));
                 self.broadcast_pt_changes(changes);
                 self.update_completed_pack();
                 if !self.pt.is_operational(|n| self.nodes.is_running(n)) {

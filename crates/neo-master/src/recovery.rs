@@ -164,11 +164,15 @@ impl Master {
             self.set_node_state(*nid, NodeState::Running, now);
         }
         if self.pt.ptid().is_none() {
-            self.pt.make(&selected);
+            let members: Vec<neo_cluster::Member> = selected
+                .iter()
+                .map(|nid| neo_cluster::Member::new(*nid, Vec::new()))
+                .collect();
+            self.pt.make(&members);
             tracing::info!(storages = selected.len(), "new partition table");
         } else {
             // The changes need no broadcast: everybody gets the whole table.
-            self.pt.outdate(|nid| self.nodes.is_running(nid));
+            self.pt.outdate(|nid| self.nodes.is_running(nid), None);
         }
         self.recovery = Recovery::default();
         self.startup_allowed = false;

@@ -1,6 +1,15 @@
 //! The partition table (architecture.md §3): which storage holds which
 //! partition, in which cell state. Every node keeps a copy; only the primary
 //! master changes it, by versioned increments (`ptid`).
+//!
+//! This file is the table every node shares; the master's algorithms are
+//! in `master.rs` (outdating, end of replication, dropping nodes) and
+//! `tweak.rs` (the layout of a new table and rebalancing).
+
+mod master;
+mod tweak;
+
+pub use tweak::{Member, Tweaked};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,6 +44,24 @@ pub enum PtError {
         /// The partition.
         partition: Partition,
         /// The repeated node.
+        nid: NodeId,
+    },
+    /// Tweak with every storage excluded (NEO/py's text).
+    #[error("Can't remove all nodes.")]
+    NoNodeLeft,
+    /// Dropping nodes would lose the last readable copy (NEO/py's text).
+    #[error("Refuse to drop nodes that contain the only readable copies of partition {0}")]
+    OnlyReadableCopy(Partition),
+    /// No placement found (only possible if the search ran out of budget
+    /// without any topology constraint, which its strategies rule out).
+    #[error("no layout found for the partition table")]
+    Unplaceable,
+    /// A node reported on a partition it has no cell in.
+    #[error("partition {partition} is not assigned to {nid}")]
+    NotAssigned {
+        /// The partition.
+        partition: Partition,
+        /// The node.
         nid: NodeId,
     },
 }
@@ -180,11 +207,19 @@ impl PartitionTable {
     /// Filled, and every row has a readable cell on a node for which
     /// `running` is true (architecture.md §3.5).
     pub fn is_operational(&self, running: impl Fn(NodeId) -> bool) -> bool {
-        self.is_filled()
-            && self.rows.iter().all(|row| {
-                row.iter()
-                    .any(|cell| cell.state.is_readable() && running(cell.nid))
+        self.unreadable_partitions(running).is_empty()
+    }
+
+    /// The partitions without a readable cell on a node for which
+    /// `running` is true: why the table is not operational.
+    pub fn unreadable_partitions(&self, running: impl Fn(NodeId) -> bool) -> Vec<Partition> {
+        (0..self.partitions())
+            .filter(|partition| {
+                !self
+                    .readable_cells(*partition)
+                    .any(|cell| running(cell.nid))
             })
+            .collect()
     }
 
     fn set_cell(
@@ -287,63 +322,6 @@ impl PartitionTable {
         made
     }
 
-    /// Master, new cluster: every partition gets `min(num_replicas + 1,
-    /// |nodes|)` UP_TO_DATE cells, spread round-robin so that nodes hold the
-    /// same number of cells (±1) and consecutive partitions land on
-    /// different nodes. The table becomes version 1.
-    pub fn make(&mut self, nodes: &BTreeSet<NodeId>) {
-        let nodes: Vec<NodeId> = nodes.iter().copied().collect();
-        if nodes.is_empty() {
-            return;
-        }
-        let copies = (self.num_replicas as usize + 1).min(nodes.len());
-        for (partition, row) in self.rows.iter_mut().enumerate() {
-            row.clear();
-            for copy in 0..copies {
-                let nid = nodes[(partition * copies + copy) % nodes.len()];
-                row.push(Cell {
-                    nid,
-                    state: CellState::UpToDate,
-                });
-            }
-        }
-        self.ptid = Some(1);
-    }
-
-    /// Master: the cells of nodes that are not running become OUT_OF_DATE
-    /// (FEEDING ones are dropped), except the last readable cell of a row,
-    /// kept readable so the cluster can restart from it (§3.6). Returns the
-    /// changes to broadcast; the version is bumped if any.
-    pub fn outdate(&mut self, running: impl Fn(NodeId) -> bool) -> Vec<CellChange> {
-        let mut changes = Vec::new();
-        for (partition, row) in self.rows.iter().enumerate() {
-            let readable_running = row
-                .iter()
-                .filter(|cell| cell.state.is_readable() && running(cell.nid))
-                .count();
-            for cell in row {
-                if running(cell.nid) || !cell.state.is_readable() {
-                    continue;
-                }
-                if readable_running == 0 && cell.state == CellState::UpToDate {
-                    // No readable copy left on a running node: keep this one.
-                    continue;
-                }
-                let state = if cell.state == CellState::Feeding {
-                    CellState::Discarded
-                } else {
-                    CellState::OutOfDate
-                };
-                changes.push(CellChange {
-                    partition: partition as Partition,
-                    nid: cell.nid,
-                    state,
-                });
-            }
-        }
-        self.commit_changes(changes)
-    }
-
     /// How many cells each node holds, by state, for `print pt` summaries.
     pub fn count_by_node(&self) -> BTreeMap<NodeId, usize> {
         let mut counts = BTreeMap::new();
@@ -357,33 +335,17 @@ impl PartitionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
-    fn nodes(count: i32) -> BTreeSet<NodeId> {
-        (1..=count).map(NodeId).collect()
-    }
-
-    #[test]
-    fn a_new_table_is_balanced_and_spread() {
-        let mut table = PartitionTable::new(12, 1).expect("partitions");
-        table.make(&nodes(3));
-        assert_eq!(table.ptid(), Some(1));
-        assert!(table.is_operational(|_| true));
-        let counts = table.count_by_node();
-        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![8, 8, 8]);
-        for partition in 0..12 {
-            let row = table.cells(partition);
-            assert_eq!(row.len(), 2);
-            assert_ne!(row[0].nid, row[1].nid);
-            let next = table.cells((partition + 1) % 12);
-            assert_ne!(row[0].nid, next[0].nid, "consecutive partitions spread");
-        }
+    fn members(count: i32) -> Vec<Member> {
+        (1..=count)
+            .map(|n| Member::new(NodeId(n), Vec::new()))
+            .collect()
     }
 
     #[test]
     fn changes_must_follow_the_version() {
         let mut table = PartitionTable::new(4, 0).expect("partitions");
-        table.make(&nodes(1));
+        table.make(&members(1));
         let change = CellChange {
             partition: 0,
             nid: NodeId(2),
@@ -408,46 +370,20 @@ mod tests {
     }
 
     #[test]
-    fn outdating_keeps_the_last_readable_copy() {
-        let mut table = PartitionTable::new(4, 1).expect("partitions");
-        table.make(&nodes(2));
-        let changes = table.outdate(|nid| nid == NodeId(1));
-        assert_eq!(changes.len(), 4);
-        assert!(changes
-            .iter()
-            .all(|c| c.nid == NodeId(2) && c.state == CellState::OutOfDate));
-        assert_eq!(table.ptid(), Some(2));
-        assert!(table.is_operational(|nid| nid == NodeId(1)));
-        // Now S1 goes too: its cells are the last readable ones, kept.
-        assert!(table.outdate(|_| false).is_empty());
-        assert_eq!(table.ptid(), Some(2));
-        assert!(!table.is_operational(|_| false));
-    }
-
-    #[test]
     fn rows_round_trip_through_the_wire_form() {
         let mut table = PartitionTable::new(5, 1).expect("partitions");
-        table.make(&nodes(3));
+        table.make(&members(3));
         let copy = PartitionTable::from_rows(table.ptid(), 1, &table.to_rows()).expect("valid");
         assert_eq!(copy, table);
         assert!(PartitionTable::from_rows(None, 0, &[]).is_err());
     }
 
-    proptest! {
-        #[test]
-        fn made_tables_are_balanced(partitions in 1u32..200, replicas in 0u32..4, count in 1i32..12) {
-            let mut table = PartitionTable::new(partitions, replicas).expect("partitions");
-            table.make(&nodes(count));
-            let copies = (replicas as usize + 1).min(count as usize);
-            for partition in 0..partitions {
-                let row = table.cells(partition);
-                prop_assert_eq!(row.len(), copies);
-                let distinct: BTreeSet<_> = row.iter().map(|c| c.nid).collect();
-                prop_assert_eq!(distinct.len(), copies);
-            }
-            let counts: Vec<usize> = table.count_by_node().values().copied().collect();
-            let (min, max) = (counts.iter().min(), counts.iter().max());
-            prop_assert!(max.zip(min).is_some_and(|(max, min)| max - min <= 1));
-        }
+    #[test]
+    fn unreadable_partitions_say_why_the_table_is_not_operational() {
+        let mut table = PartitionTable::new(3, 0).expect("partitions");
+        table.make(&members(3));
+        assert!(table.is_operational(|_| true));
+        assert_eq!(table.unreadable_partitions(|nid| nid != NodeId(2)), [1]);
+        assert!(!table.is_operational(|nid| nid != NodeId(2)));
     }
 }
