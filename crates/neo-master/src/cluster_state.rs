@@ -1,10 +1,11 @@
 //! Cluster states (architecture.md §4) and the admin's requests
-//! (operations.md §3): what `neoctl` may ask and change, and stopping.
+//! (operations.md §3): what `neoctl` may ask and change, truncation and
+//! stopping.
 
 use neo_cluster::UnixTime;
 use neo_net::ConnId;
 use neo_proto::packets as p;
-use neo_proto::{ClusterState, ErrorCode, NodeState, NodeType, Packet};
+use neo_proto::{ClusterState, ErrorCode, NodeState, NodeType, Packet, Tid};
 
 use crate::master::Master;
 
@@ -42,7 +43,7 @@ impl Master {
                 p::AnswerRecovery {
                     ptid: self.pt.ptid(),
                     backup_tid: None,
-                    truncate_tid: None,
+                    truncate_tid: self.truncate_tid,
                 },
             ),
             Packet::AskLastIDs(_) => {
@@ -60,6 +61,14 @@ impl Master {
             Packet::SetClusterState(request) => {
                 self.set_cluster_state(conn, msg_id, request.state, now)
             }
+            Packet::AddPendingNodes(request) => self.add_pending_nodes(conn, msg_id, &request, now),
+            Packet::TweakPartitionTable(request) => self.tweak(conn, msg_id, &request),
+            Packet::SetNodeState(request) => self.change_node_state(conn, msg_id, &request, now),
+            Packet::SetNumReplicas(request) => {
+                self.set_num_replicas(conn, msg_id, request.num_replicas)
+            }
+            Packet::CheckReplicas(request) => self.check_replicas(conn, msg_id, request),
+            Packet::Truncate(request) => self.truncate(conn, msg_id, request.tid, now),
             Packet::FlushLog(_) => {}
             packet => {
                 let message = format!("{} is not supported yet", packet.name());
@@ -95,6 +104,53 @@ impl Master {
                 self.answer(conn, msg_id, error);
             }
         }
+    }
+
+    /// Whether the cluster is in one of `states`; if not, refuses the
+    /// request `rpc` (NEO/py's name for it) as NEO/py does.
+    pub(crate) fn allowed_in(
+        &mut self,
+        conn: ConnId,
+        msg_id: u32,
+        rpc: &str,
+        states: &[ClusterState],
+    ) -> bool {
+        if states.contains(&self.state) {
+            return true;
+        }
+        let message = format!("{rpc} RPC can not be used in {} state", self.state);
+        self.deny(conn, msg_id, &message);
+        false
+    }
+
+    /// Refuses an admin request: neoctl prints `message` verbatim.
+    pub(crate) fn deny(&mut self, conn: ConnId, msg_id: u32, message: &str) {
+        tracing::info!(message, "admin request denied");
+        self.answer(conn, msg_id, p::Error::new(ErrorCode::Denied, message));
+    }
+
+    /// `neoctl truncate` (§11.1): cut the history after `tid`. The cluster
+    /// leaves RUNNING and comes back once every storage truncated.
+    fn truncate(&mut self, conn: ConnId, msg_id: u32, tid: Tid, now: UnixTime) {
+        if !self.allowed_in(conn, msg_id, "truncate", &[ClusterState::Running]) {
+            return;
+        }
+        let refusal = if self.transactions.last_tid <= tid {
+            Some("Truncating after last transaction does nothing")
+        } else if self.first_tid > tid {
+            Some("Truncating before first transaction is probably not what you intended to do")
+        } else if self.packs.approved_from(Tid(tid.0.saturating_add(1))) {
+            // Packing removed what the truncation would bring back.
+            Some("Can not truncate before an approved pack")
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            return self.deny(conn, msg_id, message);
+        }
+        tracing::warn!(%tid, "truncating the database");
+        self.answer(conn, msg_id, p::Error::ack(""));
+        self.enter_recovering(now, Some(tid));
     }
 
     pub(crate) fn enter_stopping(&mut self, now: UnixTime) {

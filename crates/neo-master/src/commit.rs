@@ -296,14 +296,8 @@ impl Master {
                     }
                 }
             }
-            Packet::AskUnfinishedTransactions(_) => {
-                let ttids = self.transactions.watch_unfinished(nid);
-                let max_tid = self.transactions.last_tid;
-                self.answer(
-                    conn,
-                    msg_id,
-                    p::AnswerUnfinishedTransactions { max_tid, ttids },
-                );
+            Packet::AskUnfinishedTransactions(request) => {
+                self.unfinished_transactions(conn, nid, msg_id, &request.partitions)
             }
             Packet::AskPackOrders(request) => {
                 let orders = self.packs.first_approved(request.min_id);
@@ -314,16 +308,10 @@ impl Master {
                 self.packs.set_reported(nid, completed.pack_id);
                 self.update_completed_pack();
             }
-            // This master sends no `Replicate` nor `CheckPartition`: a
-            // storage reporting on them is out of step with us.
-            Packet::NotifyReplicationDone(done) => tracing::warn!(
-                %nid, partition = done.partition,
-                "replication reported, but this master asked for none: ignored"
-            ),
-            Packet::NotifyPartitionCorrupted(corrupted) => tracing::warn!(
-                %nid, partition = corrupted.partition,
-                "partition reported corrupted, but this master checks no replicas yet"
-            ),
+            Packet::NotifyReplicationDone(done) => self.replication_done(conn, nid, msg_id, &done),
+            Packet::NotifyPartitionCorrupted(corrupted) => {
+                self.partition_corrupted(conn, nid, msg_id, corrupted)
+            }
             Packet::AskLastTransaction(_) => {
                 let tid = self.transactions.last_tid;
                 self.answer(conn, msg_id, p::AnswerLastTransaction { tid });
@@ -340,6 +328,7 @@ impl Master {
     pub(crate) fn commit_ready_transactions(&mut self) {
         while let Some(done) = self.transactions.pop_committable() {
             tracing::debug!(ttid = %done.ttid, tid = %done.tid, "transaction committed");
+            self.first_tid = self.first_tid.min(done.tid);
             self.answer(
                 done.client_conn,
                 done.msg_id,

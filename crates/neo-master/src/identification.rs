@@ -6,7 +6,7 @@
 use neo_cluster::{Node, UnixTime};
 use neo_net::ConnId;
 use neo_proto::packets::{self as p, NodeInfo};
-use neo_proto::{ClusterState, ErrorCode, NodeId, NodeState, NodeType};
+use neo_proto::{ClusterState, ErrorCode, Map, NodeId, NodeState, NodeType, Partition, Value};
 
 use crate::master::{Asked, Master};
 
@@ -55,6 +55,7 @@ impl Master {
         };
         if state == NodeState::Unknown {
             self.nodes.remove(nid);
+            self.devpaths.remove(&nid);
         }
         self.broadcast_nodes(&[info], now);
     }
@@ -68,19 +69,36 @@ impl Master {
         self.notify(conn, packet);
     }
 
-    /// Broadcasts partition table changes to every identified non-master node.
+    /// Broadcasts partition table changes made (if any) to every
+    /// identified node that holds the table.
     pub(crate) fn broadcast_pt_changes(&mut self, changes: Vec<p::CellChange>) {
+        if !changes.is_empty() {
+            self.send_pt_changes(changes);
+        }
+    }
+
+    /// Sends the table's new version with `changes` (possibly none, for a
+    /// new number of replicas) to every identified non-master node, but to
+    /// storages in recovery, which do not have our table (they get it whole
+    /// at verification). A changed cell is no longer updatable.
+    pub(crate) fn send_pt_changes(&mut self, changes: Vec<p::CellChange>) {
         let Some(ptid) = self.pt.ptid() else { return };
-        if changes.is_empty() {
-            return;
+        for change in &changes {
+            self.updatable.remove(&(change.partition, change.nid));
         }
         let packet = p::NotifyPartitionChanges {
             ptid,
             num_replicas: self.pt.num_replicas(),
             changes,
         };
+        let recovering = self.state == ClusterState::Recovering;
         for (_, node_type, conn) in self.identified() {
-            if node_type != NodeType::Master {
+            let has_table = match node_type {
+                NodeType::Master => false,
+                NodeType::Storage => !recovering,
+                NodeType::Client | NodeType::Admin => true,
+            };
+            if has_table {
                 self.notify(conn, packet.clone());
             }
         }
@@ -148,6 +166,10 @@ impl Master {
             .0
             .iter()
             .any(|(key, value)| key == "read_only" && *value == neo_proto::Value::Bool(true));
+        let devpath = match devpath(&request.extra) {
+            Ok(devpath) => devpath,
+            Err(message) => return self.refuse(conn, msg_id, ErrorCode::ProtocolError, message),
+        };
         let state = match request.node_type {
             NodeType::Client => {
                 if self.state != ClusterState::Running {
@@ -176,7 +198,13 @@ impl Master {
                         return self.refuse(conn, msg_id, ErrorCode::NotReady, "Retry Later");
                     }
                     _ => {
-                        let known = request.nid.is_some_and(|nid| self.pt.has_cells(nid));
+                        // A storage the master knows (a member that went
+                        // down) is back in the cluster (§4.1).
+                        let known = request.nid.is_some_and(|nid| {
+                            self.nodes
+                                .get(nid)
+                                .is_some_and(|node| node.node_type == NodeType::Storage)
+                        });
                         if known {
                             NodeState::Running
                         } else {
@@ -213,6 +241,9 @@ impl Master {
             peer.read_only = read_only;
         }
         self.conn_of.insert(nid, conn);
+        if request.node_type == NodeType::Storage {
+            self.devpaths.insert(nid, devpath);
+        }
         tracing::info!(%nid, node_type = %request.node_type, %state, "node identified");
         self.answer(
             conn,
@@ -247,8 +278,7 @@ impl Master {
                     self.send_partition_table(conn);
                     self.notify(conn, p::NotifyClusterInformation { state: self.state });
                     if state == NodeState::Running && self.state == ClusterState::Running {
-                        self.starting.insert(nid);
-                        self.notify(conn, p::StartOperation { backup: false });
+                        self.start_storage(nid);
                     }
                 }
             }
@@ -285,30 +315,139 @@ impl Master {
         }
     }
 
-    fn storage_lost(&mut self, nid: NodeId, now: UnixTime) {
+    /// Forgets what a storage's connection held: its readiness, what it
+    /// reported in recovery, its updatable cells, its part in transactions.
+    pub(crate) fn storage_disconnected(&mut self, nid: NodeId) {
         self.starting.remove(&nid);
         self.ready.remove(&nid);
-        self.recovery.ptids.remove(&nid);
-        self.recovery.unsupported.remove(&nid);
-        let has_cells = self.pt.has_cells(nid);
-        let state = if has_cells {
+        self.recovery.forget(nid);
+        self.updatable.retain(|(_, holder)| *holder != nid);
+        self.transactions.storage_lost(nid);
+    }
+
+    fn storage_lost(&mut self, nid: NodeId, now: UnixTime) {
+        self.storage_disconnected(nid);
+        let Some(node) = self.nodes.get(nid) else {
+            return; // dropped by the admin
+        };
+        if node.state == NodeState::Down {
+            return; // killed by the admin, who already outdated its cells
+        }
+        // A member is DOWN until it comes back; a pending storage is
+        // forgotten (architecture.md §1.3).
+        let state = if node.state == NodeState::Running || self.pt.has_cells(nid) {
             NodeState::Down
         } else {
             NodeState::Unknown
         };
         self.set_node_state(nid, state, now);
-        self.transactions.storage_lost(nid);
         match self.state {
+            ClusterState::Verifying if self.truncate_tid.is_some() => {
+                // Some storages would truncate and not this one (§11.1).
+                tracing::warn!(%nid, "storage lost while a truncation is pending: back to recovery");
+                self.enter_recovering(now, None);
+            }
             ClusterState::Verifying | ClusterState::Running => {
                 let changes = self.pt.outdate(|n| self.nodes.is_running(n), Some(nid));
                 self.broadcast_pt_changes(changes);
                 self.update_completed_pack();
-                if !self.pt.is_operational(|n| self.nodes.is_running(n)) {
-                    tracing::warn!("partition table no longer operational: back to recovery");
-                    self.enter_recovering(now);
-                }
+                self.check_operational(now);
             }
             _ => {}
         }
+    }
+
+    /// Back to recovery when some partition has no readable cell on a
+    /// running storage (§3.5), saying which.
+    pub(crate) fn check_operational(&mut self, now: UnixTime) {
+        let unreadable = self.pt.unreadable_partitions(|n| self.nodes.is_running(n));
+        if unreadable.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            "no readable cell on a running storage for partition(s) {}: back to recovery",
+            partition_list(&unreadable)
+        );
+        self.enter_recovering(now, None);
+    }
+}
+
+/// Most partitions named in a log line.
+const LOGGED_PARTITIONS: usize = 32;
+
+/// `0, 3, 7` (and how many more past [`LOGGED_PARTITIONS`]).
+pub(crate) fn partition_list(partitions: &[Partition]) -> String {
+    let mut text = partitions
+        .iter()
+        .take(LOGGED_PARTITIONS)
+        .map(Partition::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if partitions.len() > LOGGED_PARTITIONS {
+        text.push_str(&format!(
+            " and {} more",
+            partitions.len() - LOGGED_PARTITIONS
+        ));
+    }
+    text
+}
+
+/// Most components of a storage's `devpath`, and bytes in each: enough
+/// for any topology (NEO/py sends a host and a device).
+const MAX_DEVPATH_DEPTH: usize = 16;
+const MAX_DEVPATH_COMPONENT: usize = 256;
+
+/// The `devpath` of an identification's `extra` (architecture.md §1.6).
+fn devpath(extra: &Map<String, Value>) -> Result<Vec<String>, &'static str> {
+    let Some((_, value)) = extra.0.iter().find(|(key, _)| key == "devpath") else {
+        return Ok(Vec::new());
+    };
+    let Value::Array(components) = value else {
+        return Err("devpath must be a list of strings");
+    };
+    if components.len() > MAX_DEVPATH_DEPTH {
+        return Err("devpath has too many components");
+    }
+    components
+        .iter()
+        .map(|component| {
+            let bytes: &[u8] = match component {
+                Value::Bin(bytes) => bytes,
+                Value::Str(text) => text.as_bytes(),
+                _ => return Err("devpath must be a list of strings"),
+            };
+            if bytes.len() > MAX_DEVPATH_COMPONENT {
+                return Err("devpath component too long");
+            }
+            Ok(String::from_utf8_lossy(bytes).into_owned())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_of_lost_partitions_names_them_within_a_limit() {
+        assert_eq!(partition_list(&[0, 3, 7]), "0, 3, 7");
+        let many: Vec<Partition> = (0..40).collect();
+        let text = partition_list(&many);
+        assert!(text.starts_with("0, 1, 2, "), "{text}");
+        assert!(text.ends_with("31 and 8 more"), "{text}");
+    }
+
+    #[test]
+    fn devpaths_are_read_within_limits() {
+        let extra = |value| Map(vec![("devpath".to_owned(), value)]);
+        let bin = |text: &str| Value::Bin(text.as_bytes().to_vec().into());
+        assert_eq!(devpath(&Map::new()), Ok(vec![]));
+        assert_eq!(
+            devpath(&extra(Value::Array(vec![bin("host"), bin("64768")]))),
+            Ok(vec!["host".to_owned(), "64768".to_owned()])
+        );
+        assert!(devpath(&extra(bin("host"))).is_err());
+        assert!(devpath(&extra(Value::Array(vec![Value::Int(1)]))).is_err());
+        assert!(devpath(&extra(Value::Array(vec![bin("x"); 17]))).is_err());
     }
 }

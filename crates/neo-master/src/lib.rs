@@ -6,10 +6,12 @@
 
 mod cluster_state;
 mod commit;
+mod elasticity;
 mod identification;
 mod master;
 mod pack;
 mod recovery;
+mod replication;
 mod shell;
 mod transactions;
 mod verification;

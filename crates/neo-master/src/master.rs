@@ -8,14 +8,18 @@
 //! join, node notifications, connection loss), `recovery.rs` (§5.1),
 //! `verification.rs` (§5.2), `commit.rs` (§6: clients' transactions and
 //! the storages' service), `cluster_state.rs` (§4 and the admin's
-//! requests), `transactions.rs` and `pack.rs`.
+//! requests), `elasticity.rs` (§3.6-3.7: adding, tweaking, killing and
+//! dropping storages), `replication.rs` (§9.1, §9.3: cells catching up,
+//! replica checks), `transactions.rs` and `pack.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use neo_cluster::{NodeTable, PartitionTable, UnixTime};
 use neo_net::{ConnId, Input, Node, Outbox, Output, Requests};
 use neo_proto::packets as p;
-use neo_proto::{Address, ClusterState, ErrorCode, NodeId, NodeType, Oid, Packet, Ptid, Tid};
+use neo_proto::{
+    Address, ClusterState, ErrorCode, NodeId, NodeType, Oid, Packet, Partition, Ptid, Tid,
+};
 
 use crate::pack::PackManager;
 use crate::recovery::Recovery;
@@ -101,6 +105,18 @@ pub struct Master {
     pub(crate) stopped: bool,
     /// Requests to storages waiting for their answer.
     pub(crate) asked: Requests<Asked>,
+    /// OUT_OF_DATE cells whose storage asked `AskUnfinishedTransactions`
+    /// since they became out of date: only they may become UP_TO_DATE
+    /// (§9.1 step 3). Any change of a cell takes it out.
+    pub(crate) updatable: BTreeSet<(Partition, NodeId)>,
+    /// Each storage's place in the topology (`devpath`), for tweak.
+    pub(crate) devpaths: BTreeMap<NodeId, Vec<String>>,
+    /// A truncation decided (by `neoctl truncate` or found on storages in
+    /// recovery) and not carried out yet (§5.1 step 5, §11.1).
+    pub(crate) truncate_tid: Option<Tid>,
+    /// The TID range of the replica check asked of each partition, for
+    /// the report of a corruption (§9.3).
+    pub(crate) checks: BTreeMap<Partition, (Tid, Tid)>,
     pub(crate) out: Outbox,
 }
 
@@ -136,6 +152,10 @@ impl Master {
             first_tid: Tid::MAX,
             stopped: false,
             asked: Requests::default(),
+            updatable: BTreeSet::new(),
+            devpaths: BTreeMap::new(),
+            truncate_tid: None,
+            checks: BTreeMap::new(),
             out: Outbox::default(),
         })
     }
@@ -240,6 +260,13 @@ impl Master {
             .collect()
     }
 
+    /// Sends `StartOperation` to a RUNNING storage; new transactions wait
+    /// until it is ready (§5.3).
+    pub(crate) fn start_storage(&mut self, nid: NodeId) {
+        self.starting.insert(nid);
+        self.notify_node(nid, p::StartOperation { backup: false });
+    }
+
     /// Storages owning readable cells.
     pub(crate) fn readable_nodes(&self) -> BTreeSet<NodeId> {
         (0..self.pt.partitions())
@@ -300,8 +327,9 @@ impl Master {
                 }
             }
             (Asked::LastIds, Packet::AnswerLastIDs(answer)) => {
-                self.transactions
-                    .raise_last_ids(answer.last_tid, answer.last_oid);
+                let v = &mut self.verification;
+                v.last_tid = v.last_tid.max(answer.last_tid);
+                self.transactions.raise_last_ids(None, answer.last_oid);
                 self.first_tid = self.first_tid.min(answer.first_tid);
             }
             (Asked::PackOrders, Packet::AnswerPackOrders(answer)) => {

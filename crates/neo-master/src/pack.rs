@@ -87,6 +87,16 @@ impl PackManager {
             .is_some_and(|order| order.approved == Some(true))
     }
 
+    /// Whether an order with an id `>= min_id` is approved, or completed
+    /// (truncating before it is refused, §11.1).
+    pub fn approved_from(&self, min_id: Tid) -> bool {
+        self.max_completed.is_some_and(|done| done >= min_id)
+            || self
+                .orders
+                .range(min_id..)
+                .any(|(_, order)| order.approved == Some(true))
+    }
+
     /// `AskPackOrders` from a storage: the first approved order with an
     /// id `>= min_id`, if known.
     pub fn first_approved(&self, min_id: Tid) -> Vec<PackOrder> {

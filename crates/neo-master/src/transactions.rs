@@ -367,6 +367,14 @@ impl TransactionManager {
         }
     }
 
+    /// The last committed TID as the storages report it at the end of
+    /// verification (lower than before after a truncation); the TIDs
+    /// handed out stay above every one used before.
+    pub fn set_last_tid(&mut self, tid: Tid) {
+        self.last_tid = tid;
+        self.last_used = self.last_used.max(tid);
+    }
+
     /// Last committed TID and last OID.
     pub fn last_ids(&self) -> (Tid, Oid) {
         (self.last_tid, self.last_oid)

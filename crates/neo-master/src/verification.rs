@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use neo_proto::packets as p;
-use neo_proto::{ClusterState, NodeId, NodeState, Tid};
+use neo_proto::{ClusterState, NodeId, NodeState, NodeType, Tid};
 
 use crate::master::{Asked, Master};
 
@@ -22,6 +22,8 @@ pub(crate) struct Verification {
     pub asking_last_ids: bool,
     /// Whether the `AskPackOrders` round started.
     pub asking_pack_orders: bool,
+    /// Greatest last TID the storages reported.
+    pub last_tid: Option<Tid>,
 }
 
 impl Verification {
@@ -91,13 +93,28 @@ impl Master {
                 }
                 self.transactions.raise_last_ids(Some(tid), None);
             }
+            // Every storage, pending ones too: this is where they carry
+            // out a pending truncation (§5.2 step 3).
             self.verification.asking_last_ids = true;
-            for nid in self.storages_in(NodeState::Running) {
+            let storages: Vec<NodeId> = self
+                .identified()
+                .into_iter()
+                .filter(|(_, node_type, _)| *node_type == NodeType::Storage)
+                .map(|(nid, _, _)| nid)
+                .collect();
+            for nid in storages {
                 self.ask_node(nid, Asked::LastIds, p::AskLastIDs {});
             }
             return;
         }
         if !self.verification.asking_pack_orders {
+            // What the storages hold is the truth, lower than before after
+            // a truncation, which is now done.
+            let last_tid = self.verification.last_tid.unwrap_or(Tid::ZERO);
+            self.transactions.set_last_tid(last_tid);
+            if let Some(tid) = self.truncate_tid.take() {
+                tracing::info!(%tid, %last_tid, "truncation carried out");
+            }
             // Reload the pack orders not completed everywhere (§5.2 step 4).
             self.verification.asking_pack_orders = true;
             let holders = self.readable_nodes();
@@ -116,8 +133,7 @@ impl Master {
         self.verification = Verification::default();
         self.set_state(ClusterState::Running);
         for nid in self.storages_in(NodeState::Running) {
-            self.starting.insert(nid);
-            self.notify_node(nid, p::StartOperation { backup: false });
+            self.start_storage(nid);
         }
     }
 }

@@ -157,28 +157,6 @@ fn final_tid_answers_in_verification_are_matched_by_token_not_order() {
     );
 }
 
-/// A storage with a pending truncation (decided by NEO/py's master) keeps
-/// the cluster in recovery: starting would truncate some storages and not
-/// others.
-#[test]
-fn a_pending_truncation_keeps_the_cluster_in_recovery() {
-    let mut sim = Sim::new(1, 0, Some(1));
-    let (storage, _, _) = sim.identify(NodeType::Storage, None, Some(20000));
-    let recovery = p::AnswerRecovery {
-        ptid: None,
-        backup_tid: None,
-        truncate_tid: Some(Tid(0x0400_0000_0000_0001)),
-    };
-    let outputs = sim.reply(storage, p::AskRecovery::CODE, recovery);
-    assert_eq!(sim.master.cluster_state(), ClusterState::Recovering);
-    assert!(to(&outputs, storage).is_empty());
-    // Once it is gone, another storage can start the cluster.
-    sim.close(storage);
-    let (fresh, _, _) = sim.identify(NodeType::Storage, None, Some(20001));
-    sim.reply(fresh, p::AskRecovery::CODE, empty_recovery());
-    assert_eq!(sim.master.cluster_state(), ClusterState::Verifying);
-}
-
 #[test]
 fn begins_over_the_transaction_limit_are_refused_not_ready() {
     let mut sim = Sim::new(2, 0, None);

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use neo_master::{Master, MasterConfig};
 use neo_net::{ConnId, Input, Node, Output, Token};
 use neo_proto::packets as p;
-use neo_proto::{Address, ClusterState, Map, NodeId, NodeType, Oid, Packet, Tid};
+use neo_proto::{Address, ClusterState, ErrorCode, Map, NodeId, NodeType, Oid, Packet, Tid, Value};
 
 pub const CLUSTER: &str = "test";
 pub const T0: f64 = 1_790_000_000.0;
@@ -115,6 +115,17 @@ impl Sim {
         nid: Option<NodeId>,
         port: Option<u16>,
     ) -> (ConnId, Option<NodeId>, Vec<Output>) {
+        self.identify_with(node_type, nid, port, Map::new())
+    }
+
+    /// [`Sim::identify`] with the `extra` of the identification.
+    pub fn identify_with(
+        &mut self,
+        node_type: NodeType,
+        nid: Option<NodeId>,
+        port: Option<u16>,
+        extra: Map<String, Value>,
+    ) -> (ConnId, Option<NodeId>, Vec<Output>) {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         self.input(Input::Accepted { conn });
@@ -124,7 +135,7 @@ impl Sim {
             address: port.map(|port| Address::new("127.0.0.1", port)),
             cluster: CLUSTER.into(),
             id_timestamp: None,
-            extra: Map::new(),
+            extra,
         };
         let outputs = self.send(conn, 0, request);
         let given = outputs.iter().find_map(|output| match output {
@@ -300,4 +311,27 @@ pub fn commit(
 
 pub fn pack_signed(approved: Vec<Tid>, rejected: Vec<Tid>) -> Packet {
     p::NotifyPackSigned { approved, rejected }.into()
+}
+
+/// The `Error` (ACK or refusal) answered on `conn` as `msg_id`.
+pub fn error_answer(outputs: &[Output], conn: ConnId, msg_id: u32) -> (ErrorCode, String) {
+    outputs
+        .iter()
+        .find_map(|output| match output {
+            Output::Answer {
+                conn: c,
+                msg_id: m,
+                packet: Packet::Error(error),
+            } if *c == conn && *m == msg_id => Some((error.code, error.message.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no error answer on {conn}: {outputs:?}"))
+}
+
+/// Sends an admin request and returns the message it is refused with.
+pub fn denied(sim: &mut Sim, admin: ConnId, request: impl Into<Packet>) -> String {
+    let outputs = sim.send(admin, 90, request);
+    let (code, message) = error_answer(&outputs, admin, 90);
+    assert_eq!(code, ErrorCode::Denied, "{message}");
+    message
 }
