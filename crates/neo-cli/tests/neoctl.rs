@@ -139,8 +139,21 @@ fn answer(request: &Packet) -> Option<Packet> {
             ClusterState::Verifying | ClusterState::Stopping => ack("Cluster state changed"),
             _ => denied("Invalid state requested"),
         },
-        Packet::SetNodeState(set) if set.nid == nid(NodeType::Storage, 2) => ack("state changed"),
+        Packet::SetNodeState(set) if set.nid == nid(NodeType::Storage, 2) => match set.state {
+            NodeState::Unknown => ack("node permanently removed"),
+            _ => ack("state changed"),
+        },
+        Packet::SetNodeState(set) if set.nid == nid(NodeType::Storage, 1) => {
+            denied("a running node must be stopped before removal")
+        }
         Packet::SetNodeState(_) => denied("unknown node"),
+        Packet::AddPendingNodes(add) if add.nids.contains(&nid(NodeType::Storage, 2)) => {
+            ack("Nodes added: S2")
+        }
+        Packet::AddPendingNodes(_) => ack("No node added"),
+        Packet::Truncate(truncate) if truncate.tid == Tid(0x040d42d5afed5c12) => ack(""),
+        Packet::Truncate(_) => denied("Truncating after last transaction does nothing"),
+        Packet::CheckReplicas(_) => ack(""),
         Packet::SetNumReplicas(_) => ack(""),
         Packet::AskMonitorInformation(_) => packets::AnswerMonitorInformation {
             warning: vec![],
@@ -148,9 +161,34 @@ fn answer(request: &Packet) -> Option<Packet> {
             summary: "RECOVERING".into(),
         }
         .into(),
-        Packet::TweakPartitionTable(_) => {
-            packets::Error::new(ErrorCode::NotReady, "Not connected to a primary master.").into()
-        }
+        Packet::TweakPartitionTable(tweak) => match &tweak.drop_nids[..] {
+            // operations.md §11.6: one replica more on 12 partitions.
+            [] => packets::AnswerTweakPartitionTable {
+                changed: true,
+                rows: (0..12)
+                    .map(|p| {
+                        let cell = |n, state| CellInfo {
+                            nid: nid(NodeType::Storage, n),
+                            state,
+                        };
+                        let (up, out) = (1 + p % 2, 2 - p % 2);
+                        vec![
+                            cell(up, CellState::UpToDate),
+                            cell(out, CellState::OutOfDate),
+                        ]
+                    })
+                    .collect(),
+            }
+            .into(),
+            [one] if *one == nid(NodeType::Storage, 2) => packets::AnswerTweakPartitionTable {
+                changed: false,
+                rows: rows(),
+            }
+            .into(),
+            [_, _] => denied("Can't remove all nodes."),
+            _ => packets::Error::new(ErrorCode::NotReady, "Not connected to a primary master.")
+                .into(),
+        },
         _ => return None,
     })
 }
@@ -376,7 +414,7 @@ fn denied_is_printed_verbatim_on_stderr() {
 #[test]
 fn not_ready_is_an_error_line() {
     let admin = FakeAdmin::start();
-    let out = neoctl(&admin.address, "tweak");
+    let out = neoctl(&admin.address, "tweak S9");
     assert_eq!(out.stderr, "ERROR: Not connected to a primary master.\n");
     assert_eq!(out.status, 1);
 }
@@ -492,4 +530,78 @@ fn peers_that_are_not_our_admin() {
         assert_eq!(out.stderr.lines().count(), 1);
         assert_eq!(out.status, 1);
     }
+}
+
+/// operations.md §11.6: what `tweak`, `add`, `drop`, `truncate` and
+/// `check` print, as NEO/py's neoctl does.
+#[test]
+fn elasticity_commands_print_what_neo_py_prints() {
+    let admin = FakeAdmin::start();
+    let out = neoctl(&admin.address, "tweak -n");
+    assert_eq!(
+        (out.stdout.as_str(), out.status),
+        (
+            "             10v\nS1 R UOUOUOUOUOUO\nS2 R OUOUOUOUOUOU\n",
+            0
+        )
+    );
+    let out = neoctl(&admin.address, "tweak -n S2");
+    assert_eq!(out.stdout, "No change done.\n");
+    let out = neoctl(&admin.address, "tweak S1 S2");
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str(), out.status),
+        ("", "Can't remove all nodes.\n", 1)
+    );
+    let out = neoctl(&admin.address, "add S3");
+    assert_eq!(out.stdout, "No node added\n");
+    let out = neoctl(&admin.address, "add all");
+    assert_eq!(out.stdout, "Nodes added: S2\n");
+    let out = neoctl(&admin.address, "drop S1");
+    assert_eq!(
+        (out.stderr.as_str(), out.status),
+        ("a running node must be stopped before removal\n", 1)
+    );
+    let out = neoctl(&admin.address, "drop S2");
+    assert_eq!(out.stdout, "node permanently removed\n");
+    let out = neoctl(&admin.address, "truncate tid:0x040d42d5afed5c12");
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str(), out.status),
+        ("", "", 0)
+    );
+    let out = neoctl(&admin.address, "truncate tid:0x040d42d5c02149d3");
+    assert_eq!(
+        (out.stderr.as_str(), out.status),
+        ("Truncating after last transaction does nothing\n", 1)
+    );
+    let out = neoctl(&admin.address, "check 0:S1 1000000000 2000000000");
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str(), out.status),
+        ("", "", 0)
+    );
+    let received = admin.received();
+    let sent = |name: &str| received.iter().filter(|p| p.name() == name).count();
+    assert_eq!(sent("TweakPartitionTable"), 3);
+    assert_eq!(sent("Truncate"), 2);
+    assert!(received.contains(
+        &packets::TweakPartitionTable {
+            dry_run: true,
+            drop_nids: vec![nid(NodeType::Storage, 2)]
+        }
+        .into()
+    ));
+    // `add all` names every storage the admin knows.
+    assert!(received.contains(
+        &packets::AddPendingNodes {
+            nids: vec![nid(NodeType::Storage, 2), nid(NodeType::Storage, 1)]
+        }
+        .into()
+    ));
+    assert!(received.contains(
+        &packets::CheckReplicas {
+            partitions: neo_proto::Map(vec![(0, Some(nid(NodeType::Storage, 1)))]),
+            min_tid: neo_cli::neoctl::command::parse_tid("1000000000").unwrap(),
+            max_tid: Some(neo_cli::neoctl::command::parse_tid("2000000000").unwrap()),
+        }
+        .into()
+    ));
 }
