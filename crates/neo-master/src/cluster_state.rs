@@ -69,7 +69,15 @@ impl Master {
             }
             Packet::CheckReplicas(request) => self.check_replicas(conn, msg_id, request),
             Packet::Truncate(request) => self.truncate(conn, msg_id, request.tid, now),
-            Packet::FlushLog(_) => {}
+            Packet::FlushLog(_) => {
+                // Every other node writes out its log backlog (NEO/py's
+                // storages keep theirs in memory until told).
+                for (_, _, other) in self.identified() {
+                    if other != conn {
+                        self.notify(other, p::FlushLog {});
+                    }
+                }
+            }
             packet => {
                 let message = format!("{} is not supported yet", packet.name());
                 self.answer(conn, msg_id, p::Error::new(ErrorCode::Denied, message));

@@ -599,3 +599,17 @@ fn devpaths_spread_the_copies_of_a_new_table() {
     assert_eq!(nid, None);
     assert_eq!(error_answer(&outputs, conn, 0).0, ErrorCode::ProtocolError);
 }
+
+/// `neoctl flush_log` reaches every other node (NEO/py's storages keep
+/// their log in memory until told).
+#[test]
+fn flush_log_is_relayed_to_every_other_node() {
+    let mut sim = Sim::new(2, 0, None);
+    let (storages, admin) = running_cluster(&mut sim, 2);
+    let (client, _, _) = sim.identify(NodeType::Client, None, None);
+    let outputs = sim.send(admin, 1, p::FlushLog {});
+    for conn in [storages[0], storages[1], client] {
+        assert_eq!(to(&outputs, conn), [&Packet::FlushLog(p::FlushLog {})]);
+    }
+    assert!(to(&outputs, admin).is_empty());
+}
