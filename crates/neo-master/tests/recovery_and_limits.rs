@@ -13,22 +13,7 @@ use neo_proto::{ClusterState, ErrorCode, Map, NodeId, NodeType, Oid, Packet, Tid
 /// Finishes the remaining verification steps of a restarted cluster of
 /// `storages` that report nothing pending and `last_tid`.
 fn finish_verification(sim: &mut Sim, storages: &[ConnId], last_tid: Tid) {
-    for &storage in storages {
-        let answer = p::AnswerLockedTransactions { ttids: Map::new() };
-        sim.reply(storage, p::AskLockedTransactions::CODE, answer);
-    }
-    for &storage in storages {
-        let last_ids = p::AnswerLastIDs {
-            last_tid: Some(last_tid),
-            last_oid: None,
-            first_tid: Tid::MAX,
-        };
-        sim.reply(storage, p::AskLastIDs::CODE, last_ids);
-    }
-    for &storage in storages {
-        let orders = p::AnswerPackOrders { orders: vec![] };
-        sim.reply(storage, p::AskPackOrders::CODE, orders);
-    }
+    verify(sim, storages, storages, last_tid);
     assert_eq!(sim.master.cluster_state(), ClusterState::Running);
 }
 

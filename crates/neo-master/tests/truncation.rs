@@ -18,33 +18,6 @@ fn recovery(ptid: Option<u64>, truncate_tid: Option<Tid>) -> p::AnswerRecovery {
     }
 }
 
-/// Answers verification's questions; returns the outputs of the last.
-fn verify(
-    sim: &mut Sim,
-    holders: &[ConnId],
-    all: &[ConnId],
-    last_tid: Tid,
-) -> Vec<neo_net::Output> {
-    for &storage in holders {
-        let answer = p::AnswerLockedTransactions { ttids: Map::new() };
-        sim.reply(storage, p::AskLockedTransactions::CODE, answer);
-    }
-    for &storage in all {
-        let last_ids = p::AnswerLastIDs {
-            last_tid: Some(last_tid),
-            last_oid: Some(Oid(3)),
-            first_tid: Tid(1),
-        };
-        sim.reply(storage, p::AskLastIDs::CODE, last_ids);
-    }
-    let mut outputs = Vec::new();
-    for &storage in holders {
-        let orders = p::AnswerPackOrders { orders: vec![] };
-        outputs = sim.reply(storage, p::AskPackOrders::CODE, orders);
-    }
-    outputs
-}
-
 /// Two storages with every partition, and two commits.
 fn committed_cluster() -> (Sim, Vec<ConnId>, ConnId, Tid, Tid) {
     let mut sim = Sim::new(2, 1, None);

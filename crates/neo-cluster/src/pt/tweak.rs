@@ -321,7 +321,7 @@ impl Search<'_> {
             if !topology.fits(member, slot) {
                 return false;
             }
-            topology.add(member, slot);
+            topology.count(member, slot, true);
         }
         self.available[option] -= 1;
         true
@@ -329,7 +329,7 @@ impl Search<'_> {
 
     fn release(&mut self, member: usize, option: usize) {
         if let Some(topology) = &mut self.topology {
-            topology.remove(member, &self.options[option]);
+            topology.count(member, &self.options[option], false);
         }
         self.available[option] += 1;
     }
@@ -430,30 +430,21 @@ impl Topology {
         })
     }
 
-    fn add(&mut self, member: usize, slot: &[Partition]) {
+    /// Counts the member's copies of `slot` in (`taken`) or out.
+    fn count(&mut self, member: usize, slot: &[Partition], taken: bool) {
         let path: Vec<_> = self.path(member).collect();
         for &partition in slot {
             for &(level, group, parent) in &path {
+                let most = self.limits[level].0;
                 let held = self.copies[level].entry((partition, group)).or_default();
-                *held += 1;
-                if *held == self.limits[level].0 {
-                    *self.full[level].entry((partition, parent)).or_default() += 1;
+                let full = self.full[level].entry((partition, parent)).or_default();
+                if taken {
+                    *held += 1;
+                    *full += usize::from(*held == most);
+                } else {
+                    *full -= usize::from(*held == most);
+                    *held -= 1;
                 }
-            }
-        }
-    }
-
-    fn remove(&mut self, member: usize, slot: &[Partition]) {
-        let path: Vec<_> = self.path(member).collect();
-        for &partition in slot {
-            for &(level, group, parent) in &path {
-                let held = self.copies[level].entry((partition, group)).or_default();
-                if *held == self.limits[level].0 {
-                    if let Some(full) = self.full[level].get_mut(&(partition, parent)) {
-                        *full -= 1;
-                    }
-                }
-                *held = held.saturating_sub(1);
             }
         }
     }

@@ -335,3 +335,27 @@ pub fn denied(sim: &mut Sim, admin: ConnId, request: impl Into<Packet>) -> Strin
     assert_eq!(code, ErrorCode::Denied, "{message}");
     message
 }
+
+/// Answers verification's questions: `holders` (storages with readable
+/// cells) their locked transactions (none) and pack orders (none), `all`
+/// their last ids, up to `last_tid`. Returns the outputs of the last.
+pub fn verify(sim: &mut Sim, holders: &[ConnId], all: &[ConnId], last_tid: Tid) -> Vec<Output> {
+    for &storage in holders {
+        let answer = p::AnswerLockedTransactions { ttids: Map::new() };
+        sim.reply(storage, p::AskLockedTransactions::CODE, answer);
+    }
+    for &storage in all {
+        let last_ids = p::AnswerLastIDs {
+            last_tid: Some(last_tid),
+            last_oid: None,
+            first_tid: Tid::MAX,
+        };
+        sim.reply(storage, p::AskLastIDs::CODE, last_ids);
+    }
+    let mut outputs = Vec::new();
+    for &storage in holders {
+        let orders = p::AnswerPackOrders { orders: vec![] };
+        outputs = sim.reply(storage, p::AskPackOrders::CODE, orders);
+    }
+    outputs
+}
