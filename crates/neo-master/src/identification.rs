@@ -328,12 +328,10 @@ impl Master {
     fn storage_lost(&mut self, nid: NodeId, now: UnixTime) {
         self.storage_disconnected(nid);
         let Some(node) = self.nodes.get(nid) else {
-            return; // dropped by the admin
+            return;
         };
-        if node.state == NodeState::Down {
-            return; // killed by the admin, who already outdated its cells
-        }
-        // A member is DOWN until it comes back; a pending storage is
+        // (Storages the admin kills or drops are disconnected without
+        // coming here.) A member is DOWN until it comes back; a pending storage is
         // forgotten (architecture.md §1.3).
         let state = if node.state == NodeState::Running || self.pt.has_cells(nid) {
             NodeState::Down
