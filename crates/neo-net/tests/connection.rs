@@ -482,7 +482,11 @@ async fn a_silent_peer_is_given_up_while_an_answer_is_awaited() {
         matches!(error, AskError::Net(NetError::Silent { .. })),
         "{error:?}"
     );
-    assert!(started.elapsed() <= Duration::from_millis(2000), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
     // It pinged before giving up: the peer's side holds our request, then
     // the ping.
     let mut received = vec![0; 1024];
