@@ -13,7 +13,7 @@
 //! outruns the peer waits in its write.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,6 +38,12 @@ pub struct ConnectionConfig {
     pub event_capacity: usize,
     /// Largest packet accepted from the peer.
     pub max_packet_size: usize,
+    /// How long a peer may stay silent while we wait for an answer before
+    /// we ping it, and then before we give up on it (`None`: never). A
+    /// peer that answers pings may take as long as it likes to answer the
+    /// rest: this finds dead or unreachable peers (a process stopped, a
+    /// network silently dropping packets), it times no request out.
+    pub liveness: Option<Duration>,
 }
 
 impl Default for ConnectionConfig {
@@ -46,6 +52,9 @@ impl Default for ConnectionConfig {
             handshake_timeout: Duration::from_secs(30),
             event_capacity: 1024,
             max_packet_size: MAX_PACKET_SIZE,
+            // A dead storage is left within 2 s (ping after 0.8 s of
+            // silence, give up 0.8 s later, checked every 0.1 s).
+            liveness: Some(Duration::from_millis(800)),
         }
     }
 }
@@ -160,6 +169,9 @@ enum Reply {
     /// Into the event stream, in order with the connection's other
     /// packets, tagged with the sender's token.
     Event(Token),
+    /// A ping of the liveness watchdog: any answer is proof of life, and
+    /// nobody waits for it.
+    Liveness,
 }
 
 /// The sending half of the stream, written by whoever sends.
@@ -185,6 +197,12 @@ struct Shared {
     client: AtomicBool,
     /// The peer uses this connection for its requests to us.
     server: AtomicBool,
+    /// When the connection was established: the origin of `last_received`.
+    started: tokio::time::Instant,
+    /// Milliseconds after `started` when bytes last came from the peer.
+    last_received: AtomicU64,
+    /// Why the connection was given up, when it was not the peer's doing.
+    abort_reason: Mutex<Option<NetError>>,
 }
 
 impl Shared {
@@ -201,16 +219,62 @@ impl Shared {
         }
     }
 
-    /// Fails the requests still waiting; returns the tokens of those whose
-    /// failure goes into the event stream, in the order they were sent.
-    fn fail_pending(&self) -> Vec<Token> {
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn note_received(&self) {
+        self.last_received
+            .store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a request of ours (not a liveness ping) awaits its answer.
+    fn awaits_answer(&self) -> bool {
+        self.pending()
+            .values()
+            .any(|pending| !matches!(pending.reply, Reply::Liveness))
+    }
+
+    /// Gives up on the connection for `reason`: the reader stops and
+    /// reports it with the `Closed` event.
+    fn abort_with(&self, reason: NetError) {
+        let mut slot = self
+            .abort_reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.get_or_insert(reason);
+        drop(slot);
+        self.closing.send_replace(true);
+    }
+
+    fn take_abort_reason(&self) -> Option<NetError> {
+        self.abort_reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Fails the requests still waiting, with `reason` if the connection
+    /// was given up for one; returns the tokens of those whose failure goes
+    /// into the event stream, in the order they were sent.
+    fn fail_pending(&self, reason: Option<&NetError>) -> Vec<Token> {
         let mut unanswered = Vec::new();
         for (msg_id, pending) in self.pending().drain() {
             match pending.reply {
                 Reply::Waiter(waiter) => {
-                    let _ = waiter.send(Err(self.closed_error()));
+                    // A waiter learns the peer went silent; otherwise that
+                    // the connection closed.
+                    let error = match reason {
+                        Some(NetError::Silent { peer, seconds }) => NetError::Silent {
+                            peer: peer.clone(),
+                            seconds: *seconds,
+                        },
+                        _ => self.closed_error(),
+                    };
+                    let _ = waiter.send(Err(error));
                 }
                 Reply::Event(token) => unanswered.push((msg_id, token)),
+                Reply::Liveness => {}
             }
         }
         unanswered.sort_unstable_by_key(|(msg_id, _)| *msg_id);
@@ -275,6 +339,9 @@ impl Connection {
             closed: AtomicBool::new(false),
             client: AtomicBool::new(side == Side::Initiator),
             server: AtomicBool::new(side == Side::Acceptor),
+            started: tokio::time::Instant::now(),
+            last_received: AtomicU64::new(0),
+            abort_reason: Mutex::new(None),
         });
         tracing::debug!(peer = %shared.peer, id = shared.id.0, "connection established");
         let connection = Connection {
@@ -296,6 +363,9 @@ impl Connection {
                 permit
             }
         };
+        if let Some(limit) = config.liveness {
+            tokio::spawn(watch_liveness(connection.clone(), limit));
+        }
         tokio::spawn(read_loop(
             reader, decoder, closing_rx, shared, events, permit,
         ));
@@ -513,6 +583,52 @@ impl Drop for TornWriteGuard<'_> {
     }
 }
 
+/// Watches a connection while requests await their answer: after
+/// `limit` of silence from the peer, a `Ping`; after `limit` more without
+/// a byte, the connection is given up (`NetError::Silent`). A sender still
+/// writing counts as activity (a full socket buffer is the send timeout's
+/// business).
+async fn watch_liveness(connection: Connection, limit: Duration) {
+    let shared = &connection.shared;
+    let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    let period = (limit / 8).max(Duration::from_millis(10));
+    let mut closing = shared.closing.subscribe();
+    let mut pinged_at: Option<u64> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = closing.wait_for(|closing| *closing) => return,
+        }
+        let now = shared.elapsed_ms();
+        let last = shared.last_received.load(Ordering::Relaxed);
+        if let Some(at) = pinged_at {
+            if last >= at {
+                pinged_at = None;
+            } else if now.saturating_sub(at) >= limit_ms {
+                let seconds = now.saturating_sub(last) as f64 / 1000.0;
+                tracing::warn!(peer = %shared.peer, seconds, "peer silent: giving up the connection");
+                shared.abort_with(NetError::Silent {
+                    peer: shared.peer.clone(),
+                    seconds,
+                });
+                return;
+            }
+            continue;
+        }
+        let writing = shared.writer.try_lock().is_err();
+        if writing || !shared.awaits_answer() || now.saturating_sub(last) < limit_ms {
+            continue;
+        }
+        pinged_at = Some(now);
+        let ping = connection.register_and_send(packets::Ping {}.into(), Reply::Liveness);
+        if tokio::time::timeout(limit, ping).await.is_err() {
+            // Our own ping cannot even leave: the send timeout of whoever
+            // is stuck writing will give the connection up.
+            pinged_at = None;
+        }
+    }
+}
+
 async fn read_magic<R: AsyncRead + Unpin>(
     reader: &mut R,
     decoder: &mut StreamDecoder,
@@ -575,6 +691,7 @@ fn dispatch(shared: &Shared, frame: Frame) -> Result<Dispatch, NetError> {
                     token,
                     packet: frame.packet,
                 })),
+                Reply::Liveness => Ok(Dispatch::Answered),
             }
         }
         // NEO/py sends some errors with a fresh msg_id (protocol.md §2.3).
@@ -644,10 +761,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     peer: shared.peer.clone(),
                     error: neo_proto::FrameError::Frame("connection closed inside a packet".into()),
                 }),
-                Ok(_) => {}
+                Ok(_) => shared.note_received(),
                 Err(error) => break Some(NetError::io(&shared.peer, error)),
             },
-            _ = closing.wait_for(|closing| *closing) => break None,
+            _ = closing.wait_for(|closing| *closing) => break shared.take_abort_reason(),
         }
     };
     match &reason {
@@ -664,7 +781,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
     shared.closing.send_replace(true);
     shared.closed.store(true, Ordering::SeqCst);
-    for token in shared.fail_pending() {
+    for token in shared.fail_pending(reason.as_ref()) {
         let kind = EventKind::Unanswered { token };
         let _ = events
             .send(Event {

@@ -68,6 +68,15 @@ pub enum NetError {
         /// `", expected X"` when a request was pending.
         expected: String,
     },
+    /// The peer sent nothing, not even an answer to a ping, for too long
+    /// while we waited for an answer: dead or cut off.
+    #[error("{peer}: silent for {seconds:.1} s while an answer was awaited")]
+    Silent {
+        /// The remote address.
+        peer: String,
+        /// How long it was silent.
+        seconds: f64,
+    },
     /// The connection closed before the answer came.
     #[error("{peer}: connection closed")]
     Closed {

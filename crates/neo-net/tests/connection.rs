@@ -461,3 +461,71 @@ async fn an_announced_connection_is_opened_before_its_first_packet() {
     }
     drop(b);
 }
+
+/// A peer that goes silent (stopped process, packets silently dropped)
+/// while we await an answer is pinged, then given up: the request fails
+/// within twice the liveness limit instead of waiting for TCP.
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_is_given_up_while_an_answer_is_awaited() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    b.write_all(&neo_proto::MAGIC).await.unwrap();
+    let config = ConnectionConfig {
+        liveness: Some(Duration::from_millis(800)),
+        ..ConnectionConfig::default()
+    };
+    let (client, _inbox) = Connection::open(a, Side::Initiator, "stopped".into(), &config)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let error = client.ask(Ping {}).await.unwrap_err();
+    assert!(
+        matches!(error, AskError::Net(NetError::Silent { .. })),
+        "{error:?}"
+    );
+    assert!(
+        started.elapsed() <= Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
+    // It pinged before giving up: the peer's side holds our request, then
+    // the ping.
+    let mut received = vec![0; 1024];
+    let read = b.read(&mut received).await.unwrap();
+    let mut decoder = neo_proto::StreamDecoder::new();
+    decoder.extend(&received[..read]);
+    let names: Vec<&str> = std::iter::from_fn(|| decoder.next_frame().unwrap())
+        .map(|frame| frame.packet.name())
+        .collect();
+    assert_eq!(names, ["Ping", "Ping"]);
+}
+
+/// A peer that answers pings may take as long as it likes to answer the
+/// request itself: liveness times no request out.
+#[tokio::test(start_paused = true)]
+async fn a_slow_peer_that_answers_pings_is_kept() {
+    let config = ConnectionConfig {
+        liveness: Some(Duration::from_millis(800)),
+        ..ConnectionConfig::default()
+    };
+    let ((client, _client_inbox), (server, mut server_inbox)) = pair(&config).await;
+    let slow = tokio::spawn(async move {
+        let request = next_frame(&mut server_inbox).await;
+        // Pings are answered, the request only after 10 s.
+        let answer_at = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            tokio::select! {
+                frame = next_frame(&mut server_inbox) => {
+                    assert_eq!(frame.packet, Packet::Ping(Ping {}));
+                    server.answer(frame.msg_id, Pong {}).await.unwrap();
+                }
+                () = tokio::time::sleep_until(answer_at) => break,
+            }
+        }
+        let answer = neo_proto::packets::AnswerLastTransaction { tid: Tid(3) };
+        server.answer(request.msg_id, answer).await.unwrap();
+    });
+    let answer = client.ask(AskLastTransaction {}).await.unwrap();
+    assert_eq!(answer.tid, Tid(3));
+    slow.await.unwrap();
+    assert!(!client.is_closed());
+}
