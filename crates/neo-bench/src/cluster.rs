@@ -64,24 +64,7 @@ impl Cluster {
             ],
         )?;
         for index in 0..storages {
-            let database = dir.join(format!("storage{index}.sqlite"));
-            let database = database.to_string_lossy().into_owned();
-            cluster.spawn(
-                bin_dir,
-                dir,
-                &format!("storage{index}"),
-                "neostorage",
-                &[
-                    "-c",
-                    &name,
-                    "-m",
-                    &master_text,
-                    "-a",
-                    "SQLite",
-                    "-d",
-                    &database,
-                ],
-            )?;
+            cluster.start_storage(bin_dir, dir, index)?;
         }
         cluster.spawn(
             bin_dir,
@@ -92,6 +75,57 @@ impl Cluster {
         )?;
         cluster.wait_running()?;
         Ok(cluster)
+    }
+
+    /// Starts storage `index` (database `storage«index».sqlite` in `dir`);
+    /// a new one joins pending.
+    pub fn start_storage(
+        &mut self,
+        bin_dir: &Path,
+        dir: &Path,
+        index: usize,
+    ) -> Result<(), String> {
+        let database = dir.join(format!("storage{index}.sqlite"));
+        let database = database.to_string_lossy().into_owned();
+        let (name, master) = (self.name.clone(), self.master.to_string());
+        let args = ["-c", &name, "-m", &master, "-a", "SQLite", "-d", &database];
+        self.spawn(
+            bin_dir,
+            dir,
+            &format!("storage{index}"),
+            "neostorage",
+            &args,
+        )
+    }
+
+    /// `kill -9` of a node.
+    pub fn kill(&mut self, label: &str) -> Result<(), String> {
+        let index = self
+            .nodes
+            .iter()
+            .position(|node| node.label == label)
+            .ok_or_else(|| format!("no node {label}"))?;
+        let mut node = self.nodes.remove(index);
+        node.child.kill().map_err(|e| e.to_string())?;
+        node.child.wait().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Runs `neoctl` against the cluster's admin; its standard output.
+    pub fn neoctl(&self, bin_dir: &Path, command: &str) -> Result<String, String> {
+        let admin = self.admin.to_string();
+        let output = Command::new(bin_dir.join("neoctl"))
+            .args(["-a", &admin])
+            .args(command.split_whitespace())
+            .output()
+            .map_err(|e| format!("neoctl {command}: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "neoctl {command}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     fn spawn(

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod python;
+mod replication;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -51,14 +52,24 @@ struct Cli {
     #[arg(long, default_value = "python3")]
     python: String,
     #[command(subcommand)]
-    command: Option<Hidden>,
+    command: Option<Mode>,
 }
 
 #[derive(Subcommand)]
-enum Hidden {
+enum Mode {
     /// (internal) the other end of the loopback round-trip floor.
     #[command(hide = true)]
     Echo,
+    /// Replication instead of the default run: a new replica of a large
+    /// database, and a storage restarted after missing transactions.
+    Replication {
+        /// Size of the database to replicate.
+        #[arg(long, default_value_t = 1.0)]
+        gigabytes: f64,
+        /// Transactions the restarted storage misses.
+        #[arg(long, default_value_t = 10_000)]
+        missed: usize,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -799,16 +810,48 @@ fn sort_numeric(mut keys: Vec<String>) -> Vec<String> {
     keys
 }
 
+/// `neobench replication`: its own cluster in a temporary directory, its
+/// table on standard output and `replication.json` in `--out`.
+fn replication_mode(cli: &Cli, gigabytes: f64, missed: usize) -> ExitCode {
+    let result = tempfile::tempdir()
+        .map_err(|e| e.to_string())
+        .and_then(|dir| replication::run(&cli.bin_dir, dir.path(), gigabytes, missed));
+    let report = match result {
+        Ok(report) => report,
+        Err(message) => {
+            eprintln!("neobench: error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", replication::markdown(&report));
+    let written = std::fs::create_dir_all(&cli.out)
+        .and_then(|()| std::fs::write(cli.out.join("replication.json"), report.to_string()));
+    if let Err(error) = written {
+        eprintln!(
+            "neobench: error: cannot write {}: {error}",
+            cli.out.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Hidden::Echo) = cli.command {
-        return match echo() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("neobench echo: {message}");
-                ExitCode::FAILURE
-            }
-        };
+    match cli.command {
+        Some(Mode::Echo) => {
+            return match echo() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("neobench echo: {message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Mode::Replication { gigabytes, missed }) => {
+            return replication_mode(&cli, gigabytes, missed);
+        }
+        None => {}
     }
     let started = Instant::now();
     let (venv, setup_error) = if cli.no_python {
