@@ -442,6 +442,8 @@ impl Node for Storage {
                 token,
                 packet,
             } => Self::settle_internal(self.on_answer(conn, token, packet)),
+            // Nothing the storage asks is answered in parts yet.
+            Input::AnswerPart { .. } => Ok(()),
             Input::Closed { conn } => Self::settle_internal(self.on_closed(conn)),
             Input::Timeout => Self::settle_internal(self.on_timeout()),
         };
