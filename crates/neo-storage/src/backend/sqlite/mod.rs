@@ -4,7 +4,10 @@
 //!
 //! `schema.rs` creates, checks and drops the tables, `codec.rs` converts
 //! between SQLite values and NEO's, `queries.rs` is the
-//! [`Backend`](super::Backend) implementation, and `lock.rs` keeps other processes away from the file.
+//! [`Backend`](super::Backend) implementation (the statements of
+//! replication, replica checks and dropped partitions are in
+//! `replication.rs`), and `lock.rs` keeps other processes away from the
+//! file.
 //!
 //! Every statement is a literal prepared once and then found in the
 //! statement cache (except the partition list of `AskTIDs`, which is not on
@@ -13,6 +16,7 @@
 mod codec;
 mod lock;
 mod queries;
+mod replication;
 mod schema;
 
 use std::path::{Path, PathBuf};

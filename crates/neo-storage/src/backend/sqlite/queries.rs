@@ -781,4 +781,44 @@ impl Backend for SqliteBackend {
         )?;
         Ok(id.flatten())
     }
+
+    fn pack_order(&mut self, id: Tid) -> Result<Option<PackOrder>> {
+        self.pack_order_of(id)
+    }
+
+    fn object_serials(
+        &mut self,
+        partition: Partition,
+        min_tid: Tid,
+        min_oid: Oid,
+        max_tid: Tid,
+        length: u64,
+    ) -> Result<Vec<(Tid, Oid)>> {
+        self.serials(partition, min_tid, min_oid, max_tid, length)
+    }
+
+    fn delete_transaction(&mut self, partition: Partition, tid: Tid) -> Result<()> {
+        self.delete_trans_row(partition, tid)
+    }
+
+    fn delete_object(
+        &mut self,
+        partition: Partition,
+        oid: Oid,
+        serial: Tid,
+    ) -> Result<Option<DataId>> {
+        self.delete_obj_row(partition, oid, serial)
+    }
+
+    fn delete_partition_objects(
+        &mut self,
+        partition: Partition,
+        limit: u64,
+    ) -> Result<(u64, Vec<DataId>)> {
+        self.drop_obj_rows(partition, limit)
+    }
+
+    fn delete_partition_transactions(&mut self, partition: Partition, limit: u64) -> Result<u64> {
+        self.drop_trans_rows(partition, limit)
+    }
 }
