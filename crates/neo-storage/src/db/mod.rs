@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, HashMap};
 use neo_cluster::PartitionTable;
 use neo_proto::packets::HistoryEntry;
 pub use neo_proto::packets::UndoSerial;
-pub use replication::digest;
 use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Ptid, Tid};
+pub use replication::digest;
 
 use crate::backend::{
     Backend, CellRow, DataId, Error, FatalError, ObjectRecord, Result, Revision, TransactionMeta,

@@ -94,11 +94,14 @@ pub fn check_digests_are_byte_identical_to_neo_s<E: Engine>() {
         (serials.oid_digest, serials.max_oid),
         (hash("77de68daecd823babbb58edb1c8e14d7106e83bb"), Oid(3))
     );
-    let empty = db
-        .check_serial_range(3, 40000, T5, T5, Oid(0))
-        .unwrap();
+    let empty = db.check_serial_range(3, 40000, T5, T5, Oid(0)).unwrap();
     assert_eq!(
-        (empty.count, empty.tid_digest, empty.oid_digest, empty.max_oid),
+        (
+            empty.count,
+            empty.tid_digest,
+            empty.oid_digest,
+            empty.max_oid
+        ),
         (0, Checksum::ZERO, Checksum::ZERO, Oid(0))
     );
     // Chunks, computed with Python's hashlib: the first two records of
@@ -138,8 +141,7 @@ pub fn a_source_lists_and_fetches_records_in_tid_then_oid_order<E: Engine>() {
         [(T1, Oid(0)), (T2, Oid(0)), (T3, Oid(0)), (T4, Oid(0))]
     );
     assert_eq!(
-        db.replication_object_list(T2, T5, 1000, 0, Oid(1))
-            .unwrap(),
+        db.replication_object_list(T2, T5, 1000, 0, Oid(1)).unwrap(),
         [(T3, Oid(0)), (T4, Oid(0))]
     );
     assert_eq!(
