@@ -71,6 +71,27 @@ async fn listener() -> Listener {
     Listener::bind(&Address::new("127.0.0.1", 0)).await.unwrap()
 }
 
+/// Runs `node` in the shell, listening on a free port of its own.
+async fn serve<N: Node + Send + 'static>(
+    mut node: N,
+) -> (
+    Address,
+    tokio::task::JoinHandle<Result<(), neo_net::ShellError>>,
+) {
+    let listener = listener().await;
+    let address = listener.local_address().clone();
+    let shell = tokio::spawn(async move {
+        neo_net::shell::run(
+            &mut node,
+            Some(listener),
+            ShellConfig::default(),
+            std::future::pending(),
+        )
+        .await
+    });
+    (address, shell)
+}
+
 /// Waits until the log has a line `line`.
 async fn wait_for(log: &Log, line: &str) {
     for _ in 0..500 {
@@ -96,7 +117,7 @@ fn identification() -> p::RequestIdentification {
 #[tokio::test]
 async fn a_peer_is_accepted_before_its_packets_and_answers_come_by_token() {
     // Answers Ping, and asks the peer a Ping of its own tagged 99.
-    let (mut node, log) = scripted(|input, out, _| match input {
+    let (node, log) = scripted(|input, out, _| match input {
         Input::Packet {
             conn,
             msg_id,
@@ -108,17 +129,7 @@ async fn a_peer_is_accepted_before_its_packets_and_answers_come_by_token() {
         Input::Answer { .. } => out.exit(Ok(())),
         _ => {}
     });
-    let listener = listener().await;
-    let address = listener.local_address().clone();
-    let shell = tokio::spawn(async move {
-        neo_net::shell::run(
-            &mut node,
-            Some(listener),
-            ShellConfig::default(),
-            std::future::pending(),
-        )
-        .await
-    });
+    let (address, shell) = serve(node).await;
     let (connection, mut inbox) = connect_alone(&address, &ConnectionConfig::default())
         .await
         .unwrap();
@@ -158,7 +169,7 @@ fn add_transaction(tid: u64) -> p::AddTransaction {
 /// by chance, so only what NEO sends by id is matched).
 #[tokio::test]
 async fn packets_sent_ahead_of_an_answer_come_with_the_token_of_the_request() {
-    let (mut node, log) = scripted(|input, out, _| match input {
+    let (node, log) = scripted(|input, out, _| match input {
         Input::Accepted { conn } => {
             let fetch = p::AskFetchTransactions {
                 partition: 0,
@@ -173,17 +184,7 @@ async fn packets_sent_ahead_of_an_answer_come_with_the_token_of_the_request() {
         Input::Answer { .. } => out.exit(Ok(())),
         _ => {}
     });
-    let listener = listener().await;
-    let address = listener.local_address().clone();
-    let shell = tokio::spawn(async move {
-        neo_net::shell::run(
-            &mut node,
-            Some(listener),
-            ShellConfig::default(),
-            std::future::pending(),
-        )
-        .await
-    });
+    let (address, shell) = serve(node).await;
     let (connection, mut inbox) = connect_alone(&address, &ConnectionConfig::default())
         .await
         .unwrap();

@@ -20,25 +20,12 @@ use neo_storage::node::{MAX_CHECK_LENGTH, MAX_FETCH_LENGTH};
 const PEER: ConnId = ConnId(30);
 
 fn peer_nid() -> NodeId {
-    NodeId::new(NodeType::Storage, 2).unwrap()
+    other_storage_nid()
 }
 
 /// One partition, UP_TO_DATE on this node and on the peer.
 fn setup() -> Setup {
-    Setup {
-        rows: vec![vec![
-            CellInfo {
-                nid: storage_nid(),
-                state: CellState::UpToDate,
-            },
-            CellInfo {
-                nid: peer_nid(),
-                state: CellState::UpToDate,
-            },
-        ]],
-        storages: vec![peer_nid()],
-        ..Setup::default()
-    }
+    shared_partition(CellState::UpToDate)
 }
 
 fn identification(nid: Option<NodeId>, id_timestamp: f64) -> p::RequestIdentification {
@@ -73,19 +60,8 @@ fn peer_identifies(harness: &mut Harness) {
 /// writing oid 0 over `serial`; not unlocked.
 fn lock(harness: &mut Harness, ttid: Tid, serial: Tid) {
     harness.store(ttid, Oid(0), serial, b"data");
-    harness.client_sends(p::AskStoreTransaction {
-        ttid,
-        user: Default::default(),
-        description: Default::default(),
-        extension: Default::default(),
-        oids: vec![Oid(0)],
-        pack: None,
-    });
-    harness.master_sends(p::AskLockInformation {
-        ttid,
-        tid: ttid,
-        pack_approved: false,
-    });
+    harness.vote_metadata(ttid, vec![Oid(0)]);
+    harness.lock(ttid, ttid);
 }
 
 /// Commits `count` transactions, `tid(2)`, `tid(4)`..., each writing
@@ -213,15 +189,7 @@ fn storages_identify_as_the_master_announced_them() {
 fn of_two_links_between_storages_the_greater_id_s_stays() {
     // This node (S1) checks with S2 and connects to it; S2 connects too.
     let mut harness = Harness::start(setup());
-    let outputs = harness.master_sends(p::CheckPartition {
-        partition: 0,
-        source: p::CheckSource {
-            upstream_name: String::new(),
-            address: None,
-        },
-        min_tid: Tid::ZERO,
-        max_tid: Tid::MAX,
-    });
+    let outputs = harness.master_sends(check_partition(None, Tid::MAX));
     let [Output::Connect { token, .. }] = outputs[..] else {
         panic!("{outputs:?}");
     };
@@ -264,15 +232,7 @@ fn of_two_links_between_storages_the_greater_id_s_stays() {
         ]],
         ..setup()
     });
-    let outputs = harness.master_sends(p::CheckPartition {
-        partition: 0,
-        source: p::CheckSource {
-            upstream_name: String::new(),
-            address: None,
-        },
-        min_tid: Tid::ZERO,
-        max_tid: Tid::MAX,
-    });
+    let outputs = harness.master_sends(check_partition(None, Tid::MAX));
     let [Output::Connect { token, .. }] = outputs[..] else {
         panic!("{outputs:?}");
     };
@@ -364,19 +324,7 @@ fn fetches_are_bounded() {
     let outputs = harness.packet(PEER, beyond);
     assert_eq!(error(&outputs), Some((ErrorCode::ProtocolError, true)));
 
-    let mut harness = Harness::start(Setup {
-        rows: vec![vec![
-            CellInfo {
-                nid: storage_nid(),
-                state: CellState::OutOfDate,
-            },
-            CellInfo {
-                nid: peer_nid(),
-                state: CellState::UpToDate,
-            },
-        ]],
-        ..setup()
-    });
+    let mut harness = Harness::start(shared_partition(CellState::OutOfDate));
     peer_identifies(&mut harness);
     let outputs = harness.packet(PEER, fetch_transactions(10, vec![]));
     assert_eq!(error(&outputs), Some((ErrorCode::ReplicationError, false)));
@@ -466,19 +414,7 @@ fn check_requests_of_peers_are_served_and_bounded() {
     );
     assert_eq!(error(&outputs), Some((ErrorCode::ProtocolError, true)));
 
-    let mut harness = Harness::start(Setup {
-        rows: vec![vec![
-            CellInfo {
-                nid: storage_nid(),
-                state: CellState::OutOfDate,
-            },
-            CellInfo {
-                nid: peer_nid(),
-                state: CellState::UpToDate,
-            },
-        ]],
-        ..setup()
-    });
+    let mut harness = Harness::start(shared_partition(CellState::OutOfDate));
     peer_identifies(&mut harness);
     let outputs = harness.packet(
         PEER,
@@ -502,15 +438,7 @@ fn replica_checks_report_the_nodes_that_differ() {
         let mut harness = Harness::start(setup());
         commit_many(&mut harness, 2);
         peer_identifies(&mut harness);
-        let outputs = harness.master_sends(p::CheckPartition {
-            partition: 0,
-            source: p::CheckSource {
-                upstream_name: String::new(),
-                address: source.clone(),
-            },
-            min_tid: Tid::ZERO,
-            max_tid: tid(4),
-        });
+        let outputs = harness.master_sends(check_partition(source.clone(), tid(4)));
         let (token, request) = check_request(&outputs);
         let Packet::AskCheckTIDRange(request) = request else {
             panic!("{request:?}");
@@ -552,6 +480,19 @@ fn replica_checks_report_the_nodes_that_differ() {
             Some(_) => vec![storage_nid()],
         };
         assert_eq!(reported, Some(expected));
+    }
+}
+
+/// `CheckPartition` of partition 0 up to `max_tid`, against `source`.
+fn check_partition(source: Option<neo_proto::Address>, max_tid: Tid) -> p::CheckPartition {
+    p::CheckPartition {
+        partition: 0,
+        source: p::CheckSource {
+            upstream_name: String::new(),
+            address: source,
+        },
+        min_tid: Tid::ZERO,
+        max_tid,
     }
 }
 

@@ -167,19 +167,8 @@ fn listings_never_answer_more_than_a_packet_holds() {
     }
     let mut harness = Harness::new();
     harness.store(tid(1), Oid(0), Tid::ZERO, b"data");
-    harness.client_sends(p::AskStoreTransaction {
-        ttid: tid(1),
-        user: Default::default(),
-        description: Default::default(),
-        extension: Default::default(),
-        oids: vec![Oid(0)],
-        pack: None,
-    });
-    harness.master_sends(p::AskLockInformation {
-        ttid: tid(1),
-        tid: tid(2),
-        pack_approved: false,
-    });
+    harness.vote_metadata(tid(1), vec![Oid(0)]);
+    harness.lock(tid(1), tid(2));
     harness.master_sends(p::NotifyUnlockInformation { ttid: tid(1) });
     let paged: Vec<Packet> = vec![
         p::AskTIDs {

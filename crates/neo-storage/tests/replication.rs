@@ -11,32 +11,18 @@ mod common;
 
 use common::*;
 use neo_net::{ConnId, Input, Node, Output, Token};
-use neo_proto::packets::{self as p, CellInfo};
-use neo_proto::{CellState, Checksum, ErrorCode, Map, NodeId, NodeType, Oid, Packet, Tid};
-use sha1::{Digest, Sha1};
+use neo_proto::packets as p;
+use neo_proto::{CellState, ErrorCode, Map, NodeId, NodeType, Oid, Packet, Tid};
 
 const SOURCE: ConnId = ConnId(20);
 
 fn source_nid() -> NodeId {
-    NodeId::new(NodeType::Storage, 2).unwrap()
+    other_storage_nid()
 }
 
 /// One partition: OUT_OF_DATE here, UP_TO_DATE on the source.
 fn setup() -> Setup {
-    Setup {
-        rows: vec![vec![
-            CellInfo {
-                nid: storage_nid(),
-                state: CellState::OutOfDate,
-            },
-            CellInfo {
-                nid: source_nid(),
-                state: CellState::UpToDate,
-            },
-        ]],
-        storages: vec![source_nid()],
-        ..Setup::default()
-    }
+    shared_partition(CellState::OutOfDate)
 }
 
 /// The requests among `outputs`.
@@ -164,7 +150,7 @@ fn add_object(oid: Oid, serial: Tid, data: &'static [u8]) -> p::AddObject {
         oid,
         serial,
         compression: 0,
-        checksum: Checksum(Sha1::digest(data).into()),
+        checksum: checksum(data),
         data: data.into(),
         data_serial: None,
     }
@@ -212,6 +198,16 @@ fn load(harness: &mut Harness, oid: Oid) -> Packet {
         before: None,
     });
     answers(&outputs)[0].clone()
+}
+
+/// Whether a store was answered as accepted without a lock (ZERO_TID).
+fn lockless(outputs: &[Output]) -> bool {
+    matches!(
+        answers(outputs)[..],
+        [Packet::AnswerStoreObject(p::AnswerStoreObject {
+            conflict: Some(Tid::ZERO)
+        })]
+    )
 }
 
 fn replication_done(outputs: &[Output]) -> Option<p::NotifyReplicationDone> {
@@ -467,15 +463,7 @@ fn lockless_writes_become_locks_before_the_announcement() {
     connect_source(&mut harness, &outputs);
     for ttid in [tid(10), tid(11)] {
         let stored = harness.store(ttid, Oid(0), Tid::ZERO, b"lockless");
-        assert!(
-            matches!(
-                answers(&stored)[..],
-                [Packet::AnswerStoreObject(p::AnswerStoreObject {
-                    conflict: Some(Tid::ZERO)
-                })]
-            ),
-            "{stored:?}"
-        );
+        assert!(lockless(&stored), "{stored:?}");
     }
     let (token, _) = next_fetch(&mut harness);
     answer(&mut harness, token, transactions_done(None));
@@ -517,12 +505,7 @@ fn a_discarded_cell_stops_its_replication() {
     let outputs = harness.input(Input::Timeout);
     assert!(requests(&outputs).is_empty(), "{outputs:?}");
     let stored = harness.store(tid(10), Oid(0), Tid::ZERO, b"not ours");
-    assert!(matches!(
-        answers(&stored)[..],
-        [Packet::AnswerStoreObject(p::AnswerStoreObject {
-            conflict: Some(Tid::ZERO)
-        })]
-    ));
+    assert!(lockless(&stored), "{stored:?}");
     harness.client_sends(p::AskVoteTransaction { ttid: tid(10) });
     assert_eq!(harness.committed_votes(), 0, "nothing stored");
 }

@@ -106,7 +106,7 @@ impl Storage {
             }
             return Ok(());
         }
-        let push = match packet {
+        let (items, answer) = match packet {
             Packet::AskFetchTransactions(request) => self.list_transactions(request)?,
             Packet::AskFetchObjects(request) => self.list_objects(request)?,
             _ => return Ok(()),
@@ -114,7 +114,9 @@ impl Storage {
         self.feeding.pushes.push_back(Push {
             conn,
             msg_id,
-            ..push
+            partition,
+            items,
+            answer,
         });
         Ok(())
     }
@@ -123,7 +125,10 @@ impl Storage {
     /// that this node does not, in this chunk only (the rest is compared
     /// with the next one; and a requester has nothing to delete outside
     /// what it asked).
-    fn list_transactions(&mut self, request: p::AskFetchTransactions) -> Result<Push, Error> {
+    fn list_transactions(
+        &mut self,
+        request: p::AskFetchTransactions,
+    ) -> Result<(Items, Packet), Error> {
         let length = request.length.min(MAX_FETCH_LENGTH);
         let mut tids = self.db.replication_tid_list(
             request.min_tid,
@@ -153,17 +158,11 @@ impl Storage {
             delete_tids,
             completed_pack,
         };
-        Ok(Push {
-            conn: ConnId(0),
-            msg_id: 0,
-            partition: request.partition,
-            items: Items::Transactions(missing),
-            answer: answer.into(),
-        })
+        Ok((Items::Transactions(missing), answer.into()))
     }
 
     /// [`Storage::list_transactions`] for `AskFetchObjects`.
-    fn list_objects(&mut self, request: p::AskFetchObjects) -> Result<Push, Error> {
+    fn list_objects(&mut self, request: p::AskFetchObjects) -> Result<(Items, Packet), Error> {
         let length = request.length.min(MAX_FETCH_LENGTH);
         let mut records = self.db.replication_object_list(
             request.min_tid,
@@ -203,13 +202,7 @@ impl Storage {
             next_oid: next.map(|(_, oid)| oid),
             delete: Map(delete.into_iter().collect()),
         };
-        Ok(Push {
-            conn: ConnId(0),
-            msg_id: 0,
-            partition: request.partition,
-            items: Items::Objects(missing),
-            answer: answer.into(),
-        })
+        Ok((Items::Objects(missing), answer.into()))
     }
 
     /// One background step: sends the next items of the first fetch (then

@@ -219,7 +219,7 @@ impl Storage {
                 self.forget_partitions(&dropped)?;
                 self.partitions_dropped(dropped);
                 if self.operational {
-                    self.replication_cells_changed(&changes.changes);
+                    self.replication_cells_changed(&changes.changes)?;
                     // Cells that went away may raise the smallest pack id.
                     self.report_pack_completed()?;
                     self.maybe_pack()?;

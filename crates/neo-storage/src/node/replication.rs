@@ -241,7 +241,7 @@ impl Storage {
     /// Own cells changed (`NotifyPartitionChanges`): new OUT_OF_DATE cells
     /// are replicated, discarded ones forgotten (their replication
     /// aborted), readable ones done.
-    pub(super) fn replication_cells_changed(&mut self, changes: &[p::CellChange]) {
+    pub(super) fn replication_cells_changed(&mut self, changes: &[p::CellChange]) -> Handled {
         let mut added = Vec::new();
         let mut abort = false;
         for change in changes.iter().filter(|change| Some(change.nid) == self.nid) {
@@ -269,6 +269,8 @@ impl Storage {
         if abort {
             self.abort_replication("its cell changed");
         }
+        // A partition waiting for a source may have one now.
+        self.next_replication()
     }
 
     /// `AnswerUnfinishedTransactions` (§9.1 step 3): replicate `partitions`

@@ -244,11 +244,61 @@ impl Harness {
             oid,
             serial,
             compression: 0,
-            checksum: Checksum(Sha1::digest(data).into()),
+            checksum: checksum(data),
             data: data.into(),
             data_serial: None,
             ttid,
         })
+    }
+
+    /// The client votes `ttid`, with empty metadata listing `oids`.
+    pub fn vote_metadata(&mut self, ttid: Tid, oids: Vec<Oid>) -> Vec<Output> {
+        self.client_sends(p::AskStoreTransaction {
+            ttid,
+            user: Default::default(),
+            description: Default::default(),
+            extension: Default::default(),
+            oids,
+            pack: None,
+        })
+    }
+
+    /// The master locks `ttid` with `tid`.
+    pub fn lock(&mut self, ttid: Tid, tid: Tid) -> Vec<Output> {
+        self.master_sends(p::AskLockInformation {
+            ttid,
+            tid,
+            pack_approved: false,
+        })
+    }
+}
+
+/// SHA-1 of object data, as clients compute it.
+pub fn checksum(data: &[u8]) -> Checksum {
+    Checksum(Sha1::digest(data).into())
+}
+
+/// The other storage of [`shared_partition`].
+pub fn other_storage_nid() -> NodeId {
+    NodeId::new(NodeType::Storage, 2).unwrap()
+}
+
+/// One partition, in `state` on this node, UP_TO_DATE on the other
+/// storage ([`other_storage_nid`]), which is running.
+pub fn shared_partition(state: CellState) -> Setup {
+    Setup {
+        rows: vec![vec![
+            CellInfo {
+                nid: storage_nid(),
+                state,
+            },
+            CellInfo {
+                nid: other_storage_nid(),
+                state: CellState::UpToDate,
+            },
+        ]],
+        storages: vec![other_storage_nid()],
+        ..Setup::default()
     }
 }
 

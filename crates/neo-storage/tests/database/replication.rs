@@ -2,6 +2,7 @@
 //! and sends, what a replicating node stores and deletes, NEO's check
 //! digests, and dropped partitions deleted in steps.
 
+use neo_proto::packets::{AnswerCheckSerialRange, AnswerCheckTIDRange};
 use neo_proto::{CellState, Checksum, Oid, Tid};
 use neo_storage::backend::{PackOrder, TransactionMeta};
 
@@ -42,58 +43,99 @@ fn hash(hex: &str) -> Checksum {
 
 pub fn check_digests_are_byte_identical_to_neo_s<E: Engine>() {
     let (_engine, mut db) = session::<E>();
-    // Answers of NEO/py's storage in session-replication.jsonl, seq 258-272.
-    let tids = db.check_tid_range(0, 40000, Tid::ZERO, T5).unwrap();
-    assert_eq!(
-        (tids.count, tids.digest, tids.max_tid),
-        (1, hash("e5e577e52d0300b1d9310de998aa365713edcbc4"), T1)
-    );
-    let tids = db.check_tid_range(1, 40000, Tid::ZERO, T5).unwrap();
-    assert_eq!(
-        (tids.count, tids.digest, tids.max_tid),
-        (3, hash("0a4df02dcdf15d423a32f25169cd60c427778600"), T5)
-    );
+    // Answers of NEO/py's storage in session-replication.jsonl, seq
+    // 258-272, for the same rows; then chunks, computed with Python's
+    // hashlib, as `(partition, length, min_tid, min_oid)` and the answer.
+    let tid_ranges = [
+        (
+            (0, 40000, Tid::ZERO),
+            (1, "e5e577e52d0300b1d9310de998aa365713edcbc4", T1),
+        ),
+        (
+            (1, 40000, Tid::ZERO),
+            (3, "0a4df02dcdf15d423a32f25169cd60c427778600", T5),
+        ),
+        (
+            (1, 2, Tid::ZERO),
+            (2, "2fd3c067a342dba3176b1e4bb67007aaafd4a974", T3),
+        ),
+    ];
+    for ((partition, length, min_tid), (count, digest, max_tid)) in tid_ranges {
+        let answer = AnswerCheckTIDRange {
+            count,
+            digest: hash(digest),
+            max_tid,
+        };
+        let computed = db.check_tid_range(partition, length, min_tid, T5).unwrap();
+        assert_eq!(computed, answer, "partition {partition}");
+    }
     let empty = db.check_tid_range(3, 40000, Tid::ZERO, T5).unwrap();
     assert_eq!(
         (empty.count, empty.digest, empty.max_tid),
         (0, Checksum::ZERO, Tid::ZERO)
     );
-    let serials = db
-        .check_serial_range(0, 40000, Tid::ZERO, T5, Oid(0))
-        .unwrap();
-    assert_eq!(serials.count, 4);
-    assert_eq!(
-        serials.tid_digest,
-        hash("85407dca1c12acc1f67271ddef430c8ef938a2cf")
-    );
-    assert_eq!(serials.max_tid, T4);
-    assert_eq!(
-        serials.oid_digest,
-        hash("9d2ca0be9516829de88f8c23293faa33c450089f")
-    );
-    assert_eq!(serials.max_oid, Oid(0));
-    let serials = db
-        .check_serial_range(1, 40000, Tid::ZERO, T5, Oid(0))
-        .unwrap();
-    assert_eq!(
-        (serials.count, serials.tid_digest, serials.max_tid),
-        (2, hash("45da3246d79359ccfdd65bb2f4fe8557f917e5ed"), T5)
-    );
-    assert_eq!(
-        (serials.oid_digest, serials.max_oid),
-        (hash("a6322dae6eb1e2bf764a57fa0b8671cf570b546d"), Oid(1))
-    );
-    let serials = db
-        .check_serial_range(3, 40000, Tid::ZERO, T5, Oid(0))
-        .unwrap();
-    assert_eq!(
-        (serials.count, serials.tid_digest, serials.max_tid),
-        (1, hash("2f4a050edd2b6edee6b3ea6a5f332539921d332a"), T4)
-    );
-    assert_eq!(
-        (serials.oid_digest, serials.max_oid),
-        (hash("77de68daecd823babbb58edb1c8e14d7106e83bb"), Oid(3))
-    );
+    const OIDS_0: &str = "9d2ca0be9516829de88f8c23293faa33c450089f";
+    const OIDS_00: &str = "e499ce7a21cd46c8d0365556b91594af1048e045";
+    let serial_ranges = [
+        (
+            (0, 40000, Tid::ZERO, 0),
+            (4, "85407dca1c12acc1f67271ddef430c8ef938a2cf", T4, OIDS_0, 0),
+        ),
+        (
+            (1, 40000, Tid::ZERO, 0),
+            (
+                2,
+                "45da3246d79359ccfdd65bb2f4fe8557f917e5ed",
+                T5,
+                "a6322dae6eb1e2bf764a57fa0b8671cf570b546d",
+                1,
+            ),
+        ),
+        (
+            (3, 40000, Tid::ZERO, 0),
+            (
+                1,
+                "2f4a050edd2b6edee6b3ea6a5f332539921d332a",
+                T4,
+                "77de68daecd823babbb58edb1c8e14d7106e83bb",
+                3,
+            ),
+        ),
+        (
+            (0, 2, Tid::ZERO, 0),
+            (
+                2,
+                "7bd49bdd81b35dcf67fb4aecfac6603abb89f2d4",
+                T2,
+                OIDS_00,
+                0,
+            ),
+        ),
+        (
+            (0, 2, T2, 1),
+            (
+                2,
+                "70c68f3f9f61348a7e4e1d7c18ec4f292d4e7035",
+                T4,
+                OIDS_00,
+                0,
+            ),
+        ),
+    ];
+    for ((partition, length, min_tid, min_oid), expected) in serial_ranges {
+        let (count, tids, max_tid, oids, max_oid) = expected;
+        let answer = AnswerCheckSerialRange {
+            count,
+            tid_digest: hash(tids),
+            max_tid,
+            oid_digest: hash(oids),
+            max_oid: Oid(max_oid),
+        };
+        let computed = db
+            .check_serial_range(partition, length, min_tid, T5, Oid(min_oid))
+            .unwrap();
+        assert_eq!(computed, answer, "partition {partition} from {min_tid}");
+    }
     let empty = db.check_serial_range(3, 40000, T5, T5, Oid(0)).unwrap();
     assert_eq!(
         (
@@ -103,27 +145,6 @@ pub fn check_digests_are_byte_identical_to_neo_s<E: Engine>() {
             empty.max_oid
         ),
         (0, Checksum::ZERO, Checksum::ZERO, Oid(0))
-    );
-    // Chunks, computed with Python's hashlib: the first two records of
-    // partition 0, then from after the second one.
-    let first = db.check_serial_range(0, 2, Tid::ZERO, T5, Oid(0)).unwrap();
-    assert_eq!(
-        (first.count, first.tid_digest, first.max_tid),
-        (2, hash("7bd49bdd81b35dcf67fb4aecfac6603abb89f2d4"), T2)
-    );
-    assert_eq!(
-        first.oid_digest,
-        hash("e499ce7a21cd46c8d0365556b91594af1048e045")
-    );
-    let next = db.check_serial_range(0, 2, T2, T5, Oid(1)).unwrap();
-    assert_eq!(
-        (next.count, next.tid_digest, next.max_tid),
-        (2, hash("70c68f3f9f61348a7e4e1d7c18ec4f292d4e7035"), T4)
-    );
-    let tids = db.check_tid_range(1, 2, Tid::ZERO, T5).unwrap();
-    assert_eq!(
-        (tids.count, tids.digest, tids.max_tid),
-        (2, hash("2fd3c067a342dba3176b1e4bb67007aaafd4a974"), T3)
     );
 }
 

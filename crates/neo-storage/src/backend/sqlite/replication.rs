@@ -7,21 +7,9 @@ use rusqlite::params;
 
 use super::codec::{self, bound, key};
 use super::SqliteBackend;
-use crate::backend::{DataId, PackOrder, Result};
+use crate::backend::{DataId, Result};
 
 impl SqliteBackend {
-    pub(super) fn pack_order_of(&mut self, id: Tid) -> Result<Option<PackOrder>> {
-        let Some(id) = key(id.0) else {
-            return Ok(None);
-        };
-        Ok(self.query_row(
-            "reading a pack order",
-            "SELECT tid, approved, partial, oids, pack_tid FROM pack WHERE tid = ?",
-            [id],
-            codec::pack_order,
-        )?)
-    }
-
     pub(super) fn serials(
         &mut self,
         partition: Partition,
