@@ -272,32 +272,31 @@ impl Storage {
         request: p::AskCheckCurrentSerial,
     ) -> Handled {
         if self.lock_mode(request.oid) == LockMode::Unassigned {
-            let conflict = Some(Tid::ZERO);
-            self.answer(conn, msg_id, p::AnswerCheckCurrentSerial { conflict });
-            return Ok(());
+            return self.answer_check(conn, msg_id, Some(Tid::ZERO));
         }
         let Some(outcome) = self.try_lock(request.ttid, request.serial, request.oid)? else {
             self.wait(Waiting::Check(conn, msg_id, request));
             return Ok(());
         };
         let conflict = match outcome {
-            LockOutcome::Conflict(serial) => Some(serial),
-            LockOutcome::Locked => {
-                if let Some(transaction) = self.locks.transactions.get_mut(&request.ttid) {
-                    transaction.stored.insert(
-                        request.oid,
-                        Stored {
-                            serial: request.serial,
-                            data_id: None,
-                            data_serial: None,
-                            checked: true,
-                        },
-                    );
-                }
-                None
-            }
+            LockOutcome::Conflict(serial) => return self.answer_check(conn, msg_id, Some(serial)),
+            LockOutcome::Locked => None,
+            // Recorded too: once the partition is replicated, it locks as
+            // a checked oid (§9.1 step 9).
             _ => Some(Tid::ZERO),
         };
+        if let Some(transaction) = self.locks.transactions.get_mut(&request.ttid) {
+            transaction.stored.entry(request.oid).or_insert(Stored {
+                serial: request.serial,
+                data_id: None,
+                data_serial: None,
+                checked: true,
+            });
+        }
+        self.answer_check(conn, msg_id, conflict)
+    }
+
+    fn answer_check(&mut self, conn: ConnId, msg_id: u32, conflict: Option<Tid>) -> Handled {
         self.answer(conn, msg_id, p::AnswerCheckCurrentSerial { conflict });
         Ok(())
     }

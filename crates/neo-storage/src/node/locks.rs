@@ -425,4 +425,63 @@ mod tests {
         manager.release(Tid(10));
         assert!(!manager.is_read_locked(OID));
     }
+
+    fn stored(serial: Tid) -> Stored {
+        Stored {
+            serial,
+            data_id: Some(serial.0),
+            data_serial: None,
+            checked: false,
+        }
+    }
+
+    /// §9.1 step 9: writes accepted without locks while the partition was
+    /// replicated become locks of their youngest writer; a partition two
+    /// transactions wrote an oid of waits; the others lock again for real.
+    #[test]
+    fn lockless_writes_of_a_replicated_partition_become_locks() {
+        let mut manager = manager_with(&[10, 20, 30, 40]);
+        let partition_of = |oid: Oid| (oid.0 % 2) as Partition;
+        // Oid 1 (partition 1) by 10 and 20; oid 2 (partition 0) by 30.
+        for (ttid, oid) in [(10, 1), (20, 1), (30, 2)] {
+            let outcome = manager.lock(Tid(ttid), Tid::ZERO, Oid(oid), true, || None);
+            assert_eq!(outcome.0, LockOutcome::Lockless);
+            if let Some(transaction) = manager.transactions.get_mut(&Tid(ttid)) {
+                transaction.stored.insert(Oid(oid), stored(Tid::ZERO));
+            }
+        }
+        let replicated = [0, 1].into_iter().collect();
+        let ready = manager.lock_lockless(&replicated, partition_of);
+        assert_eq!(ready, [0].into_iter().collect());
+        // The youngest writer's lock delays new writers, lockless for an
+        // older one.
+        assert_eq!(
+            manager.lock(Tid(40), Tid::ZERO, Oid(1), false, || None).0,
+            LockOutcome::Wait
+        );
+        manager.register(Tid(5), ConnId(1), None);
+        assert_eq!(
+            manager.lock(Tid(5), Tid::ZERO, Oid(1), false, || None).0,
+            LockOutcome::Lockless
+        );
+        let relocks = manager.unlock_partitions(&ready, partition_of);
+        assert_eq!(relocks, [(Tid(30), Oid(2), Tid::ZERO)]);
+        assert_eq!(
+            manager.lock(Tid(30), Tid::ZERO, Oid(2), false, || None).0,
+            LockOutcome::Locked,
+            "a real lock now"
+        );
+        // Partition 1 goes: what was written there is forgotten, with the
+        // data it held.
+        let held = manager.forget_partitions(&[1].into_iter().collect(), partition_of);
+        assert_eq!(held.len(), 2);
+        assert!(manager
+            .transactions
+            .values()
+            .all(|t| !t.stored.contains_key(&Oid(1)) && !t.lockless.contains(&Oid(1))));
+        assert_eq!(
+            manager.lock(Tid(40), Tid::ZERO, Oid(1), false, || None).0,
+            LockOutcome::Locked
+        );
+    }
 }
