@@ -333,7 +333,7 @@ impl Storage {
 
     /// Whether background work waits, so the shell gives the node a
     /// timeout as soon as no event waits.
-    pub fn has_background_work(&self) -> bool {
+    fn has_background_work(&self) -> bool {
         self.operational
             && (self.pack.job.is_some()
                 || self.dropping.has_step()
