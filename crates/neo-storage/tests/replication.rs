@@ -371,13 +371,21 @@ fn a_source_that_vanishes_is_connected_again_a_second_later() {
 }
 
 /// A source can only make the node write what it asked: another
-/// partition's or a later transaction, a bad checksum, a deletion outside
-/// the chunk or a chunk that does not move forward end the link.
+/// partition's or a later transaction, more items than the chunk has, a
+/// bad checksum, a deletion outside the chunk or a chunk that does not
+/// move forward end the link.
 #[test]
 fn a_source_sending_what_was_not_asked_is_dropped() {
     type Hostile = fn(&mut Harness, Token) -> Vec<Output>;
-    let hostile: [Hostile; 5] = [
+    let hostile: [Hostile; 6] = [
         |h, token| part(h, token, add_transaction(tid(10), vec![])),
+        |h, token| {
+            // The same transaction, more times than the chunk has items.
+            for _ in 0..1000 {
+                assert!(part(h, token, add_transaction(tid(1), vec![])).is_empty());
+            }
+            part(h, token, add_transaction(tid(1), vec![]))
+        },
         |h, token| {
             let mut add = add_object(Oid(0), tid(1), b"data");
             add.data = b"changed".as_slice().into();
@@ -407,7 +415,7 @@ fn a_source_sending_what_was_not_asked_is_dropped() {
             outputs.contains(&Output::Close { conn: SOURCE }),
             "case {case}: {outputs:?}"
         );
-        assert_eq!(on_disk(&harness).1, 0, "case {case}");
+        assert_eq!(on_disk(&harness).1, 0, "case {case}: no object record");
         assert_eq!(
             harness.storage.poll_timeout(),
             Some(harness.now + 1.0),

@@ -93,7 +93,12 @@ impl Storage {
         let token = self.asked.register(conn, Asked::Fetch);
         self.out.request(conn, token, request);
         if let Some(current) = &mut self.replicator.current {
-            current.step = Step::Asked { token, fetch, min };
+            current.step = Step::Asked {
+                token,
+                fetch,
+                min,
+                parts: 0,
+            };
         }
         Ok(())
     }
@@ -112,6 +117,7 @@ impl Storage {
                 token: asked,
                 fetch,
                 min,
+                ..
             } if asked == token && self.links.ready(current.source) == Some(conn) => {
                 Some((current.partition, current.max_tid, fetch, min))
             }
@@ -126,6 +132,10 @@ impl Storage {
             tracing::debug!(%conn, packet = packet.name(), "ignoring a part of an aborted replication");
             return Ok(());
         };
+        if !self.count_part() {
+            self.source_misbehaved(conn, "more items than asked");
+            return Ok(());
+        }
         // A source may only send what was asked.
         let asked = |tid: Tid, partition_of: Option<Partition>| {
             partition_of == Some(partition) && min_tid <= tid && tid <= max_tid
@@ -175,6 +185,23 @@ impl Storage {
         };
         self.source_misbehaved(conn, &error);
         Ok(())
+    }
+
+    /// Counts one more part of the chunk in progress; whether the source
+    /// sent no more than asked.
+    fn count_part(&mut self) -> bool {
+        match self
+            .replicator
+            .current
+            .as_mut()
+            .map(|current| &mut current.step)
+        {
+            Some(Step::Asked { parts, .. }) if *parts < FETCH_COUNT => {
+                *parts += 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Counts what came, for the log.

@@ -74,11 +74,13 @@ pub(super) enum Step {
     /// To ask at the next background step.
     Ready(Fetch),
     /// Asked: its parts and answer come with `token`; `min` is where it
-    /// started (an answer must move past it).
+    /// started (an answer must move past it); `parts` came so far (at most
+    /// [`FETCH_COUNT`]).
     Asked {
         token: Token,
         fetch: Fetch,
         min: (Tid, Oid),
+        parts: u32,
     },
     /// Everything fetched: to finish at the next background step.
     Finishing,
