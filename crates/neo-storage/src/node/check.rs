@@ -129,7 +129,7 @@ impl Storage {
             Some(pt) if partition < pt.partitions() => (
                 pt.readable_cells(partition)
                     .map(|cell| cell.nid)
-                    .filter(|nid| Some(*nid) != own)
+                    .filter(|nid| Some(*nid) != own && self.nodes.is_running(*nid))
                     .collect::<Vec<_>>(),
                 own.and_then(|own| pt.cell_state(partition, own)),
             ),
