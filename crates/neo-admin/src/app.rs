@@ -739,6 +739,8 @@ impl Node for Admin {
                 token,
                 packet,
             } => self.on_answer(conn, token, packet),
+            // Nothing the admin asks is answered in parts.
+            Input::AnswerPart { .. } => {}
             Input::Closed { conn } => self.on_closed(conn, now),
             Input::Timeout => self.on_timeout(now),
         }

@@ -482,6 +482,7 @@ async fn identify(
                     }))
                 }
                 EventKind::Answer { .. }
+                | EventKind::AnswerPart { .. }
                 | EventKind::Unanswered { .. }
                 | EventKind::Opened { .. } => {}
             }
@@ -575,8 +576,9 @@ async fn follow(
                 session.deliver(token, Some(packet));
             }
             EventKind::Unanswered { token } => session.deliver(token, None),
-            // `connect_alone` never announces its connection.
-            EventKind::Opened { .. } => {}
+            // `connect_alone` never announces its connection, and nothing
+            // a client asks is answered in parts.
+            EventKind::Opened { .. } | EventKind::AnswerPart { .. } => {}
             EventKind::Closed(reason) => {
                 return reason.map_or_else(|| "closed by the master".into(), |e| e.to_string())
             }

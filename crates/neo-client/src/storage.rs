@@ -267,6 +267,8 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut events: mpsc::Receiver<Eve
             // Storage connections are made with `neo_net::connect`, which
             // never announces them: one nobody asked for is not kept open.
             EventKind::Opened { connection, .. } => connection.abort(),
+            // Nothing a client asks is answered in parts.
+            EventKind::AnswerPart { .. } => {}
         }
     }
 }

@@ -372,7 +372,8 @@ impl Master {
 impl Node for Master {
     fn handle(&mut self, input: Input, now: UnixTime) {
         match input {
-            Input::Start | Input::Timeout => {}
+            // Nothing the master asks is answered in parts.
+            Input::Start | Input::Timeout | Input::AnswerPart { .. } => {}
             Input::Accepted { conn } => {
                 self.peers.insert(conn, Peer::default());
             }

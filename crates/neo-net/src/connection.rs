@@ -93,6 +93,17 @@ pub enum EventKind {
     /// A request or notification from the peer, or an `Error` that answers
     /// no pending request.
     Packet(Frame),
+    /// A packet the peer sent with the msg_id of a request sent with
+    /// [`Connection::send_request`] and not answered yet: the part of its
+    /// answer that comes first (`AddTransaction` and `AddObject` stream
+    /// the answer to `AskFetchTransactions` and `AskFetchObjects`,
+    /// protocol.md §2.3).
+    AnswerPart {
+        /// The token the request was sent with.
+        token: Token,
+        /// The packet.
+        packet: Packet,
+    },
     /// The answer to a request sent with [`Connection::send_request`].
     Answer {
         /// The token the request was sent with.
@@ -673,6 +684,15 @@ fn dispatch(shared: &Shared, frame: Frame) -> Result<Dispatch, NetError> {
         });
     }
     if code & RESPONSE_MASK == 0 {
+        if is_answer_part(&frame.packet) {
+            if let Some(Reply::Event(token)) = shared.pending().get(&frame.msg_id).map(|p| &p.reply)
+            {
+                return Ok(Dispatch::Deliver(EventKind::AnswerPart {
+                    token: *token,
+                    packet: frame.packet,
+                }));
+            }
+        }
         return Ok(Dispatch::Deliver(EventKind::Packet(frame)));
     }
     let mut pending = shared.pending();
@@ -706,6 +726,14 @@ fn dispatch(shared: &Shared, frame: Frame) -> Result<Dispatch, NetError> {
                 .unwrap_or_default(),
         }),
     }
+}
+
+/// Notifications NEO sends with the msg_id of the request whose answer
+/// they precede, never with a fresh one (protocol.md §2.3): any other
+/// notification's msg_id is the peer's own counter, which may equal the id
+/// of a request of ours by chance.
+fn is_answer_part(packet: &Packet) -> bool {
+    matches!(packet, Packet::AddTransaction(_) | Packet::AddObject(_))
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(

@@ -71,6 +71,17 @@ pub enum Input {
         /// The packet.
         packet: Packet,
     },
+    /// A packet sent by the peer ahead of the answer to a request sent
+    /// with [`Output::Request`], with that request's msg_id
+    /// (`AddTransaction`, `AddObject`: protocol.md §2.3).
+    AnswerPart {
+        /// Where from.
+        conn: ConnId,
+        /// The token the request was sent with.
+        token: Token,
+        /// The packet.
+        packet: Packet,
+    },
     /// The answer to a request sent with [`Output::Request`]: its answer
     /// packet or an `Error`.
     Answer {
@@ -127,6 +138,13 @@ pub enum Output {
         token: Token,
         /// Where to.
         address: Address,
+    },
+    /// We are done with our own requests on the connection: tell the peer
+    /// with `CloseClient` if it still sends us requests on it, else close
+    /// it (protocol.md §9.5).
+    CloseClient {
+        /// The connection.
+        conn: ConnId,
     },
     /// Close the connection once what is queued is sent.
     Close {
@@ -189,6 +207,11 @@ impl Outbox {
     /// Connects to `address`.
     pub fn connect(&mut self, token: Token, address: Address) {
         self.outputs.push(Output::Connect { token, address });
+    }
+
+    /// Ends our use of `conn` as a client (`CloseClient`, or a close).
+    pub fn close_client(&mut self, conn: ConnId) {
+        self.outputs.push(Output::CloseClient { conn });
     }
 
     /// Closes `conn` after what is queued.
@@ -266,6 +289,15 @@ impl<P> Requests<P> {
         }
     }
 
+    /// Why `token` was asked on `conn`, while its answer is still to come
+    /// (a part of it came: [`Input::AnswerPart`]).
+    pub fn pending(&self, conn: ConnId, token: Token) -> Option<&P> {
+        self.pending
+            .get(&token)
+            .filter(|(asked_on, _)| *asked_on == conn)
+            .map(|(_, why)| why)
+    }
+
     /// `conn` closed: its requests will never be answered; returns why they
     /// were sent.
     pub fn closed(&mut self, conn: ConnId) -> Vec<P> {
@@ -340,6 +372,8 @@ mod tests {
             .collect();
         assert_eq!(tokens.len(), 2);
         // An answer on the wrong connection is not one.
+        assert_eq!(requests.pending(ConnId(2), tokens[0]), None);
+        assert_eq!(requests.pending(ConnId(1), tokens[0]), Some(&"first"));
         assert_eq!(requests.answered(ConnId(2), tokens[0]), None);
         assert_eq!(requests.answered(ConnId(1), tokens[0]), Some("first"));
         assert_eq!(requests.answered(ConnId(1), tokens[0]), None, "only once");

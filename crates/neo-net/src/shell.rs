@@ -211,6 +211,7 @@ enum Outgoing {
     Answer(u32, Packet),
     Notify(Packet),
     Request(Token, Packet),
+    CloseClient,
     Close,
 }
 
@@ -238,6 +239,11 @@ impl Shell {
                 conn,
                 msg_id: frame.msg_id,
                 packet: frame.packet,
+            }),
+            EventKind::AnswerPart { token, packet } => Some(Input::AnswerPart {
+                conn,
+                token,
+                packet,
             }),
             EventKind::Answer { token, packet } => Some(Input::Answer {
                 conn,
@@ -279,6 +285,7 @@ impl Shell {
                     token,
                     packet,
                 } => self.send(conn, Outgoing::Request(token, packet)).await,
+                Output::CloseClient { conn } => self.send(conn, Outgoing::CloseClient).await,
                 Output::Close { conn } => self.send(conn, Outgoing::Close).await,
                 Output::Connect { token, address } => {
                     tasks.spawn(connect(
@@ -312,6 +319,9 @@ impl Shell {
             }
             Outgoing::Request(token, packet) => {
                 bounded(connection, limit, connection.send_request(packet, token)).await;
+            }
+            Outgoing::CloseClient => {
+                bounded(connection, limit, connection.close_client()).await;
             }
             Outgoing::Close => {
                 bounded(connection, limit, connection.close()).await;

@@ -33,6 +33,9 @@ impl<F: FnMut(&Input, &mut Outbox, &mut Option<UnixTime>) + Send> Node for Scrip
             Input::Connected { token, .. } => format!("connected {}", token.0),
             Input::ConnectFailed { token } => format!("failed {}", token.0),
             Input::Packet { packet, .. } => format!("packet {}", packet.name()),
+            Input::AnswerPart { token, packet, .. } => {
+                format!("part {} {}", token.0, packet.name())
+            }
             Input::Answer { token, packet, .. } => format!("answer {} {}", token.0, packet.name()),
             Input::Closed { .. } => "closed".to_owned(),
             Input::Timeout => "timeout".to_owned(),
@@ -68,6 +71,27 @@ async fn listener() -> Listener {
     Listener::bind(&Address::new("127.0.0.1", 0)).await.unwrap()
 }
 
+/// Runs `node` in the shell, listening on a free port of its own.
+async fn serve<N: Node + Send + 'static>(
+    mut node: N,
+) -> (
+    Address,
+    tokio::task::JoinHandle<Result<(), neo_net::ShellError>>,
+) {
+    let listener = listener().await;
+    let address = listener.local_address().clone();
+    let shell = tokio::spawn(async move {
+        neo_net::shell::run(
+            &mut node,
+            Some(listener),
+            ShellConfig::default(),
+            std::future::pending(),
+        )
+        .await
+    });
+    (address, shell)
+}
+
 /// Waits until the log has a line `line`.
 async fn wait_for(log: &Log, line: &str) {
     for _ in 0..500 {
@@ -93,7 +117,7 @@ fn identification() -> p::RequestIdentification {
 #[tokio::test]
 async fn a_peer_is_accepted_before_its_packets_and_answers_come_by_token() {
     // Answers Ping, and asks the peer a Ping of its own tagged 99.
-    let (mut node, log) = scripted(|input, out, _| match input {
+    let (node, log) = scripted(|input, out, _| match input {
         Input::Packet {
             conn,
             msg_id,
@@ -105,17 +129,7 @@ async fn a_peer_is_accepted_before_its_packets_and_answers_come_by_token() {
         Input::Answer { .. } => out.exit(Ok(())),
         _ => {}
     });
-    let listener = listener().await;
-    let address = listener.local_address().clone();
-    let shell = tokio::spawn(async move {
-        neo_net::shell::run(
-            &mut node,
-            Some(listener),
-            ShellConfig::default(),
-            std::future::pending(),
-        )
-        .await
-    });
+    let (address, shell) = serve(node).await;
     let (connection, mut inbox) = connect_alone(&address, &ConnectionConfig::default())
         .await
         .unwrap();
@@ -134,6 +148,109 @@ async fn a_peer_is_accepted_before_its_packets_and_answers_come_by_token() {
         *log.lock().unwrap(),
         ["start", "accepted", "packet Ping", "answer 99 Pong"]
     );
+}
+
+fn add_transaction(tid: u64) -> p::AddTransaction {
+    p::AddTransaction {
+        tid: neo_proto::Tid(tid),
+        user: Default::default(),
+        description: Default::default(),
+        extension: Default::default(),
+        packed: false,
+        ttid: neo_proto::Tid(tid),
+        oids: vec![],
+        pack: None,
+    }
+}
+
+/// `AddTransaction` sent with the msg_id of a fetch of ours is a part of
+/// its answer, with its token; sent with another msg_id, it is a packet
+/// like any other (the peer's counter may hit the id of a request of ours
+/// by chance, so only what NEO sends by id is matched).
+#[tokio::test]
+async fn packets_sent_ahead_of_an_answer_come_with_the_token_of_the_request() {
+    let (node, log) = scripted(|input, out, _| match input {
+        Input::Accepted { conn } => {
+            let fetch = p::AskFetchTransactions {
+                partition: 0,
+                length: 1000,
+                min_tid: neo_proto::Tid(0),
+                max_tid: neo_proto::Tid(9),
+                known_tids: vec![],
+                ask_pack_info: false,
+            };
+            out.request(*conn, Token(5), fetch);
+        }
+        Input::Answer { .. } => out.exit(Ok(())),
+        _ => {}
+    });
+    let (address, shell) = serve(node).await;
+    let (connection, mut inbox) = connect_alone(&address, &ConnectionConfig::default())
+        .await
+        .unwrap();
+    let fetch = loop {
+        if let EventKind::Packet(frame) = inbox.recv().await.unwrap().kind {
+            break frame;
+        }
+    };
+    connection
+        .answer(fetch.msg_id, add_transaction(1))
+        .await
+        .unwrap();
+    connection
+        .answer(fetch.msg_id + 1, add_transaction(2))
+        .await
+        .unwrap();
+    let answer = p::AnswerFetchTransactions {
+        next_tid: None,
+        delete_tids: vec![],
+        completed_pack: None,
+    };
+    connection.answer(fetch.msg_id, answer).await.unwrap();
+    shell.await.unwrap().unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "start",
+            "accepted",
+            "part 5 AddTransaction",
+            "packet AddTransaction",
+            "answer 5 AnswerFetchTransactions"
+        ]
+    );
+}
+
+/// `Output::CloseClient` ends the node's use of a connection: one it made
+/// and never served a request on is closed.
+#[tokio::test]
+async fn close_client_closes_a_connection_the_peer_does_not_use() {
+    let target = listener().await;
+    let address = target.local_address().clone();
+    let (mut node, log) = scripted(move |input, out, _| match input {
+        Input::Start => out.connect(Token(1), address.clone()),
+        Input::Connected { conn, .. } => out.close_client(*conn),
+        Input::Closed { .. } => out.exit(Ok(())),
+        _ => {}
+    });
+    let accepting = tokio::spawn(async move {
+        let accepted = target.accept().await.unwrap();
+        let (_connection, mut inbox) = accepted.open(&ConnectionConfig::default()).await.unwrap();
+        loop {
+            if let EventKind::Closed(reason) = inbox.recv().await.unwrap().kind {
+                return reason;
+            }
+        }
+    });
+    let result = neo_net::shell::run(
+        &mut node,
+        None,
+        ShellConfig::default(),
+        std::future::pending(),
+    )
+    .await;
+    assert!(result.is_ok());
+    assert!(accepting.await.unwrap().is_none(), "closed cleanly");
+    assert_eq!(*log.lock().unwrap(), ["start", "connected 1", "closed"]);
 }
 
 #[tokio::test]

@@ -110,7 +110,7 @@ fn identifications_early_for_the_master_are_bounded() {
                 nid: Some(neo_proto::NodeId::new(NodeType::Client, conn.0 as u32).unwrap()),
                 address: None,
                 cluster: "test".to_owned(),
-                id_timestamp: Some(2.0),
+                id_timestamp: Some(NOTIFICATION + 1.0),
                 extra: Map::new(),
             },
         );
@@ -167,19 +167,8 @@ fn listings_never_answer_more_than_a_packet_holds() {
     }
     let mut harness = Harness::new();
     harness.store(tid(1), Oid(0), Tid::ZERO, b"data");
-    harness.client_sends(p::AskStoreTransaction {
-        ttid: tid(1),
-        user: Default::default(),
-        description: Default::default(),
-        extension: Default::default(),
-        oids: vec![Oid(0)],
-        pack: None,
-    });
-    harness.master_sends(p::AskLockInformation {
-        ttid: tid(1),
-        tid: tid(2),
-        pack_approved: false,
-    });
+    harness.vote_metadata(tid(1), vec![Oid(0)]);
+    harness.lock(tid(1), tid(2));
     harness.master_sends(p::NotifyUnlockInformation { ttid: tid(1) });
     let paged: Vec<Packet> = vec![
         p::AskTIDs {
@@ -238,31 +227,6 @@ fn partition_changes_beyond_the_table_are_refused() {
     let error = error_answer(&outputs, harness.next_msg_id).expect("refused");
     assert_eq!(error.code, ErrorCode::ProtocolError);
     assert!(closed(&outputs, MASTER));
-}
-
-/// A storage asking to replicate from us (NEO/py's, in a mixed cluster)
-/// is refused with PROTOCOL_ERROR and the reason: NOT_READY would make it
-/// retry every second forever.
-#[test]
-fn storages_identifying_to_us_are_refused_with_the_reason() {
-    let mut harness = Harness::new();
-    let peer = ConnId(20);
-    harness.input(Input::Accepted { conn: peer });
-    let outputs = harness.packet(
-        peer,
-        p::RequestIdentification {
-            node_type: NodeType::Storage,
-            nid: Some(neo_proto::NodeId::new(NodeType::Storage, 2).unwrap()),
-            address: Some(Address::new("127.0.0.1", 2)),
-            cluster: "test".to_owned(),
-            id_timestamp: Some(1.0),
-            extra: Map::new(),
-        },
-    );
-    let error = error_answer(&outputs, harness.next_msg_id).expect("refused");
-    assert_eq!(error.code, ErrorCode::ProtocolError);
-    assert!(error.message.contains("replication"), "{error}");
-    assert!(closed(&outputs, peer));
 }
 
 /// Asked to replicate, the node stops and says why instead of leaving the

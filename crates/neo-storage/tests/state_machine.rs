@@ -131,19 +131,8 @@ fn tid_listings_wait_for_the_unlock_of_a_locked_transaction() {
     let mut harness = Harness::new();
     let (ttid, committed) = (tid(1), tid(2));
     harness.store(ttid, Oid(0), Tid::ZERO, b"data");
-    harness.client_sends(p::AskStoreTransaction {
-        ttid,
-        user: b"".as_slice().into(),
-        description: b"".as_slice().into(),
-        extension: b"".as_slice().into(),
-        oids: vec![Oid(0)],
-        pack: None,
-    });
-    harness.master_sends(p::AskLockInformation {
-        ttid,
-        tid: committed,
-        pack_approved: false,
-    });
+    harness.vote_metadata(ttid, vec![Oid(0)]);
+    harness.lock(ttid, committed);
 
     let listed = harness.client_sends(p::AskTIDsFrom {
         min_tid: Tid::ZERO,

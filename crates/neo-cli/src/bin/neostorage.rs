@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         };
         let mut storage = Storage::new(config, db)?;
         storage.set_disable_pack(options.disable_pack);
+        storage.set_disable_drop_partitions(options.disable_drop_partitions);
         tracing::info!(address = %listener.local_address(), "storage listening");
         neo_storage::run(storage, listener, shutdown_signal())
             .await

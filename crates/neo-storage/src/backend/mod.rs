@@ -330,4 +330,41 @@ pub trait Backend {
     fn delete_pack_orders_after(&mut self, tid: Tid) -> Result<()>;
     /// Greatest id of an approved order.
     fn last_approved_pack_id(&mut self) -> Result<Option<Tid>>;
+    /// The order `id`.
+    fn pack_order(&mut self, id: Tid) -> Result<Option<PackOrder>>;
+
+    // --- replication (§9.1), replica checks (§9.3), dropped partitions ----
+
+    /// `(serial, oid)` of the `obj` rows of `partition` with
+    /// `(serial, oid) >= (min_tid, min_oid)` and `serial <= max_tid`,
+    /// ascending by serial then oid, at most `length`.
+    fn object_serials(
+        &mut self,
+        partition: Partition,
+        min_tid: Tid,
+        min_oid: Oid,
+        max_tid: Tid,
+        length: u64,
+    ) -> Result<Vec<(Tid, Oid)>>;
+    /// Deletes the `trans` row of `tid` in `partition`.
+    fn delete_transaction(&mut self, partition: Partition, tid: Tid) -> Result<()>;
+    /// Deletes the `obj` row of `oid` at `serial`; returns its data id, if
+    /// it had data.
+    fn delete_object(
+        &mut self,
+        partition: Partition,
+        oid: Oid,
+        serial: Tid,
+    ) -> Result<Option<DataId>>;
+    /// Deletes the first `limit` `obj` rows of `partition` by serial then
+    /// oid; returns how many were deleted and the distinct data ids they had.
+    fn delete_partition_objects(
+        &mut self,
+        partition: Partition,
+        limit: u64,
+    ) -> Result<(u64, Vec<DataId>)>;
+    /// Deletes the first `limit` `trans` rows of `partition` by tid, with
+    /// the pack orders of those tids; returns how many `trans` rows were
+    /// deleted.
+    fn delete_partition_transactions(&mut self, partition: Partition, limit: u64) -> Result<u64>;
 }

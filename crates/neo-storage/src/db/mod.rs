@@ -10,7 +10,9 @@
 //! stores: what a partition-table change does to own cells
 //! (`partitions.rs`), data ids and pruning (`data.rs`), the life of
 //! transactions and truncation (`transactions.rs`), undo chains
-//! (`undo.rs`), what pack keeps (`pack.rs`).
+//! (`undo.rs`), what pack keeps (`pack.rs`), what replication and replica
+//! checks read and write, and the deletion of dropped partitions
+//! (`replication.rs`).
 //!
 //! Writes are not durable until [`Database::commit`], except where a
 //! method says it commits (§12.2): the node decides when to commit.
@@ -18,6 +20,7 @@
 mod data;
 mod pack;
 mod partitions;
+mod replication;
 mod transactions;
 mod undo;
 
@@ -27,6 +30,7 @@ use neo_cluster::PartitionTable;
 use neo_proto::packets::HistoryEntry;
 pub use neo_proto::packets::UndoSerial;
 use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Ptid, Tid};
+pub use replication::digest;
 
 use crate::backend::{
     Backend, CellRow, DataId, Error, FatalError, ObjectRecord, Result, Revision, TransactionMeta,

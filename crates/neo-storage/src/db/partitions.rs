@@ -67,7 +67,9 @@ impl Database {
 
     /// Applies cell changes (`Discarded` removes a cell), or replaces the
     /// whole table when `reset`; persists `ptid` and `num_replicas`;
-    /// committed.
+    /// committed. Returns the partitions whose rows this node may delete:
+    /// its own discarded cells, and with `reset` every partition not
+    /// assigned to it (§12.5).
     ///
     /// Own cells keep their replication progress and pack id across
     /// changes; an own readable cell that becomes OUT_OF_DATE is complete
@@ -80,7 +82,7 @@ impl Database {
         num_replicas: u32,
         cells: &[(Partition, NodeId, CellState)],
         reset: bool,
-    ) -> Result<()> {
+    ) -> Result<BTreeSet<Partition>> {
         if let Some(&(partition, _, _)) = cells.iter().find(|cell| cell.0 >= MAX_PARTITIONS) {
             return Err(RequestError::PartitionOutOfRange { partition }.into());
         }
@@ -92,10 +94,14 @@ impl Database {
         } else {
             self.cell_rows()
         };
+        let mut dropped = BTreeSet::new();
         for &(partition, nid, state) in cells {
             if state == CellState::Discarded {
                 self.backend.delete_cell(partition, nid)?;
                 table.remove(&(partition, nid));
+                if Some(nid) == self.nid {
+                    dropped.insert(partition);
+                }
                 continue;
             }
             let cell = if Some(nid) == self.nid {
@@ -116,7 +122,12 @@ impl Database {
         self.backend
             .set_config("replicas", Some(&num_replicas.to_string()))?;
         self.install(Some(ptid), num_replicas, table.into_values().collect())?;
-        self.backend.commit()
+        self.backend.commit()?;
+        if reset {
+            dropped.extend(0..self.num_partitions());
+        }
+        dropped.retain(|partition| !self.own.contains_key(partition));
+        Ok(dropped)
     }
 
     /// Every cell, as persisted (other nodes' cells carry no progress).

@@ -6,9 +6,12 @@
 use bytes::Bytes;
 use neo_net::ConnId;
 use neo_proto::packets::{self as p, RelockConflict, StoredData};
-use neo_proto::{Checksum, ErrorCode, NodeId, Oid, Packet, Tid};
+use std::collections::BTreeSet;
+
+use neo_proto::{Checksum, ErrorCode, NodeId, Oid, Packet, Partition, Tid};
 
 use super::locks::{LockOutcome, Stored};
+use super::replication::LockMode;
 use super::{checksum, Handled, Storage, DEFERRED_COMMIT_SECONDS};
 use crate::backend::{Error, ObjectRow, TransactionMeta};
 
@@ -26,6 +29,9 @@ pub(super) enum Waiting {
     UndoSerials(ConnId, u32, p::AskObjectUndoSerial),
     /// A request of [`Storage::read`] (see [`Storage::read_waits`]).
     Read(ConnId, u32, Packet),
+    /// A fetch or a check of another storage, which must not miss a
+    /// transaction being committed.
+    Storage(ConnId, u32, Packet),
 }
 
 impl Waiting {
@@ -38,7 +44,7 @@ impl Waiting {
             // After the stores its transaction sent before it (the sort is
             // stable): it must see them.
             Waiting::UndoSerials(_, _, r) => r.ttid,
-            Waiting::Load(..) | Waiting::Read(..) => Tid::ZERO,
+            Waiting::Load(..) | Waiting::Read(..) | Waiting::Storage(..) => Tid::ZERO,
         }
     }
 
@@ -50,7 +56,8 @@ impl Waiting {
             | Waiting::Relock(conn, msg_id, _)
             | Waiting::Load(conn, msg_id, _)
             | Waiting::UndoSerials(conn, msg_id, _)
-            | Waiting::Read(conn, msg_id, _) => (*conn, *msg_id),
+            | Waiting::Read(conn, msg_id, _)
+            | Waiting::Storage(conn, msg_id, _) => (*conn, *msg_id),
         }
     }
 
@@ -177,11 +184,11 @@ impl Storage {
 
     /// Takes the lock for a store or check; `None` when the request waits.
     fn try_lock(&mut self, ttid: Tid, serial: Tid, oid: Oid) -> Result<Option<LockOutcome>, Error> {
-        let readable = self.db.is_oid_readable(oid);
+        let replicating = self.lock_mode(oid) == LockMode::Lockless;
         let mut last = Ok(None);
         let (outcome, deadlock) = {
             let db = &mut self.db;
-            self.locks.lock(ttid, serial, oid, readable, || {
+            self.locks.lock(ttid, serial, oid, replicating, || {
                 last = db.last_object_tid(oid);
                 last.as_ref().ok().copied().flatten()
             })
@@ -201,6 +208,12 @@ impl Storage {
         msg_id: u32,
         request: p::AskStoreObject,
     ) -> Handled {
+        if self.lock_mode(request.oid) == LockMode::Unassigned {
+            // Not this node's (§6.4): another cell takes care of it.
+            let conflict = Some(Tid::ZERO);
+            self.answer(conn, msg_id, p::AnswerStoreObject { conflict });
+            return Ok(());
+        }
         let Some(outcome) = self.try_lock(request.ttid, request.serial, request.oid)? else {
             self.wait(Waiting::Store(conn, msg_id, request));
             return Ok(());
@@ -258,28 +271,32 @@ impl Storage {
         msg_id: u32,
         request: p::AskCheckCurrentSerial,
     ) -> Handled {
+        if self.lock_mode(request.oid) == LockMode::Unassigned {
+            return self.answer_check(conn, msg_id, Some(Tid::ZERO));
+        }
         let Some(outcome) = self.try_lock(request.ttid, request.serial, request.oid)? else {
             self.wait(Waiting::Check(conn, msg_id, request));
             return Ok(());
         };
         let conflict = match outcome {
-            LockOutcome::Conflict(serial) => Some(serial),
-            LockOutcome::Locked => {
-                if let Some(transaction) = self.locks.transactions.get_mut(&request.ttid) {
-                    transaction.stored.insert(
-                        request.oid,
-                        Stored {
-                            serial: request.serial,
-                            data_id: None,
-                            data_serial: None,
-                            checked: true,
-                        },
-                    );
-                }
-                None
-            }
+            LockOutcome::Conflict(serial) => return self.answer_check(conn, msg_id, Some(serial)),
+            LockOutcome::Locked => None,
+            // Recorded too: once the partition is replicated, it locks as
+            // a checked oid (§9.1 step 9).
             _ => Some(Tid::ZERO),
         };
+        if let Some(transaction) = self.locks.transactions.get_mut(&request.ttid) {
+            transaction.stored.entry(request.oid).or_insert(Stored {
+                serial: request.serial,
+                data_id: None,
+                data_serial: None,
+                checked: true,
+            });
+        }
+        self.answer_check(conn, msg_id, conflict)
+    }
+
+    fn answer_check(&mut self, conn: ConnId, msg_id: u32, conflict: Option<Tid>) -> Handled {
         self.answer(conn, msg_id, p::AnswerCheckCurrentSerial { conflict });
         Ok(())
     }
@@ -384,6 +401,9 @@ impl Storage {
                 Waiting::Read(conn, msg_id, packet) => {
                     (conn, msg_id, self.read(conn, msg_id, packet))
                 }
+                Waiting::Storage(conn, msg_id, packet) => {
+                    (conn, msg_id, self.on_storage_packet(conn, msg_id, packet))
+                }
             };
             self.settle(conn, msg_id, result)?;
         }
@@ -436,7 +456,55 @@ impl Storage {
         // Committed with the next vote or lock, or within a second.
         self.commit_due
             .get_or_insert(self.now + DEFERRED_COMMIT_SECONDS);
+        self.released(ttid)
+    }
+
+    /// `ttid` is over: its locks go, what waited for them goes on.
+    fn released(&mut self, ttid: Tid) -> Handled {
         self.locks.release(ttid);
+        if self.replicator.has_replicated() {
+            // Its lockless writes may have been the last of a partition.
+            self.announce_replicated()?;
+        }
+        self.retry_waiting()?;
+        self.start_check()
+    }
+
+    /// A write accepted without a lock while its partition was replicated
+    /// locks now as a store would (§9.1 step 9); a conflicting one is
+    /// dropped: the cells that locked it told its client.
+    pub(super) fn relock_replicated(&mut self, ttid: Tid, oid: Oid, serial: Tid) -> Handled {
+        match self.try_lock(ttid, serial, oid)? {
+            Some(LockOutcome::Locked) => {}
+            Some(LockOutcome::Conflict(_)) => {
+                let stored = self
+                    .locks
+                    .transactions
+                    .get_mut(&ttid)
+                    .and_then(|t| t.stored.remove(&oid));
+                if let Some(data_id) = stored.and_then(|s| s.data_id) {
+                    self.db.release_data(&[data_id], true)?;
+                }
+            }
+            other => tracing::warn!(%ttid, %oid, ?other, "a replicated write did not lock"),
+        }
+        Ok(())
+    }
+
+    /// Own cells of `partitions` are gone: transactions in progress forget
+    /// their writes there (the rows voted stay until the partition's data
+    /// is deleted).
+    pub(super) fn forget_partitions(&mut self, partitions: &BTreeSet<Partition>) -> Handled {
+        let Some(pt) = self.db.partition_table() else {
+            return Ok(());
+        };
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let held = self
+            .locks
+            .forget_partitions(partitions, |oid| pt.partition_of_oid(oid));
+        self.db.release_data(&held, true)?;
         self.retry_waiting()
     }
 
@@ -448,7 +516,7 @@ impl Storage {
         if transaction.tid.is_some() {
             return Ok(());
         }
-        let Some(transaction) = self.locks.release(ttid) else {
+        let Some(transaction) = self.locks.transactions.get(&ttid) else {
             return Ok(());
         };
         if transaction.voted {
@@ -462,6 +530,6 @@ impl Storage {
                 .collect();
             self.db.release_data(&held, true)?;
         }
-        self.retry_waiting()
+        self.released(ttid)
     }
 }

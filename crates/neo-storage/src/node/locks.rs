@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use neo_net::ConnId;
-use neo_proto::{NodeId, Oid, Tid};
+use neo_proto::{NodeId, Oid, Partition, Tid};
 
 use crate::backend::DataId;
 
@@ -92,29 +92,34 @@ impl LockManager {
     }
 
     /// Decides how `ttid` may write `oid` based on `serial` (§6.5).
-    /// `readable` says whether this node can check conflicts for the oid's
-    /// partition; `last_serial` is the oid's newest committed serial. When
-    /// the answer is to wait because a younger transaction holds the lock,
-    /// the TTID to send `NotifyDeadlock` to is returned (once per pair).
+    /// `replicating` says whether the oid's partition is being replicated
+    /// here (then writes are accepted without locks); `last_serial` is the
+    /// oid's newest committed serial. When the answer is to wait because a
+    /// younger transaction holds the lock, the TTID to send
+    /// `NotifyDeadlock` to is returned (once per pair).
     pub fn lock(
         &mut self,
         ttid: Tid,
         serial: Tid,
         oid: Oid,
-        readable: bool,
+        replicating: bool,
         last_serial: impl FnOnce() -> Option<Tid>,
     ) -> (LockOutcome, Option<Tid>) {
-        let Some(transaction) = self.transactions.get(&ttid) else {
+        let Some(transaction) = self.transactions.get_mut(&ttid) else {
             return (LockOutcome::Lockless, None);
         };
-        if !readable || transaction.lockless.contains(&oid) {
-            if let Some(transaction) = self.transactions.get_mut(&ttid) {
-                transaction.lockless.insert(oid);
-            }
+        if replicating {
+            transaction.lockless.insert(oid);
             return (LockOutcome::Lockless, None);
         }
         if let Some(holder) = self.write_locks.get(&oid).copied() {
             if holder == ttid {
+                if transaction.lockless.contains(&oid) {
+                    // Its own lock taken for a lockless write once the
+                    // partition was replicated (§9.1 step 9): still
+                    // lockless for the cluster.
+                    return (LockOutcome::Lockless, None);
+                }
                 // A second store of the same oid: after an undo, it must be
                 // based on the undo's back-pointer.
                 let previous = transaction.stored.get(&oid);
@@ -125,9 +130,20 @@ impl LockManager {
                 }
                 return (LockOutcome::Locked, None);
             }
-            let holder_voted = self.transactions.get(&holder).is_none_or(|t| t.voted);
-            if holder < ttid || holder_voted {
-                return (LockOutcome::Wait, None);
+            let holder_lockless = match self.transactions.get(&holder) {
+                Some(other) if holder > ttid && !other.voted => other.lockless.contains(&oid),
+                // An older transaction, or one that voted (it needs no
+                // more locks: no deadlock possible).
+                _ => return (LockOutcome::Wait, None),
+            };
+            let Some(transaction) = self.transactions.get_mut(&ttid) else {
+                return (LockOutcome::Lockless, None);
+            };
+            if holder_lockless || transaction.lockless.contains(&oid) {
+                // The holder's lock only delays new transactions: the
+                // cluster relies on other cells for this oid (§9.1 step 9).
+                transaction.lockless.insert(oid);
+                return (LockOutcome::Lockless, None);
             }
             // A younger transaction, still storing, holds what an older one
             // wants: ask it to give the lock up (deadlock avoidance).
@@ -144,6 +160,88 @@ impl LockManager {
         }
         self.write_locks.insert(oid, ttid);
         (LockOutcome::Locked, None)
+    }
+
+    /// §9.1 step 9, first half: the oids of `partitions` written without
+    /// locks by transactions in progress get a write lock, held by the
+    /// youngest of their writers, which delays new writes. Returns the
+    /// partitions where no oid was written so by two transactions: their
+    /// lockless writes can become real locks at once.
+    pub fn lock_lockless(
+        &mut self,
+        partitions: &BTreeSet<Partition>,
+        partition_of: impl Fn(Oid) -> Partition,
+    ) -> BTreeSet<Partition> {
+        let mut ready = partitions.clone();
+        for (ttid, transaction) in &self.transactions {
+            for oid in &transaction.lockless {
+                let partition = partition_of(*oid);
+                if !partitions.contains(&partition) {
+                    continue;
+                }
+                if self
+                    .write_locks
+                    .get(oid)
+                    .is_some_and(|holder| holder != ttid)
+                {
+                    ready.remove(&partition);
+                }
+                self.write_locks.insert(*oid, *ttid);
+            }
+        }
+        ready
+    }
+
+    /// §9.1 step 9, second half: gives up the write locks on oids of
+    /// `partitions` so that each is taken again as a store would, and
+    /// forgets that they were lockless. Returns `(ttid, oid, serial)` of
+    /// each write to lock again.
+    pub fn unlock_partitions(
+        &mut self,
+        partitions: &BTreeSet<Partition>,
+        partition_of: impl Fn(Oid) -> Partition,
+    ) -> Vec<(Tid, Oid, Tid)> {
+        let locked: Vec<(Oid, Tid)> = self
+            .write_locks
+            .iter()
+            .filter(|(oid, _)| partitions.contains(&partition_of(**oid)))
+            .map(|(oid, ttid)| (*oid, *ttid))
+            .collect();
+        let mut relocks = Vec::new();
+        for (oid, ttid) in locked {
+            self.write_locks.remove(&oid);
+            if let Some(transaction) = self.transactions.get_mut(&ttid) {
+                transaction.lockless.remove(&oid);
+                if let Some(stored) = transaction.stored.get(&oid) {
+                    relocks.push((ttid, oid, stored.serial));
+                }
+            }
+        }
+        relocks.sort_unstable();
+        relocks
+    }
+
+    /// Own cells of `partitions` are gone: forgets every lock and write on
+    /// their oids. Returns the data ids the forgotten writes held.
+    pub fn forget_partitions(
+        &mut self,
+        partitions: &BTreeSet<Partition>,
+        partition_of: impl Fn(Oid) -> Partition,
+    ) -> Vec<DataId> {
+        let gone = |oid: &Oid| partitions.contains(&partition_of(*oid));
+        self.write_locks.retain(|oid, _| !gone(oid));
+        self.read_locks.retain(|oid, _| !gone(oid));
+        let mut held = Vec::new();
+        for transaction in self.transactions.values_mut() {
+            transaction.lockless.retain(|oid| !gone(oid));
+            transaction.stored.retain(|oid, stored| {
+                if gone(oid) {
+                    held.extend(stored.data_id);
+                }
+                !gone(oid)
+            });
+        }
+        held
     }
 
     /// Gives up `ttid`'s write lock on `oid` (relock).
@@ -242,9 +340,9 @@ mod tests {
     #[test]
     fn conflicts_are_detected_against_the_last_serial() {
         let mut manager = manager_with(&[10]);
-        let outcome = manager.lock(Tid(10), Tid(3), OID, true, || Some(Tid(5)));
+        let outcome = manager.lock(Tid(10), Tid(3), OID, false, || Some(Tid(5)));
         assert_eq!(outcome, (LockOutcome::Conflict(Tid(5)), None));
-        let outcome = manager.lock(Tid(10), Tid(5), OID, true, || Some(Tid(5)));
+        let outcome = manager.lock(Tid(10), Tid(5), OID, false, || Some(Tid(5)));
         assert_eq!(outcome, (LockOutcome::Locked, None));
     }
 
@@ -253,33 +351,33 @@ mod tests {
         let mut manager = manager_with(&[10, 20]);
         // The younger transaction 20 locks first.
         assert_eq!(
-            manager.lock(Tid(20), Tid::ZERO, OID, true, || None).0,
+            manager.lock(Tid(20), Tid::ZERO, OID, false, || None).0,
             LockOutcome::Locked
         );
         // The older 10 waits and asks 20 to relock, once.
         assert_eq!(
-            manager.lock(Tid(10), Tid::ZERO, OID, true, || None),
+            manager.lock(Tid(10), Tid::ZERO, OID, false, || None),
             (LockOutcome::Wait, Some(Tid(20)))
         );
         assert_eq!(
-            manager.lock(Tid(10), Tid::ZERO, OID, true, || None),
+            manager.lock(Tid(10), Tid::ZERO, OID, false, || None),
             (LockOutcome::Wait, None)
         );
         // 20 gives the lock up; 10 takes it; 20 now waits for the older one.
         manager.unlock_oid(Tid(20), OID);
         assert_eq!(
-            manager.lock(Tid(10), Tid::ZERO, OID, true, || None).0,
+            manager.lock(Tid(10), Tid::ZERO, OID, false, || None).0,
             LockOutcome::Locked
         );
         assert_eq!(
-            manager.lock(Tid(20), Tid::ZERO, OID, true, || None),
+            manager.lock(Tid(20), Tid::ZERO, OID, false, || None),
             (LockOutcome::Wait, None)
         );
         // Once 10 is over, 20 sees 10's commit as a conflict.
         manager.release(Tid(10));
         assert_eq!(
             manager
-                .lock(Tid(20), Tid::ZERO, OID, true, || Some(Tid(15)))
+                .lock(Tid(20), Tid::ZERO, OID, false, || Some(Tid(15)))
                 .0,
             LockOutcome::Conflict(Tid(15))
         );
@@ -289,19 +387,19 @@ mod tests {
     fn voted_holders_are_waited_for_and_unreadable_partitions_are_lockless() {
         let mut manager = manager_with(&[10, 20]);
         assert_eq!(
-            manager.lock(Tid(20), Tid::ZERO, OID, true, || None).0,
+            manager.lock(Tid(20), Tid::ZERO, OID, false, || None).0,
             LockOutcome::Locked
         );
         if let Some(transaction) = manager.transactions.get_mut(&Tid(20)) {
             transaction.voted = true;
         }
         assert_eq!(
-            manager.lock(Tid(10), Tid::ZERO, OID, true, || None),
+            manager.lock(Tid(10), Tid::ZERO, OID, false, || None),
             (LockOutcome::Wait, None),
             "a voted transaction needs no more locks: no deadlock possible"
         );
         assert_eq!(
-            manager.lock(Tid(10), Tid::ZERO, Oid(2), false, || None).0,
+            manager.lock(Tid(10), Tid::ZERO, Oid(2), true, || None).0,
             LockOutcome::Lockless
         );
     }
@@ -309,7 +407,7 @@ mod tests {
     #[test]
     fn locked_transactions_read_lock_their_oids_until_released() {
         let mut manager = manager_with(&[10]);
-        manager.lock(Tid(10), Tid::ZERO, OID, true, || None);
+        manager.lock(Tid(10), Tid::ZERO, OID, false, || None);
         if let Some(transaction) = manager.transactions.get_mut(&Tid(10)) {
             transaction.stored.insert(
                 OID,
@@ -326,5 +424,64 @@ mod tests {
         assert_eq!(manager.locked_tid(Tid(10)), Some(Tid(11)));
         manager.release(Tid(10));
         assert!(!manager.is_read_locked(OID));
+    }
+
+    fn stored(serial: Tid) -> Stored {
+        Stored {
+            serial,
+            data_id: Some(serial.0),
+            data_serial: None,
+            checked: false,
+        }
+    }
+
+    /// §9.1 step 9: writes accepted without locks while the partition was
+    /// replicated become locks of their youngest writer; a partition two
+    /// transactions wrote an oid of waits; the others lock again for real.
+    #[test]
+    fn lockless_writes_of_a_replicated_partition_become_locks() {
+        let mut manager = manager_with(&[10, 20, 30, 40]);
+        let partition_of = |oid: Oid| (oid.0 % 2) as Partition;
+        // Oid 1 (partition 1) by 10 and 20; oid 2 (partition 0) by 30.
+        for (ttid, oid) in [(10, 1), (20, 1), (30, 2)] {
+            let outcome = manager.lock(Tid(ttid), Tid::ZERO, Oid(oid), true, || None);
+            assert_eq!(outcome.0, LockOutcome::Lockless);
+            if let Some(transaction) = manager.transactions.get_mut(&Tid(ttid)) {
+                transaction.stored.insert(Oid(oid), stored(Tid::ZERO));
+            }
+        }
+        let replicated = [0, 1].into_iter().collect();
+        let ready = manager.lock_lockless(&replicated, partition_of);
+        assert_eq!(ready, [0].into_iter().collect());
+        // The youngest writer's lock delays new writers, lockless for an
+        // older one.
+        assert_eq!(
+            manager.lock(Tid(40), Tid::ZERO, Oid(1), false, || None).0,
+            LockOutcome::Wait
+        );
+        manager.register(Tid(5), ConnId(1), None);
+        assert_eq!(
+            manager.lock(Tid(5), Tid::ZERO, Oid(1), false, || None).0,
+            LockOutcome::Lockless
+        );
+        let relocks = manager.unlock_partitions(&ready, partition_of);
+        assert_eq!(relocks, [(Tid(30), Oid(2), Tid::ZERO)]);
+        assert_eq!(
+            manager.lock(Tid(30), Tid::ZERO, Oid(2), false, || None).0,
+            LockOutcome::Locked,
+            "a real lock now"
+        );
+        // Partition 1 goes: what was written there is forgotten, with the
+        // data it held.
+        let held = manager.forget_partitions(&[1].into_iter().collect(), partition_of);
+        assert_eq!(held.len(), 2);
+        assert!(manager
+            .transactions
+            .values()
+            .all(|t| !t.stored.contains_key(&Oid(1)) && !t.lockless.contains(&Oid(1))));
+        assert_eq!(
+            manager.lock(Tid(40), Tid::ZERO, Oid(1), false, || None).0,
+            LockOutcome::Locked
+        );
     }
 }

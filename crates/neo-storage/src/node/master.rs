@@ -7,17 +7,8 @@ use neo_net::{ConnId, Token};
 use neo_proto::packets as p;
 use neo_proto::{Address, ErrorCode, Map, NodeId, NodeState, NodeType, Packet, Tid, Value};
 
-use super::{Handled, Storage};
+use super::{Asked, Handled, Peer, Storage};
 use crate::backend::{Error, RequestError};
-
-/// Why the storage sent a request to the master.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum MasterAsked {
-    /// `RequestIdentification`.
-    Identification,
-    /// `AskPackOrders` (§11.3 step 6).
-    PackOrders,
-}
 
 /// Where the storage stands with the primary master.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +75,8 @@ impl Storage {
 
     pub(super) fn identify_to_master(&mut self, conn: ConnId) {
         self.pack.reset();
+        // The new master gives a new one (§1.5).
+        self.id_timestamp = None;
         let extra = Map(vec![
             ("devpath".to_owned(), Value::Array(vec![])),
             ("new_nid".to_owned(), Value::Array(vec![])),
@@ -97,15 +90,13 @@ impl Storage {
             extra,
         };
         self.asked
-            .send(&mut self.out, conn, MasterAsked::Identification, request);
+            .send(&mut self.out, conn, Asked::MasterIdentification, request);
     }
 
-    pub(super) fn on_answer(&mut self, conn: ConnId, token: Token, packet: Packet) -> Handled {
-        let Some(why) = self.asked.answered(conn, token) else {
-            return Ok(());
-        };
+    /// The answer of the master to a request of ours.
+    pub(super) fn on_master_answer(&mut self, conn: ConnId, why: Asked, packet: Packet) -> Handled {
         match (why, packet) {
-            (MasterAsked::Identification, Packet::AcceptIdentification(accept)) => {
+            (Asked::MasterIdentification, Packet::AcceptIdentification(accept)) => {
                 let Some(nid) = accept
                     .your_nid
                     .filter(|_| accept.node_type == NodeType::Master)
@@ -121,8 +112,9 @@ impl Storage {
                 }
                 tracing::info!(%nid, "identified to the primary master");
             }
-            (MasterAsked::PackOrders, Packet::AnswerPackOrders(answer)) => {
-                self.on_pack_orders(answer)?
+            (Asked::PackOrders, Packet::AnswerPackOrders(answer)) => self.on_pack_orders(answer)?,
+            (Asked::Unfinished(partitions), Packet::AnswerUnfinishedTransactions(answer)) => {
+                self.on_unfinished(&partitions, answer)?
             }
             (why, Packet::Error(error)) => {
                 tracing::warn!(?why, "the master refused us: {error}");
@@ -187,8 +179,10 @@ impl Storage {
                                 .map(move |cell| (partition as u32, cell.nid, cell.state))
                         })
                         .collect();
-                    self.db
-                        .change_partition_table(ptid, table.num_replicas, &cells, true)?;
+                    let dropped =
+                        self.db
+                            .change_partition_table(ptid, table.num_replicas, &cells, true)?;
+                    self.partitions_dropped(dropped);
                 }
             }
             Packet::NotifyPartitionChanges(changes) => {
@@ -216,13 +210,16 @@ impl Storage {
                     .iter()
                     .map(|c| (c.partition, c.nid, c.state))
                     .collect();
-                self.db.change_partition_table(
+                let dropped = self.db.change_partition_table(
                     changes.ptid,
                     changes.num_replicas,
                     &cells,
                     false,
                 )?;
+                self.forget_partitions(&dropped)?;
+                self.partitions_dropped(dropped);
                 if self.operational {
+                    self.replication_cells_changed(&changes.changes)?;
                     // Cells that went away may raise the smallest pack id.
                     self.report_pack_completed()?;
                     self.maybe_pack()?;
@@ -271,12 +268,20 @@ impl Storage {
                 self.operational = true;
                 tracing::info!("operational");
                 self.notify(conn, p::NotifyReady {});
+                self.start_replication();
                 self.maybe_pack()?;
             }
             Packet::StopOperation(_) => self.stop_operation(),
             Packet::AskLockInformation(request) => self.lock_transaction(conn, msg_id, request)?,
             Packet::NotifyUnlockInformation(unlock) => self.unlock_transaction(unlock.ttid)?,
-            Packet::AbortTransaction(abort) => self.abort(abort.ttid)?,
+            Packet::AbortTransaction(abort) => {
+                self.abort(abort.ttid)?;
+                self.replication_transaction_finished(abort.ttid, None)?;
+            }
+            Packet::NotifyTransactionFinished(finished) => {
+                self.abort(finished.ttid)?;
+                self.replication_transaction_finished(finished.ttid, Some(finished.max_tid))?;
+            }
             Packet::Ping(_) => self.answer(conn, msg_id, p::Pong {}),
             Packet::Replicate(replicate) => {
                 // The master would wait for this replication forever: stop
@@ -295,16 +300,9 @@ impl Storage {
                 tracing::error!("{reason}");
                 self.out.exit(Err(reason));
             }
-            Packet::CheckPartition(check) => tracing::warn!(
-                partition = check.partition,
-                "the master asked a replica check, which this storage cannot do yet: ignored"
-            ),
+            Packet::CheckPartition(check) => self.on_check_partition(check)?,
             Packet::NotifyRepair(_) => tracing::warn!(
                 "the master asked to repair partitions, which this storage cannot do yet: ignored"
-            ),
-            Packet::NotifyTransactionFinished(finished) => tracing::warn!(
-                ttid = %finished.ttid,
-                "unexpected NotifyTransactionFinished: this storage asked for none"
             ),
             // Logs go where the operator sent them; nothing is buffered.
             Packet::FlushLog(_) => tracing::info!("flush_log: nothing to flush"),
@@ -320,6 +318,7 @@ impl Storage {
         self.last_notification = notification.timestamp;
         for info in &notification.nodes {
             if info.nid.is_some() && info.nid == self.nid {
+                self.id_timestamp = info.id_timestamp;
                 match info.state {
                     NodeState::Down => {
                         tracing::info!("told to stop by the master");
@@ -345,7 +344,8 @@ impl Storage {
         for (conn, msg_id, request) in std::mem::take(&mut self.early_identifications) {
             self.identify_peer(conn, msg_id, request);
         }
-        Ok(())
+        // A source may have come up.
+        self.next_replication()
     }
 
     /// The master reported a client gone: abort its transactions that are
@@ -357,7 +357,7 @@ impl Storage {
         let conns: Vec<ConnId> = self
             .peers
             .iter()
-            .filter(|(_, peer)| peer.nid == Some(client))
+            .filter(|(_, peer)| **peer == Peer::Client(client))
             .map(|(conn, _)| *conn)
             .collect();
         for conn in conns {
@@ -369,6 +369,10 @@ impl Storage {
     pub(super) fn stop_operation(&mut self) {
         self.operational = false;
         self.pack.stop();
+        self.replicator.reset();
+        self.feeding.clear();
+        self.checker.clear();
+        self.links.clear();
         self.locks.clear();
         self.take_waiting();
         let conns: Vec<ConnId> = self.peers.keys().copied().collect();

@@ -4,32 +4,49 @@
 //! thread of its own so database work never holds up other nodes.
 //!
 //! One concept per file: `master.rs` (the session with the primary:
-//! §2.4, §5, §5.3), `commit.rs` (stores, locks, vote, lock, unlock, abort:
-//! §6.4–§6.11), `reads.rs` (§7.1, §8), `locks.rs` (the lock tables),
-//! `pack.rs` (§11.3); this file holds the node's state, its peers'
-//! identification (protocol.md §9.3) and the dispatch of inputs.
+//! §2.4, §5, §5.3), `peers.rs` (identification of clients and storages,
+//! links to other storages: protocol.md §9.3, §9.5), `commit.rs` (stores,
+//! locks, vote, lock, unlock, abort: §6.4–§6.11), `reads.rs` (§7.1, §8),
+//! `locks.rs` (the lock tables), `replication.rs` and `fetch.rs`
+//! (replicating own cells: §9.1), `feeding.rs` (serving replications: §9.1), `check.rs` (replica
+//! checks: §9.3), `drop.rs` (deleting discarded partitions: §12.5),
+//! `pack.rs` (§11.3); this file holds the node's state, the dispatch of
+//! inputs and the background work.
 
+mod check;
 mod commit;
+mod drop;
+mod feeding;
+mod fetch;
 mod locks;
 mod master;
 mod pack;
+mod peers;
 mod reads;
+mod replication;
 
 use std::collections::BTreeMap;
 
 use neo_cluster::{NodeTable, PrimaryFinder, UnixTime};
-use neo_net::{ConnId, Input, Node, Outbox, Output, Requests};
+use neo_net::{ConnId, Input, Node, Outbox, Output, Requests, Token};
 use neo_proto::packets as p;
-use neo_proto::{Address, Checksum, ErrorCode, NodeId, NodeState, NodeType, Packet};
+use neo_proto::{Address, Checksum, ErrorCode, NodeId, Packet, Partition};
 use sha1::{Digest, Sha1};
 
 use crate::backend::{Error, FatalError, RequestError};
 use crate::db::Database;
+use check::Checker;
+pub use check::MAX_CHECK_LENGTH;
 use commit::Waiting;
+use drop::Dropping;
+use feeding::Feeding;
+pub use feeding::MAX_FETCH_LENGTH;
 use locks::LockManager;
-use master::{Link, MasterAsked};
+use master::Link;
 use pack::PackState;
+use peers::{Links, Peer};
 pub use reads::MAX_LIST_LENGTH;
+use replication::Replicator;
 
 /// What the storage node is configured with.
 #[derive(Clone, Debug)]
@@ -69,11 +86,21 @@ impl Default for Limits {
 /// How long an unlock may wait for its commit (§12.2).
 const DEFERRED_COMMIT_SECONDS: f64 = 1.0;
 
-/// A connected peer.
-#[derive(Debug, Default)]
-struct Peer {
-    /// Identified node (clients).
-    nid: Option<NodeId>,
+/// Why the node sent a request: what to do with its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Asked {
+    /// Our identification to the master.
+    MasterIdentification,
+    /// `AskPackOrders` (§11.3 step 6).
+    PackOrders,
+    /// `AskUnfinishedTransactions` for these partitions (§9.1 step 2).
+    Unfinished(Vec<Partition>),
+    /// Our identification to storage `nid`.
+    StorageIdentification(NodeId),
+    /// A chunk of the replication in progress (`AskFetch*`).
+    Fetch,
+    /// A range of the replica check in progress (`AskCheck*Range`).
+    Check,
 }
 
 /// The storage node.
@@ -84,14 +111,19 @@ pub struct Storage {
     /// The masters, to find the primary among.
     finder: PrimaryFinder,
     link: Link,
-    /// Requests to the master waiting for their answer.
-    asked: Requests<MasterAsked>,
+    /// Requests waiting for their answer, to the master and to storages.
+    asked: Requests<Asked>,
     /// Told `StartOperation`: serves clients.
     operational: bool,
     nodes: NodeTable,
     /// Timestamp of the last `NotifyNodeInformation` processed.
     last_notification: f64,
+    /// The master's `id_timestamp` of this node, which it presents to
+    /// other storages (§1.5).
+    id_timestamp: Option<f64>,
     peers: BTreeMap<ConnId, Peer>,
+    /// Links to other storages.
+    links: Links,
     /// Identifications that came before the master announced the node.
     early_identifications: Vec<(ConnId, u32, p::RequestIdentification)>,
     locks: LockManager,
@@ -105,6 +137,14 @@ pub struct Storage {
     commit_owed: bool,
     /// Pack orders and the pack in progress (§11.3).
     pack: PackState,
+    /// Replication of own OUT_OF_DATE cells (§9.1).
+    replicator: Replicator,
+    /// Replications served to other storages.
+    feeding: Feeding,
+    /// Replica checks (§9.3).
+    checker: Checker,
+    /// Partitions whose data is to be deleted.
+    dropping: Dropping,
     now: UnixTime,
     out: Outbox,
 }
@@ -145,7 +185,9 @@ impl Storage {
             operational: false,
             nodes: NodeTable::new(),
             last_notification: 0.0,
+            id_timestamp: None,
             peers: BTreeMap::new(),
+            links: Links::default(),
             early_identifications: Vec::new(),
             locks: LockManager::default(),
             waiting: Vec::new(),
@@ -153,6 +195,10 @@ impl Storage {
             commit_due: None,
             commit_owed: false,
             pack: PackState::default(),
+            replicator: Replicator::default(),
+            feeding: Feeding::default(),
+            checker: Checker::default(),
+            dropping: Dropping::default(),
             now: 0.0,
             out: Outbox::default(),
         })
@@ -162,6 +208,12 @@ impl Storage {
     /// completed so that the master is not blocked (§11.3 step 12).
     pub fn set_disable_pack(&mut self, disabled: bool) {
         self.pack.disabled = disabled;
+    }
+
+    /// `--disable-drop-partitions`: the data of partitions no longer
+    /// assigned to this node is kept.
+    pub fn set_disable_drop_partitions(&mut self, disabled: bool) {
+        self.dropping.disabled = disabled;
     }
 
     /// Own node id, once known.
@@ -274,6 +326,31 @@ impl Storage {
         if self.commit_due.is_some_and(|due| self.now >= due) {
             self.commit()?;
         }
+        self.close_idle_links();
+        self.replication_retry()?;
+        self.background_step()
+    }
+
+    /// Whether background work waits, so the shell gives the node a
+    /// timeout as soon as no event waits.
+    fn has_background_work(&self) -> bool {
+        self.operational
+            && (self.pack.job.is_some()
+                || self.dropping.has_step()
+                || self.feeding.has_step()
+                || self.replicator.has_step())
+    }
+
+    /// One bounded step of each kind of background work: deleting dropped
+    /// partitions, pushing to replicating storages, the next chunk of
+    /// replication, pack.
+    fn background_step(&mut self) -> Handled {
+        if !self.operational {
+            return Ok(());
+        }
+        self.drop_step()?;
+        self.feeding_step()?;
+        self.replication_step()?;
         self.pack_step()
     }
 
@@ -288,21 +365,21 @@ impl Storage {
         if Some(conn) == self.master() {
             return self.on_master_packet(conn, msg_id, packet);
         }
-        let Some(peer) = self.peers.get(&conn) else {
+        let Some(&peer) = self.peers.get(&conn) else {
             return Ok(());
         };
-        let client = peer.nid;
-        match (packet, client) {
-            (Packet::RequestIdentification(request), None) => {
-                self.identify_peer(conn, msg_id, request);
-                Ok(())
-            }
-            (Packet::Ping(_), _) => {
+        match (peer, packet) {
+            (_, Packet::Ping(_)) => {
                 self.answer(conn, msg_id, p::Pong {});
                 Ok(())
             }
-            (packet, Some(client)) => self.on_client_packet(conn, client, msg_id, packet),
-            (packet, None) => {
+            (Peer::Unidentified, Packet::RequestIdentification(request)) => {
+                self.identify_peer(conn, msg_id, request);
+                Ok(())
+            }
+            (Peer::Client(client), packet) => self.on_client_packet(conn, client, msg_id, packet),
+            (Peer::Storage(_), packet) => self.on_storage_packet(conn, msg_id, packet),
+            (Peer::Unidentified, packet) => {
                 let message = format!("unexpected packet {} before identification", packet.name());
                 self.refuse(conn, msg_id, ErrorCode::ProtocolError, &message);
                 Ok(())
@@ -310,70 +387,57 @@ impl Storage {
         }
     }
 
-    /// Identification of a client (protocol.md §9.3).
-    fn identify_peer(&mut self, conn: ConnId, msg_id: u32, request: p::RequestIdentification) {
-        if !self.operational {
-            return self.refuse(conn, msg_id, ErrorCode::NotReady, "Retry Later");
-        }
-        if request.cluster != self.config.cluster {
-            return self.refuse(
-                conn,
-                msg_id,
-                ErrorCode::ProtocolError,
-                "invalid cluster name",
-            );
-        }
-        match request.node_type {
-            NodeType::Client => {}
-            NodeType::Storage => {
-                // Not NOT_READY: a storage would retry every second forever.
-                let message = "replication between storages is not supported by this \
-                               storage yet";
-                tracing::warn!(%conn, "a storage wants to replicate from us: refused");
-                return self.refuse(conn, msg_id, ErrorCode::ProtocolError, message);
+    /// A request or notification of another storage.
+    fn on_storage_packet(&mut self, conn: ConnId, msg_id: u32, packet: Packet) -> Handled {
+        match packet {
+            Packet::AskFetchTransactions(_) | Packet::AskFetchObjects(_) => {
+                self.feed(conn, msg_id, packet)
             }
-            other => {
-                let message = format!("{other} nodes do not identify to a storage");
-                return self.refuse(conn, msg_id, ErrorCode::ProtocolError, &message);
+            Packet::AskCheckTIDRange(_) | Packet::AskCheckSerialRange(_) => {
+                self.serve_check(conn, msg_id, packet)
+            }
+            // Sent with the msg_id of no fetch of ours waiting.
+            Packet::AddTransaction(_) | Packet::AddObject(_) => {
+                tracing::debug!(%conn, packet = packet.name(), "ignoring replication data");
+                Ok(())
+            }
+            Packet::Error(error) => {
+                tracing::warn!(%conn, "a storage says: {error}");
+                Ok(())
+            }
+            packet => {
+                let message = format!("unexpected packet {} from a storage", packet.name());
+                self.refuse(conn, msg_id, ErrorCode::ProtocolError, &message);
+                Ok(())
             }
         }
-        let Some(nid) = request.nid else {
-            return self.refuse(
-                conn,
-                msg_id,
-                ErrorCode::ProtocolError,
-                "a client needs a node id",
-            );
+    }
+
+    /// The answer to a request of ours.
+    fn on_answer(&mut self, conn: ConnId, token: Token, packet: Packet) -> Handled {
+        let Some(why) = self.asked.answered(conn, token) else {
+            return Ok(());
         };
-        let known = self.nodes.get(nid).is_some_and(|node| {
-            node.state == NodeState::Running && node.id_timestamp == request.id_timestamp
-        });
-        if !known {
-            if request
-                .id_timestamp
-                .is_some_and(|t| t > self.last_notification)
-            {
-                // The master's notification about this client is in flight.
-                if self.early_identifications.len() >= self.config.limits.early_identifications {
-                    return self.refuse(conn, msg_id, ErrorCode::NotReady, "Retry Later");
-                }
-                self.early_identifications.push((conn, msg_id, request));
-                return;
+        match why {
+            Asked::StorageIdentification(nid) => {
+                self.on_storage_identification(conn, nid, packet);
+                Ok(())
             }
-            return self.refuse(conn, msg_id, ErrorCode::NotReady, "unknown by master");
+            Asked::Fetch => self.on_fetch_answer(conn, token, packet),
+            Asked::Check => self.on_check_answer(token, packet),
+            why => self.on_master_answer(conn, why, packet),
         }
-        if let Some(peer) = self.peers.get_mut(&conn) {
-            peer.nid = Some(nid);
+    }
+
+    /// A part of the answer to a request of ours (replication data).
+    fn on_answer_part(&mut self, conn: ConnId, token: Token, packet: Packet) -> Handled {
+        match self.asked.pending(conn, token) {
+            Some(Asked::Fetch) => self.on_fetch_part(conn, token, packet),
+            _ => {
+                tracing::debug!(%conn, packet = packet.name(), "ignoring a part of no answer");
+                Ok(())
+            }
         }
-        self.answer(
-            conn,
-            msg_id,
-            p::AcceptIdentification {
-                node_type: NodeType::Storage,
-                nid: self.nid,
-                your_nid: Some(nid),
-            },
-        );
     }
 
     fn on_closed(&mut self, conn: ConnId) -> Handled {
@@ -394,6 +458,7 @@ impl Storage {
             }
         }
         self.peers.remove(&conn);
+        self.on_storage_closed(conn);
         self.early_identifications.retain(|(c, _, _)| *c != conn);
         self.waiting.retain(|waiting| waiting.sender().0 != conn);
         self.waiting_bytes = self.waiting.iter().map(Waiting::bytes).sum();
@@ -418,15 +483,19 @@ impl Node for Storage {
                 Ok(())
             }
             Input::Connected { conn, token } => {
-                self.on_master_connected(conn, token);
+                if !self.on_storage_connected(conn, token) {
+                    self.on_master_connected(conn, token);
+                }
                 Ok(())
             }
             Input::ConnectFailed { token } => {
-                self.on_connect_failed(token);
+                if !self.on_storage_connect_failed(token) {
+                    self.on_connect_failed(token);
+                }
                 Ok(())
             }
             Input::Accepted { conn } => {
-                self.peers.insert(conn, Peer::default());
+                self.peers.insert(conn, Peer::Unidentified);
                 Ok(())
             }
             Input::Packet {
@@ -442,6 +511,11 @@ impl Node for Storage {
                 token,
                 packet,
             } => Self::settle_internal(self.on_answer(conn, token, packet)),
+            Input::AnswerPart {
+                conn,
+                token,
+                packet,
+            } => Self::settle_internal(self.on_answer_part(conn, token, packet)),
             Input::Closed { conn } => Self::settle_internal(self.on_closed(conn)),
             Input::Timeout => Self::settle_internal(self.on_timeout()),
         };
@@ -472,7 +546,9 @@ impl Node for Storage {
         };
         // Background work goes on as soon as no request waits.
         let background = self.has_background_work().then_some(self.now);
-        [reconnect, self.commit_due, background]
+        let idle = self.links.idle_deadline();
+        let retry = self.replicator.retry_at();
+        [reconnect, self.commit_due, background, idle, retry]
             .into_iter()
             .flatten()
             .min_by(f64::total_cmp)

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use neo_proto::packets::{self as p, PackOrder};
 use neo_proto::{CellState, Oid, Partition, Tid};
 
-use super::master::MasterAsked;
+use super::Asked;
 use super::{Handled, Storage};
 
 /// Oids examined per pack step: one step is one short database
@@ -60,12 +60,6 @@ impl PackState {
 }
 
 impl Storage {
-    /// Whether a pack is in progress, so the shell should give the node
-    /// [`super::Input::Tick`]s without waiting.
-    pub fn has_background_work(&self) -> bool {
-        self.operational && self.pack.job.is_some()
-    }
-
     /// Last pack id completed by each own cell: `(partition, state, id)`.
     fn packed_cells(&self) -> Vec<(Partition, CellState, Tid)> {
         self.db
@@ -152,7 +146,7 @@ impl Storage {
             min_id: Tid(completed.0.saturating_add(1)),
         };
         self.asked
-            .send(&mut self.out, master, MasterAsked::PackOrders, request);
+            .send(&mut self.out, master, Asked::PackOrders, request);
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use neo_proto::{Address, CellState, Checksum, Map, NodeId, NodeState, NodeType, 
 use neo_storage::backend::{OpenOptions, SqliteBackend};
 use neo_storage::db::Database;
 use neo_storage::node::{Limits, Storage, StorageConfig};
+
 use sha1::{Digest, Sha1};
 
 pub const MASTER: ConnId = ConnId(1);
@@ -26,6 +27,49 @@ pub fn tid(n: u64) -> Tid {
     Tid(0x03f0_0000_0000_0000 + n)
 }
 
+/// How a harness' node starts: its limits, its node id, the partition
+/// table the master sends, and the other storages it announces.
+pub struct Setup {
+    pub limits: Limits,
+    pub own: NodeId,
+    pub rows: Vec<Vec<CellInfo>>,
+    /// Other storages, RUNNING (see [`storage_address`]).
+    pub storages: Vec<NodeId>,
+}
+
+impl Default for Setup {
+    /// One partition, UP_TO_DATE on this node, alone.
+    fn default() -> Setup {
+        Setup {
+            limits: Limits::default(),
+            own: storage_nid(),
+            rows: vec![vec![CellInfo {
+                nid: storage_nid(),
+                state: CellState::UpToDate,
+            }]],
+            storages: Vec::new(),
+        }
+    }
+}
+
+/// Where the harness' node listens.
+pub fn own_address() -> Address {
+    Address::parse("127.0.0.1:1", 1).unwrap()
+}
+
+/// Where another storage of a harness listens.
+pub fn storage_address(nid: NodeId) -> Address {
+    Address::new("127.0.0.1", 100 + nid.0 as u16)
+}
+
+/// The `id_timestamp` the master gives a storage (its own included).
+pub fn id_timestamp(nid: NodeId) -> f64 {
+    1.0 + f64::from(nid.0) / 10.0
+}
+
+/// The timestamp of the master's node notification.
+pub const NOTIFICATION: f64 = 3.0;
+
 /// A storage node with one partition of its own, operational, with one
 /// identified client on [`CLIENT`].
 pub struct Harness {
@@ -34,6 +78,9 @@ pub struct Harness {
     pub next_msg_id: u32,
     /// The time given with every input.
     pub now: f64,
+    /// What the node did when told to start operating.
+    pub started: Vec<Output>,
+    setup_own: NodeId,
 }
 
 impl Harness {
@@ -43,21 +90,42 @@ impl Harness {
 
     /// [`Harness::new`] with the node's limits set to `limits`.
     pub fn with_limits(limits: Limits) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
+        Harness::start(Setup {
+            limits,
+            ..Setup::default()
+        })
+    }
+
+    /// A node set up as `setup` says, operational.
+    pub fn start(setup: Setup) -> Harness {
+        Harness::start_in(tempfile::tempdir().unwrap(), setup)
+    }
+
+    /// The node stops and starts again on the same database, as `setup`
+    /// says (a restart: what it did not commit is lost).
+    pub fn restart(self, setup: Setup) -> Harness {
+        let Harness { dir, storage, .. } = self;
+        drop(storage);
+        Harness::start_in(dir, setup)
+    }
+
+    fn start_in(dir: tempfile::TempDir, setup: Setup) -> Harness {
         let backend =
             SqliteBackend::open(dir.path().join("neo.sqlite"), &OpenOptions::default()).unwrap();
         let db = Database::new(Box::new(backend)).unwrap();
         let config = StorageConfig {
             cluster: "test".to_owned(),
-            address: Address::parse("127.0.0.1:1", 1).unwrap(),
+            address: own_address(),
             masters: vec![Address::new("127.0.0.1", 10000)],
-            limits,
+            limits: setup.limits,
         };
         let mut harness = Harness {
             dir,
             storage: Storage::new(config, db).unwrap(),
             next_msg_id: 0,
             now: 1.0,
+            started: Vec::new(),
+            setup_own: setup.own,
         };
         let connect = harness.input(Input::Start);
         let [Output::Connect { token, address }] = connect.as_slice() else {
@@ -78,29 +146,31 @@ impl Harness {
             packet: p::AcceptIdentification {
                 node_type: NodeType::Master,
                 nid: Some(NodeId::new(NodeType::Master, 1).unwrap()),
-                your_nid: Some(storage_nid()),
+                your_nid: Some(setup.own),
             }
             .into(),
         });
         harness.master_sends(p::SendPartitionTable {
             ptid: Some(1),
             num_replicas: 0,
-            rows: vec![vec![CellInfo {
-                nid: storage_nid(),
-                state: CellState::UpToDate,
-            }]],
+            rows: setup.rows,
         });
+        let mut nodes = vec![storage_info(setup.own, own_address())];
+        nodes.push(NodeInfo {
+            node_type: NodeType::Client,
+            address: None,
+            nid: Some(client_nid()),
+            state: NodeState::Running,
+            id_timestamp: Some(1.0),
+        });
+        for nid in setup.storages {
+            nodes.push(storage_info(nid, storage_address(nid)));
+        }
         harness.master_sends(p::NotifyNodeInformation {
-            timestamp: 1.0,
-            nodes: vec![NodeInfo {
-                node_type: NodeType::Client,
-                address: None,
-                nid: Some(client_nid()),
-                state: NodeState::Running,
-                id_timestamp: Some(1.0),
-            }],
+            timestamp: NOTIFICATION,
+            nodes,
         });
-        harness.master_sends(p::StartOperation { backup: false });
+        harness.started = harness.master_sends(p::StartOperation { backup: false });
         harness.input(Input::Accepted { conn: CLIENT });
         let accepted = harness.client_sends(p::RequestIdentification {
             node_type: NodeType::Client,
@@ -121,6 +191,11 @@ impl Harness {
             "{accepted:?}"
         );
         harness
+    }
+
+    /// This node's id.
+    pub fn own(&self) -> NodeId {
+        self.setup_own
     }
 
     /// Voted object rows committed to the database, as another reader sees
@@ -169,11 +244,72 @@ impl Harness {
             oid,
             serial,
             compression: 0,
-            checksum: Checksum(Sha1::digest(data).into()),
+            checksum: checksum(data),
             data: data.into(),
             data_serial: None,
             ttid,
         })
+    }
+
+    /// The client votes `ttid`, with empty metadata listing `oids`.
+    pub fn vote_metadata(&mut self, ttid: Tid, oids: Vec<Oid>) -> Vec<Output> {
+        self.client_sends(p::AskStoreTransaction {
+            ttid,
+            user: Default::default(),
+            description: Default::default(),
+            extension: Default::default(),
+            oids,
+            pack: None,
+        })
+    }
+
+    /// The master locks `ttid` with `tid`.
+    pub fn lock(&mut self, ttid: Tid, tid: Tid) -> Vec<Output> {
+        self.master_sends(p::AskLockInformation {
+            ttid,
+            tid,
+            pack_approved: false,
+        })
+    }
+}
+
+/// SHA-1 of object data, as clients compute it.
+pub fn checksum(data: &[u8]) -> Checksum {
+    Checksum(Sha1::digest(data).into())
+}
+
+/// The other storage of [`shared_partition`].
+pub fn other_storage_nid() -> NodeId {
+    NodeId::new(NodeType::Storage, 2).unwrap()
+}
+
+/// One partition, in `state` on this node, UP_TO_DATE on the other
+/// storage ([`other_storage_nid`]), which is running.
+pub fn shared_partition(state: CellState) -> Setup {
+    Setup {
+        rows: vec![vec![
+            CellInfo {
+                nid: storage_nid(),
+                state,
+            },
+            CellInfo {
+                nid: other_storage_nid(),
+                state: CellState::UpToDate,
+            },
+        ]],
+        storages: vec![other_storage_nid()],
+        ..Setup::default()
+    }
+}
+
+/// A RUNNING storage as the master announces it.
+pub fn storage_info(nid: NodeId, address: Address) -> NodeInfo {
+    NodeInfo {
+        node_type: NodeType::Storage,
+        address: Some(address),
+        nid: Some(nid),
+        state: NodeState::Running,
+        id_timestamp: Some(id_timestamp(nid)),
     }
 }
 

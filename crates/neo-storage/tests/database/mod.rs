@@ -4,10 +4,12 @@
 //!
 //! The modules go by rule: the life of transactions (`transactions`),
 //! the partition table and own cells (`partitions`), undo chains
-//! (`undo`), pack (`pack`).
+//! (`undo`), pack (`pack`), replication and replica checks
+//! (`replication`).
 
 pub mod pack;
 pub mod partitions;
+pub mod replication;
 pub mod transactions;
 pub mod undo;
 
@@ -81,6 +83,13 @@ macro_rules! suite {
                 a_partial_pack_goes_in_steps,
                 pack_in_small_batches_is_the_same_and_idempotent,
                 pack_orders_are_stored_signed_rekeyed_and_listed,
+            }
+            replication {
+                check_digests_are_byte_identical_to_neo_s,
+                a_source_lists_and_fetches_records_in_tid_then_oid_order,
+                replicated_records_are_stored_directly_and_deleted,
+                the_completed_pack_of_a_replicated_cell_only_goes_down,
+                a_dropped_partition_is_deleted_in_steps,
             }
         );
     };

@@ -4,7 +4,10 @@
 //!
 //! `schema.rs` creates, checks and drops the tables, `codec.rs` converts
 //! between SQLite values and NEO's, `queries.rs` is the
-//! [`Backend`](super::Backend) implementation, and `lock.rs` keeps other processes away from the file.
+//! [`Backend`](super::Backend) implementation (the statements of pack
+//! are in `pack.rs`, those of replication, replica checks and dropped
+//! partitions in `replication.rs`), and `lock.rs` keeps other processes
+//! away from the file.
 //!
 //! Every statement is a literal prepared once and then found in the
 //! statement cache (except the partition list of `AskTIDs`, which is not on
@@ -12,7 +15,9 @@
 
 mod codec;
 mod lock;
+mod pack;
 mod queries;
+mod replication;
 mod schema;
 
 use std::path::{Path, PathBuf};

@@ -609,20 +609,7 @@ impl Backend for SqliteBackend {
         pack_tid: Tid,
         limit: u64,
     ) -> Result<Vec<PackCandidate>> {
-        Ok(self.query_rows(
-            "listing oids to pack",
-            "SELECT oid, COUNT(*), MAX(tid) FROM obj
-             WHERE partition = ?1 AND oid >= ?2 AND tid <= ?3
-             GROUP BY oid ORDER BY oid LIMIT ?4",
-            params![partition, bound(min_oid.0), bound(pack_tid.0), bound(limit)],
-            |row| {
-                Ok(PackCandidate {
-                    oid: codec::oid(row, 0)?,
-                    records: codec::id(row, 1, "record count")?,
-                    newest: codec::tid(row, 2, "serial")?,
-                })
-            },
-        )?)
+        self.candidates(partition, min_oid, pack_tid, limit)
     }
 
     fn pack_candidate(
@@ -631,24 +618,7 @@ impl Backend for SqliteBackend {
         oid: Oid,
         pack_tid: Tid,
     ) -> Result<Option<PackCandidate>> {
-        let Some(oid_key) = key(oid.0) else {
-            return Ok(None);
-        };
-        let candidate = self.query_row(
-            "listing oids to pack",
-            "SELECT COUNT(*), MAX(tid) FROM obj WHERE partition = ? AND oid = ? AND tid <= ?",
-            params![partition, oid_key, bound(pack_tid.0)],
-            |row| {
-                let records = codec::id(row, 0, "record count")?;
-                let newest = codec::optional_tid(row, 1, "serial")?;
-                Ok(newest.map(|newest| PackCandidate {
-                    oid,
-                    records,
-                    newest,
-                }))
-            },
-        )?;
-        Ok(candidate.flatten())
+        self.candidate(partition, oid, pack_tid)
     }
 
     fn last_data_id(&mut self, first: DataId, last: DataId) -> Result<Option<DataId>> {
@@ -780,5 +750,45 @@ impl Backend for SqliteBackend {
             |row| codec::optional_tid(row, 0, "pack id"),
         )?;
         Ok(id.flatten())
+    }
+
+    fn pack_order(&mut self, id: Tid) -> Result<Option<PackOrder>> {
+        self.pack_order_of(id)
+    }
+
+    fn object_serials(
+        &mut self,
+        partition: Partition,
+        min_tid: Tid,
+        min_oid: Oid,
+        max_tid: Tid,
+        length: u64,
+    ) -> Result<Vec<(Tid, Oid)>> {
+        self.serials(partition, min_tid, min_oid, max_tid, length)
+    }
+
+    fn delete_transaction(&mut self, partition: Partition, tid: Tid) -> Result<()> {
+        self.delete_trans_row(partition, tid)
+    }
+
+    fn delete_object(
+        &mut self,
+        partition: Partition,
+        oid: Oid,
+        serial: Tid,
+    ) -> Result<Option<DataId>> {
+        self.delete_obj_row(partition, oid, serial)
+    }
+
+    fn delete_partition_objects(
+        &mut self,
+        partition: Partition,
+        limit: u64,
+    ) -> Result<(u64, Vec<DataId>)> {
+        self.drop_obj_rows(partition, limit)
+    }
+
+    fn delete_partition_transactions(&mut self, partition: Partition, limit: u64) -> Result<u64> {
+        self.drop_trans_rows(partition, limit)
     }
 }
