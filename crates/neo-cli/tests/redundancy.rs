@@ -74,6 +74,11 @@ fn add_tweak_kill_and_drop_print_what_neo_py_prints() {
     assert_eq!(cluster.neoctl_stdout("tweak -n"), "S1 R UUUU\nS2 R OOOO\n");
     assert_eq!(cluster.neoctl_stdout("tweak"), "S1 R UUUU\nS2 R OOOO\n");
     assert_eq!(cluster.neoctl_stdout("tweak"), "No change done.\n");
+    // S2 replicates its cells, then the master sets them UP_TO_DATE.
+    while !cluster.neoctl_stdout("print pt").ends_with("S1 R UUUU\nS2 R UUUU\n") {
+        assert!(std::time::Instant::now() < deadline, "{}", cluster.logs());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let refused = cluster.neoctl("drop S2");
     assert_eq!(
         String::from_utf8_lossy(&refused.stderr),
@@ -84,9 +89,10 @@ fn add_tweak_kill_and_drop_print_what_neo_py_prints() {
         cluster.neoctl_stdout("drop S2"),
         "node permanently removed\n"
     );
+    // ptid 2 by the tweak, then 4 cells set UP_TO_DATE, kill, drop.
     assert_eq!(
         cluster.neoctl_stdout("print pt"),
-        "# ptid: 3, replicas: 1\nS1 R UUUU\n"
+        "# ptid: 8, replicas: 1\nS1 R UUUU\n"
     );
     cluster.stop();
 }
