@@ -121,18 +121,14 @@ fn a_storage_back_from_down_fetches_what_it_missed() {
             }
         }
     });
-    let master_log = cluster.dir.path().join("master.log");
-    let reported = || {
-        let log = std::fs::read_to_string(&master_log).unwrap_or_default();
-        log.matches("replication reported").count()
+    // Every partition of storage 1 was outdated: each is announced, and
+    // the master sets it UP_TO_DATE.
+    let all_up_to_date = || {
+        let table = cluster.neoctl_stdout("print pt");
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with('S')).collect();
+        rows.len() == 2 && rows.iter().all(|row| row.ends_with(" UUUU"))
     };
-    // Every partition of storage 1 was outdated: each is announced.
-    wait_for(
-        &cluster,
-        "NotifyReplicationDone of 4 partitions",
-        60,
-        || reported() >= 4,
-    );
+    wait_for(&cluster, "every cell UP_TO_DATE", 60, all_up_to_date);
     running.store(false, Ordering::SeqCst);
     committer.join().unwrap();
     let (up, back) = (cluster.database(0), cluster.database(1));
