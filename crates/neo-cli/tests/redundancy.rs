@@ -75,7 +75,10 @@ fn add_tweak_kill_and_drop_print_what_neo_py_prints() {
     assert_eq!(cluster.neoctl_stdout("tweak"), "S1 R UUUU\nS2 R OOOO\n");
     assert_eq!(cluster.neoctl_stdout("tweak"), "No change done.\n");
     // S2 replicates its cells, then the master sets them UP_TO_DATE.
-    while !cluster.neoctl_stdout("print pt").ends_with("S1 R UUUU\nS2 R UUUU\n") {
+    while !cluster
+        .neoctl_stdout("print pt")
+        .ends_with("S1 R UUUU\nS2 R UUUU\n")
+    {
         assert!(std::time::Instant::now() < deadline, "{}", cluster.logs());
         std::thread::sleep(std::time::Duration::from_millis(100));
     }

@@ -44,6 +44,11 @@ pub struct ConnectionConfig {
     /// rest: this finds dead or unreachable peers (a process stopped, a
     /// network silently dropping packets), it times no request out.
     pub liveness: Option<Duration>,
+    /// How long a connection may stay idle (nothing received) before it is
+    /// pinged anyway, so that a dead or cut-off peer is found also when no
+    /// answer is awaited — a storage waiting for orders from a master that
+    /// is gone (`None`: only while answers are awaited). Needs `liveness`.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for ConnectionConfig {
@@ -55,6 +60,7 @@ impl Default for ConnectionConfig {
             // A dead storage is left within 2 s (ping after 0.8 s of
             // silence, give up 0.8 s later, checked every 0.1 s).
             liveness: Some(Duration::from_millis(800)),
+            keepalive: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -375,7 +381,7 @@ impl Connection {
             }
         };
         if let Some(limit) = config.liveness {
-            tokio::spawn(watch_liveness(connection.clone(), limit));
+            tokio::spawn(watch_liveness(connection.clone(), limit, config.keepalive));
         }
         tokio::spawn(read_loop(
             reader, decoder, closing_rx, shared, events, permit,
@@ -594,14 +600,17 @@ impl Drop for TornWriteGuard<'_> {
     }
 }
 
-/// Watches a connection while requests await their answer: after
-/// `limit` of silence from the peer, a `Ping`; after `limit` more without
-/// a byte, the connection is given up (`NetError::Silent`). A sender still
-/// writing counts as activity (a full socket buffer is the send timeout's
+/// Watches a connection while requests await their answer (and, with a
+/// `keepalive`, once it has been idle that long): after `limit` of silence
+/// from the peer, a `Ping`; after `limit` more without a byte, the
+/// connection is given up (`NetError::Silent`). A sender still writing
+/// counts as activity (a full socket buffer is the send timeout's
 /// business).
-async fn watch_liveness(connection: Connection, limit: Duration) {
+async fn watch_liveness(connection: Connection, limit: Duration, keepalive: Option<Duration>) {
     let shared = &connection.shared;
-    let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    let to_ms = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let limit_ms = to_ms(limit);
+    let idle_ms = keepalive.map_or(u64::MAX, to_ms).max(limit_ms);
     let period = (limit / 8).max(Duration::from_millis(10));
     let mut closing = shared.closing.subscribe();
     let mut pinged_at: Option<u64> = None;
@@ -626,8 +635,14 @@ async fn watch_liveness(connection: Connection, limit: Duration) {
             }
             continue;
         }
+        let silent = now.saturating_sub(last);
+        let due = if shared.awaits_answer() {
+            limit_ms
+        } else {
+            idle_ms
+        };
         let writing = shared.writer.try_lock().is_err();
-        if writing || !shared.awaits_answer() || now.saturating_sub(last) < limit_ms {
+        if writing || silent < due {
             continue;
         }
         pinged_at = Some(now);

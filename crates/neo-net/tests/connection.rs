@@ -529,3 +529,44 @@ async fn a_slow_peer_that_answers_pings_is_kept() {
     slow.await.unwrap();
     assert!(!client.is_closed());
 }
+
+/// With a keepalive, an idle connection whose peer stopped is found out
+/// too (a storage waiting for orders from a master that is gone), while an
+/// idle peer that answers pings is kept.
+#[tokio::test(start_paused = true)]
+async fn a_keepalive_finds_a_dead_peer_on_an_idle_connection() {
+    let config = ConnectionConfig {
+        liveness: Some(Duration::from_millis(800)),
+        keepalive: Some(Duration::from_secs(1)),
+        ..ConnectionConfig::default()
+    };
+    // A peer that answers: still open after a minute of idleness.
+    let ((alive, _alive_inbox), (server, mut server_inbox)) = pair(&config).await;
+    let responder = tokio::spawn(async move {
+        while let Some(event) = server_inbox.recv().await {
+            if let EventKind::Packet(frame) = event.kind {
+                let _ = server.answer(frame.msg_id, Pong {}).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!alive.is_closed());
+    // A peer that stopped: given up within keepalive + liveness.
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    b.write_all(&neo_proto::MAGIC).await.unwrap();
+    let (_dead, mut inbox) = Connection::open(a, Side::Initiator, "stopped".into(), &config)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let reason = next_closed(&mut inbox).await;
+    assert!(
+        matches!(reason, Some(NetError::Silent { .. })),
+        "{reason:?}"
+    );
+    assert!(
+        started.elapsed() <= Duration::from_millis(3000),
+        "{:?}",
+        started.elapsed()
+    );
+    responder.abort();
+}
