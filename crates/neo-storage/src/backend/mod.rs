@@ -27,6 +27,7 @@
 
 mod error;
 mod open;
+mod rows;
 mod sqlite;
 
 pub use error::{Error, FatalError, OpenError, RequestError};
