@@ -355,7 +355,7 @@ fn engines_are_innodb_or_rocksdb_where_the_server_has_it() {
         ..OpenOptions::default()
     };
     let error = engine.backend(&with("innodb")).unwrap_err();
-    assert_eq!(error.to_string(), "Unsupported engine: \"innodb\"");
+    assert_eq!(error.to_string(), "Unsupported engine: 'innodb'");
     let rocksdb: Vec<String> =
         engine.query("SELECT SUPPORT FROM information_schema.ENGINES WHERE ENGINE = 'ROCKSDB'");
     match engine.backend(&with("RocksDB")) {

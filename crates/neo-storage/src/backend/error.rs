@@ -64,7 +64,7 @@ pub enum OpenError {
     },
     /// `-e/--engine` names an engine the adapter does not have (NEO/py's
     /// message).
-    #[error("Unsupported engine: {engine:?}")]
+    #[error("Unsupported engine: '{engine}'")]
     UnsupportedEngine {
         /// The engine asked for.
         engine: String,
