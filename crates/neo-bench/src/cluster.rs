@@ -22,6 +22,16 @@ pub struct Node {
     child: Child,
 }
 
+/// Where the storages keep their data.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// An SQLite file each, in the benchmark's directory.
+    Sqlite,
+    /// This MySQL database (`neostorage -d` syntax), emptied first; one
+    /// storage only.
+    MySql(String),
+}
+
 /// The benchmark's cluster: killed on drop if not stopped.
 pub struct Cluster {
     /// Cluster name.
@@ -33,9 +43,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts a master, `storages` SQLite storages in `dir` and an admin
-    /// from the binaries in `bin_dir`, and waits until it runs.
-    pub fn start(bin_dir: &Path, dir: &Path, storages: usize) -> Result<Cluster, String> {
+    /// Starts a master, `storages` storages on `store` and an admin from
+    /// the binaries in `bin_dir` (logs in `dir`), and waits until it runs.
+    pub fn start(
+        bin_dir: &Path,
+        dir: &Path,
+        storages: usize,
+        store: &Store,
+    ) -> Result<Cluster, String> {
         let name = "bench".to_owned();
         let master = Address::new("127.0.0.1", free_port()?);
         let admin = Address::new("127.0.0.1", free_port()?);
@@ -64,7 +79,7 @@ impl Cluster {
             ],
         )?;
         for index in 0..storages {
-            cluster.start_storage(bin_dir, dir, index)?;
+            cluster.start_storage(bin_dir, dir, index, store)?;
         }
         cluster.spawn(
             bin_dir,
@@ -77,18 +92,31 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Starts storage `index` (database `storage«index».sqlite` in `dir`);
-    /// a new one joins pending.
+    /// Starts storage `index` on `store` (an SQLite database
+    /// `storage«index».sqlite` in `dir`, or the MySQL database, emptied
+    /// first, for storage 0 only); a new one joins pending.
     pub fn start_storage(
         &mut self,
         bin_dir: &Path,
         dir: &Path,
         index: usize,
+        store: &Store,
     ) -> Result<(), String> {
-        let database = dir.join(format!("storage{index}.sqlite"));
-        let database = database.to_string_lossy().into_owned();
+        let (adapter, database) = match store {
+            Store::Sqlite => {
+                let database = dir.join(format!("storage{index}.sqlite"));
+                ("SQLite", database.to_string_lossy().into_owned())
+            }
+            Store::MySql(_) if index > 0 => {
+                return Err("one storage only on a MySQL database".to_owned());
+            }
+            Store::MySql(database) => {
+                reset(bin_dir, database)?;
+                ("MySQL", database.clone())
+            }
+        };
         let (name, master) = (self.name.clone(), self.master.to_string());
-        let args = ["-c", &name, "-m", &master, "-a", "SQLite", "-d", &database];
+        let args = ["-c", &name, "-m", &master, "-a", adapter, "-d", &database];
         self.spawn(
             bin_dir,
             dir,
@@ -242,6 +270,22 @@ impl Node {
     pub fn rss_kib(&self) -> u64 {
         status_field(self.child.id(), "VmRSS:").unwrap_or(0)
     }
+}
+
+/// Empties a MySQL database with `neostorage --reset`.
+fn reset(bin_dir: &Path, database: &str) -> Result<(), String> {
+    let path = bin_dir.join("neostorage");
+    let output = Command::new(&path)
+        .args(["-c", "bench", "-a", "MySQL", "-d", database, "--reset"])
+        .output()
+        .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "emptying the MySQL database {database}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 /// CPU time (user + system) of any process so far.

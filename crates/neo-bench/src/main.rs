@@ -25,7 +25,7 @@ use neo_client::{BlockingClient, ClientConfig, TxnMeta};
 use neo_proto::{Oid, Tid};
 use serde_json::{json, Value};
 
-use cluster::Cluster;
+use cluster::{Cluster, Store};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +51,12 @@ struct Cli {
     /// The Python that creates the virtualenv.
     #[arg(long, default_value = "python3")]
     python: String,
+    /// Measure the loads and commits again with the storage on this MySQL
+    /// or MariaDB database (`neostorage -d` syntax:
+    /// `[user[:password]@]database[socket]`), emptied first, and report
+    /// them beside SQLite's.
+    #[arg(long, value_name = "DATABASE")]
+    mysql: Option<String>,
     #[command(subcommand)]
     command: Option<Mode>,
 }
@@ -378,6 +384,107 @@ fn throughput(
     Ok(total? as f64 / elapsed)
 }
 
+/// The Rust side's workloads on `cluster`: cold and parallel loads,
+/// serial and concurrent commits; `floors` are the round-trip and fsync
+/// medians the latencies are compared with.
+fn measure(
+    cluster: &Cluster,
+    plan: &Plan,
+    rng: &mut Rng,
+    floors: (f64, f64),
+) -> Result<serde_json::Map<String, Value>, String> {
+    let (rtt_median, fsync_median) = floors;
+    let mut report = serde_json::Map::new();
+    // Objects to load: 100 B to 1 KiB, 100 per transaction.
+    let writer = connect(cluster)?;
+    let mut oids = Vec::with_capacity(plan.objects);
+    while oids.len() < plan.objects {
+        let sizes: Vec<usize> = (0..100)
+            .map(|_| 100 + (rng.next() % 924) as usize)
+            .collect();
+        oids.extend(commit_new(&writer, rng, &sizes)?);
+    }
+
+    // The storage commits the last unlocks within a second (§12.2): let it,
+    // so that the loads are not charged for it.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Serial cold loads by a fresh client, each object once, random order.
+    let reader = connect(cluster)?;
+    let mut order = oids.clone();
+    rng.shuffle(&mut order);
+    let cpu_before = server_cpu(cluster, &["storage"]);
+    let mut samples = Vec::with_capacity(order.len());
+    for oid in &order {
+        let start = Instant::now();
+        reader.load(*oid).map_err(|e| e.to_string())?;
+        samples.push(start.elapsed());
+    }
+    let storage_cpu = server_cpu(cluster, &["storage"]) - cpu_before;
+    let (load_median, load_p99) = percentiles(&mut samples);
+    report.insert(
+        "serial_cold_load_us".into(),
+        json!({"median": load_median, "p99": load_p99, "ratio_to_round_trip": load_median / rtt_median}),
+    );
+    report.insert(
+        "storage_cpu_per_load_us".into(),
+        json!(storage_cpu.as_secs_f64() * 1e6 / order.len() as f64),
+    );
+    let _ = reader.close();
+
+    let mut parallel = serde_json::Map::new();
+    for clients in plan.load_clients {
+        let loads = throughput(cluster, *clients, plan.parallel_window, |client, rng| {
+            let oid = oids[(rng.next() % oids.len() as u64) as usize];
+            client.load(oid).map(drop).map_err(|e| e.to_string())
+        })?;
+        parallel.insert(clients.to_string(), json!(loads));
+    }
+    report.insert("parallel_loads_per_s".into(), Value::Object(parallel));
+
+    // Serial commits: latency of 10-object transactions of three sizes.
+    let mut commits = serde_json::Map::new();
+    for size in [100usize, 1024, 65536] {
+        let cpu_before = server_cpu(cluster, &["master", "storage"]);
+        let mut samples = Vec::with_capacity(plan.serial_commits);
+        let started = Instant::now();
+        for _ in 0..plan.serial_commits {
+            let start = Instant::now();
+            commit_new(&writer, rng, &[size; 10])?;
+            samples.push(start.elapsed());
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = server_cpu(cluster, &["master", "storage"]) - cpu_before;
+        let (median, p99) = percentiles(&mut samples);
+        commits.insert(
+            format!("10x{size}B"),
+            json!({
+                "median_us": median,
+                "p99_us": p99,
+                "tx_per_s": plan.serial_commits as f64 / elapsed,
+                "server_cpu_per_tx_us": cpu.as_secs_f64() * 1e6 / plan.serial_commits as f64,
+                "ratio_to_fsync": median / fsync_median,
+            }),
+        );
+    }
+    report.insert("serial_commits".into(), Value::Object(commits));
+
+    let mut concurrent = serde_json::Map::new();
+    for clients in plan.commit_clients {
+        let commits = throughput(cluster, *clients, plan.commit_window, |client, rng| {
+            commit_new(client, rng, &[1024; 10]).map(drop)
+        })?;
+        concurrent.insert(clients.to_string(), json!(commits));
+    }
+    report.insert(
+        "concurrent_commits_tx_per_s".into(),
+        Value::Object(concurrent),
+    );
+    let _ = writer.close();
+
+    Ok(report)
+}
+
 fn run(cli: &Cli, venv: Option<&python::Venv>) -> Result<Value, String> {
     let plan = Plan::of(cli.size);
     let data = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -400,96 +507,11 @@ fn run(cli: &Cli, venv: Option<&python::Venv>) -> Result<Value, String> {
         json!({"median": fsync_median, "p99": fsync_p99}),
     );
 
-    let cluster = Cluster::start(&cli.bin_dir, data.path(), 1)?;
+    let cluster = Cluster::start(&cli.bin_dir, data.path(), 1, &Store::Sqlite)?;
     let rest_rss: u64 = cluster.nodes().iter().map(|node| node.rss_kib()).sum();
     report.insert("rss_at_rest_kib".into(), json!(rest_rss));
-
-    // Objects to load: 100 B to 1 KiB, 100 per transaction.
-    let writer = connect(&cluster)?;
-    let mut oids = Vec::with_capacity(plan.objects);
-    while oids.len() < plan.objects {
-        let sizes: Vec<usize> = (0..100)
-            .map(|_| 100 + (rng.next() % 924) as usize)
-            .collect();
-        oids.extend(commit_new(&writer, &mut rng, &sizes)?);
-    }
-
-    // The storage commits the last unlocks within a second (§12.2): let it,
-    // so that the loads are not charged for it.
-    std::thread::sleep(Duration::from_millis(1500));
-
-    // Serial cold loads by a fresh client, each object once, random order.
-    let reader = connect(&cluster)?;
-    let mut order = oids.clone();
-    rng.shuffle(&mut order);
-    let cpu_before = server_cpu(&cluster, &["storage"]);
-    let mut samples = Vec::with_capacity(order.len());
-    for oid in &order {
-        let start = Instant::now();
-        reader.load(*oid).map_err(|e| e.to_string())?;
-        samples.push(start.elapsed());
-    }
-    let storage_cpu = server_cpu(&cluster, &["storage"]) - cpu_before;
-    let (load_median, load_p99) = percentiles(&mut samples);
-    report.insert(
-        "serial_cold_load_us".into(),
-        json!({"median": load_median, "p99": load_p99, "ratio_to_round_trip": load_median / rtt_median}),
-    );
-    report.insert(
-        "storage_cpu_per_load_us".into(),
-        json!(storage_cpu.as_secs_f64() * 1e6 / order.len() as f64),
-    );
-    let _ = reader.close();
-
-    let mut parallel = serde_json::Map::new();
-    for clients in plan.load_clients {
-        let loads = throughput(&cluster, *clients, plan.parallel_window, |client, rng| {
-            let oid = oids[(rng.next() % oids.len() as u64) as usize];
-            client.load(oid).map(drop).map_err(|e| e.to_string())
-        })?;
-        parallel.insert(clients.to_string(), json!(loads));
-    }
-    report.insert("parallel_loads_per_s".into(), Value::Object(parallel));
-
-    // Serial commits: latency of 10-object transactions of three sizes.
-    let mut commits = serde_json::Map::new();
-    for size in [100usize, 1024, 65536] {
-        let cpu_before = server_cpu(&cluster, &["master", "storage"]);
-        let mut samples = Vec::with_capacity(plan.serial_commits);
-        let started = Instant::now();
-        for _ in 0..plan.serial_commits {
-            let start = Instant::now();
-            commit_new(&writer, &mut rng, &[size; 10])?;
-            samples.push(start.elapsed());
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        let cpu = server_cpu(&cluster, &["master", "storage"]) - cpu_before;
-        let (median, p99) = percentiles(&mut samples);
-        commits.insert(
-            format!("10x{size}B"),
-            json!({
-                "median_us": median,
-                "p99_us": p99,
-                "tx_per_s": plan.serial_commits as f64 / elapsed,
-                "server_cpu_per_tx_us": cpu.as_secs_f64() * 1e6 / plan.serial_commits as f64,
-                "ratio_to_fsync": median / fsync_median,
-            }),
-        );
-    }
-    report.insert("serial_commits".into(), Value::Object(commits));
-
-    let mut concurrent = serde_json::Map::new();
-    for clients in plan.commit_clients {
-        let commits = throughput(&cluster, *clients, plan.commit_window, |client, rng| {
-            commit_new(client, rng, &[1024; 10]).map(drop)
-        })?;
-        concurrent.insert(clients.to_string(), json!(commits));
-    }
-    report.insert(
-        "concurrent_commits_tx_per_s".into(),
-        Value::Object(concurrent),
-    );
-    let _ = writer.close();
+    let floors = (rtt_median, fsync_median);
+    report.extend(measure(&cluster, &plan, &mut rng, floors)?);
 
     let peak: serde_json::Map<String, Value> = cluster
         .nodes()
@@ -523,6 +545,17 @@ fn run(cli: &Cli, venv: Option<&python::Venv>) -> Result<Value, String> {
         );
     }
     cluster.stop()?;
+
+    if let Some(database) = &cli.mysql {
+        let dir = data.path().join("mysql");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let store = Store::MySql(database.clone());
+        let cluster = Cluster::start(&cli.bin_dir, &dir, 1, &store)?;
+        let mut mysql = measure(&cluster, &plan, &mut rng, (rtt_median, fsync_median))?;
+        mysql.insert("database".into(), json!(database));
+        cluster.stop()?;
+        report.insert("mysql".into(), Value::Object(mysql));
+    }
 
     // The floor again: how much the machine drifted during the run.
     report.insert(
@@ -620,6 +653,10 @@ fn markdown(report: &Value) -> String {
             );
         }
     }
+    if let Some(mysql) = report.get("mysql") {
+        table.push('\n');
+        table.push_str(&mysql_markdown(report, mysql));
+    }
     if let Some(zodb) = report.get("zodb") {
         table.push('\n');
         table.push_str(&zodb_markdown(report, zodb));
@@ -627,6 +664,87 @@ fn markdown(report: &Value) -> String {
     if let Some(error) = report.get("zodb_error").and_then(Value::as_str) {
         table.push_str(&format!("\nThe ZODB side did not run: {error}\n"));
     }
+    table
+}
+
+/// The same workloads with the storage on SQLite and on MySQL, side by
+/// side.
+fn mysql_markdown(sqlite: &Value, mysql: &Value) -> String {
+    let get = |report: &Value, path: &[&str]| {
+        path.iter()
+            .try_fold(report, |value, key| value.get(*key))
+            .and_then(Value::as_f64)
+    };
+    let mut table = format!(
+        "Loads and commits with the storage on SQLite and on MySQL ({}):\n\n\
+         | measure | SQLite | MySQL | MySQL ÷ SQLite |\n|---|---|---|---|\n",
+        mysql["database"].as_str().unwrap_or("?")
+    );
+    let mut row = |name: String, path: &[&str], unit: &str| {
+        let cell = |value: Option<f64>| match value {
+            Some(value) if value >= 100.0 => format!("{value:.0} {unit}"),
+            Some(value) => format!("{value:.1} {unit}"),
+            None => "–".to_owned(),
+        };
+        let (a, b) = (get(sqlite, path), get(mysql, path));
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) if a > 0.0 => format!("{:.2}", b / a),
+            _ => "–".to_owned(),
+        };
+        table.push_str(&format!(
+            "| {name} | {} | {} | {ratio} |\n",
+            cell(a),
+            cell(b)
+        ));
+    };
+    row(
+        "serial cold load, median".into(),
+        &["serial_cold_load_us", "median"],
+        "µs",
+    );
+    row(
+        "serial cold load, p99".into(),
+        &["serial_cold_load_us", "p99"],
+        "µs",
+    );
+    row(
+        "storage CPU per load¹".into(),
+        &["storage_cpu_per_load_us"],
+        "µs",
+    );
+    let keys = |name: &str| -> Vec<String> {
+        mysql[name]
+            .as_object()
+            .map(|map| map.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    for clients in sort_numeric(keys("parallel_loads_per_s")) {
+        row(
+            format!("parallel loads, {clients} clients"),
+            &["parallel_loads_per_s", &clients],
+            "loads/s",
+        );
+    }
+    for kind in keys("serial_commits") {
+        row(
+            format!("serial commit {kind}, median"),
+            &["serial_commits", &kind, "median_us"],
+            "µs",
+        );
+        row(
+            format!("serial commits {kind}"),
+            &["serial_commits", &kind, "tx_per_s"],
+            "tx/s",
+        );
+    }
+    for clients in sort_numeric(keys("concurrent_commits_tx_per_s")) {
+        row(
+            format!("10 × 1 KiB commits, {clients} committers"),
+            &["concurrent_commits_tx_per_s", &clients],
+            "tx/s",
+        );
+    }
+    table.push_str("\n¹ The storage process only: the MySQL server's own CPU is not counted.\n");
     table
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Store};
 use crate::{commit_new, connect, Rng};
 
 /// Size of the objects of the large database: incompressible, so what is
@@ -51,7 +51,7 @@ fn time_until_up_to_date(cluster: &Cluster, bin_dir: &Path) -> Result<Duration, 
 /// A new replica of a database of `gigabytes`, then a storage restarted
 /// after missing `missed` transactions.
 pub fn run(bin_dir: &Path, dir: &Path, gigabytes: f64, missed: usize) -> Result<Value, String> {
-    let mut cluster = Cluster::start(bin_dir, dir, 1)?;
+    let mut cluster = Cluster::start(bin_dir, dir, 1, &Store::Sqlite)?;
     let client = connect(&cluster)?;
     let mut rng = Rng(0x5eed);
     let total = (gigabytes * (1u64 << 30) as f64) as usize;
@@ -69,7 +69,7 @@ pub fn run(bin_dir: &Path, dir: &Path, gigabytes: f64, missed: usize) -> Result<
     let bytes = objects * OBJECT_SIZE;
 
     eprintln!("neobench: a second storage joins, replicas 1, tweak");
-    cluster.start_storage(bin_dir, dir, 1)?;
+    cluster.start_storage(bin_dir, dir, 1, &Store::Sqlite)?;
     wait_for(|| {
         Ok(cluster
             .neoctl(bin_dir, "print node")?
@@ -88,7 +88,7 @@ pub fn run(bin_dir: &Path, dir: &Path, gigabytes: f64, missed: usize) -> Result<
     }
     // Its cells were outdated when it died: "all UP_TO_DATE" again means
     // it caught up.
-    cluster.start_storage(bin_dir, dir, 1)?;
+    cluster.start_storage(bin_dir, dir, 1, &Store::Sqlite)?;
     let catch_up = time_until_up_to_date(&cluster, bin_dir)?;
     let _ = client.close();
     cluster.stop()?;

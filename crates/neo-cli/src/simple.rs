@@ -46,10 +46,13 @@ pub struct SimpleOptions {
     /// Delete the databases first.
     #[arg(long = "clear_databases")]
     pub clear_databases: bool,
-    /// Storage engine, by NEO/py's name; only SQLite is supported yet.
+    /// Storage engine, by NEO/py's name (SQLite or MySQL).
     #[arg(long, default_value = "SQLite")]
     pub adapter: String,
-    /// One storage node per name (database `«name».sqlite`).
+    /// One storage node per name: with SQLite, database `«name».sqlite` in
+    /// the data directory (or the path, if it holds a `/`); with MySQL,
+    /// the database string as `neostorage -d` takes it
+    /// (`[user[:password]@]database[socket]`).
     #[arg(default_values_t = vec!["0".to_owned()])]
     pub db: Vec<String>,
 }

@@ -100,6 +100,7 @@ fn dependency_arrows_go_one_way() {
         let names = dependencies(krate);
         if krate != "neo-storage" {
             assert!(!names.contains(&"rusqlite".into()), "{krate} knows SQL");
+            assert!(!names.contains(&"mysql".into()), "{krate} knows SQL");
         }
         if krate != "neo-py" {
             assert!(!names.contains(&"pyo3".into()), "{krate} knows Python");
@@ -150,12 +151,18 @@ fn state_machines_do_no_io_and_read_no_clock() {
     assert!(checked > 5000, "only {checked} lines checked");
 }
 
-/// Within the storage, only the SQLite engine knows SQLite.
+/// Within the storage, only the SQLite engine knows SQLite and only the
+/// MySQL engine knows MySQL's client.
 #[test]
-fn only_the_sqlite_engine_knows_sqlite() {
+fn only_each_engine_knows_its_database() {
     for (file, line) in code_lines("neo-storage", "src") {
         if !file.starts_with("src/backend/sqlite") {
             assert!(!line.contains("rusqlite"), "neo-storage/{file}: {line}");
+        }
+        // `self::mysql` is the engine's module, not the client.
+        let client = line.replace("self::mysql::", "");
+        if !file.starts_with("src/backend/mysql") {
+            assert!(!client.contains("mysql::"), "neo-storage/{file}: {line}");
         }
     }
 }

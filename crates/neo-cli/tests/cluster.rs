@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -194,17 +193,13 @@ fn a_database_of_another_cluster_is_refused() {
             "-a",
             "SQLite",
             "-d",
-            path(&database),
+            &database,
         ],
     );
     assert!(
         error.contains("\"first\"") && error.contains("\"second\""),
         "{error}"
     );
-}
-
-fn path(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 /// Garbage on a connection closes that connection only: the master, the

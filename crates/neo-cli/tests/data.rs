@@ -1,6 +1,7 @@
 //! Data through real clusters of our processes, with the Rust client:
 //! objects come back byte for byte, concurrent committers lose no update,
-//! and no acknowledged commit is lost across restarts and `kill -9`.
+//! and no acknowledged commit is lost across restarts and `kill -9`; each
+//! on SQLite storages and on MySQL storages.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::Cluster;
+use common::{Cluster, Store};
 use neo_client::{BlockingClient, ClientError, TxnMeta};
 use neo_proto::{Oid, Tid};
 
@@ -48,9 +49,8 @@ fn commit(client: &BlockingClient, objects: &[(Oid, Tid, Bytes)]) -> Tid {
     txn.finish().unwrap()
 }
 
-#[test]
-fn thousands_of_objects_come_back_byte_for_byte() {
-    let mut cluster = Cluster::new("bytes");
+fn thousands_of_objects_come_back_byte_for_byte(store: Store) {
+    let mut cluster = Cluster::with_store("bytes", store);
     cluster.start(2, 1);
     let client = cluster.client();
     let mut expected: BTreeMap<Oid, (Tid, Bytes)> = BTreeMap::new();
@@ -101,9 +101,8 @@ fn thousands_of_objects_come_back_byte_for_byte() {
 
 /// Each worker increments shared counters; a conflict means reloading and
 /// trying again. No increment may be lost.
-#[test]
-fn concurrent_committers_get_conflicts_and_lose_no_update() {
-    let mut cluster = Cluster::new("counters");
+fn concurrent_committers_get_conflicts_and_lose_no_update(store: Store) {
+    let mut cluster = Cluster::with_store("counters", store);
     cluster.start(2, 1);
     let setup = cluster.client();
     let counters: Vec<Oid> = (0..3).map(|_| setup.new_oid().unwrap()).collect();
@@ -176,9 +175,8 @@ fn concurrent_committers_get_conflicts_and_lose_no_update() {
     cluster.stop();
 }
 
-#[test]
-fn a_full_restart_keeps_every_object_and_revision() {
-    let mut cluster = Cluster::new("restart");
+fn a_full_restart_keeps_every_object_and_revision(store: Store) {
+    let mut cluster = Cluster::with_store("restart", store);
     cluster.start(1, 0);
     let client = cluster.client();
     let oid = client.new_oid().unwrap();
@@ -212,9 +210,8 @@ fn a_full_restart_keeps_every_object_and_revision() {
 /// Durability: once `tpc_finish` returned, `kill -9` of the storage right
 /// after loses nothing (the lock was committed; verification replays the
 /// unlock on restart).
-#[test]
-fn kill_9_of_the_storage_right_after_finish_loses_nothing() {
-    let mut cluster = Cluster::new("kill9");
+fn kill_9_of_the_storage_right_after_finish_loses_nothing(store: Store) {
+    let mut cluster = Cluster::with_store("kill9", store);
     cluster.start(1, 0);
     let client = cluster.client();
     let mut committed = Vec::new();
@@ -239,9 +236,8 @@ fn kill_9_of_the_storage_right_after_finish_loses_nothing() {
     cluster.stop();
 }
 
-#[test]
-fn a_wrong_cluster_name_is_an_error_not_a_hang() {
-    let mut cluster = Cluster::new("rightname");
+fn a_wrong_cluster_name_is_an_error_not_a_hang(store: Store) {
+    let mut cluster = Cluster::with_store("rightname", store);
     cluster.start(1, 0);
     let master = neo_proto::Address::parse(&cluster.master, 0).unwrap();
     let mut config = neo_client::ClientConfig::new(vec![master], "wrongname");
@@ -255,3 +251,11 @@ fn a_wrong_cluster_name_is_an_error_not_a_hang() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     cluster.stop();
 }
+
+common::on_every_store!(
+    thousands_of_objects_come_back_byte_for_byte,
+    concurrent_committers_get_conflicts_and_lose_no_update,
+    a_full_restart_keeps_every_object_and_revision,
+    kill_9_of_the_storage_right_after_finish_loses_nothing,
+    a_wrong_cluster_name_is_an_error_not_a_hang,
+);

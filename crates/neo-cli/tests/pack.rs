@@ -7,11 +7,11 @@
 mod common;
 
 use bytes::Bytes;
-use common::Cluster;
+use common::{Cluster, Store};
 use neo_client::{BlockingClient, ClientError, TxnMeta};
 use neo_proto::packets::HistoryEntry;
 use neo_proto::{Oid, Tid};
-use neo_storage::backend::{self, Adapter, OpenOptions};
+use neo_storage::backend::{self, OpenOptions};
 use neo_storage::db::Database;
 
 fn meta() -> TxnMeta {
@@ -120,21 +120,16 @@ fn check_packed(client: &BlockingClient, w: &Written) {
 
 /// Histories of `oids` in a stopped storage's database.
 fn histories(cluster: &Cluster, index: usize, oids: &[Oid]) -> Vec<Vec<HistoryEntry>> {
-    let path = cluster.database(index);
-    let backend = backend::open(
-        Adapter::Sqlite,
-        path.to_str().unwrap(),
-        &OpenOptions::default(),
-    )
-    .unwrap();
+    let database = cluster.database(index);
+    let backend = backend::open(cluster.adapter(), &database, &OpenOptions::default()).unwrap();
     let mut backend = Database::new(backend).unwrap();
     oids.iter()
         .map(|oid| backend.object_history(*oid, 0, 100).unwrap())
         .collect()
 }
 
-fn pack_scenario(name: &str, storages: usize, replicas: u32) {
-    let mut cluster = Cluster::new(name);
+fn pack_scenario(name: &str, storages: usize, replicas: u32, store: Store) {
+    let mut cluster = Cluster::with_store(name, store);
     cluster.start(storages, replicas);
     let client = cluster.client();
     let w = write(&client);
@@ -198,12 +193,15 @@ fn pack_scenario(name: &str, storages: usize, replicas: u32) {
     }
 }
 
-#[test]
-fn pack_removes_old_history_and_survives_a_restart() {
-    pack_scenario("pack1", 1, 0);
+fn pack_removes_old_history_and_survives_a_restart(store: Store) {
+    pack_scenario("pack1", 1, 0, store);
 }
 
-#[test]
-fn replicas_are_packed_identically() {
-    pack_scenario("pack2", 2, 1);
+fn replicas_are_packed_identically(store: Store) {
+    pack_scenario("pack2", 2, 1, store);
 }
+
+common::on_every_store!(
+    pack_removes_old_history_and_survives_a_restart,
+    replicas_are_packed_identically,
+);

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +47,7 @@ fn commit_round(client: &BlockingClient, objects: &mut [(Oid, Tid)], round: usiz
 
 /// The committed rows of a storage database: `trans` and `obj` with the
 /// hash of the data, in a stable order.
-fn rows(database: &Path) -> (Vec<String>, Vec<String>) {
+fn rows(database: &str) -> (Vec<String>, Vec<String>) {
     let conn =
         rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();

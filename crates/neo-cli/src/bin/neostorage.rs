@@ -1,6 +1,7 @@
 //! `neostorage`: a storage node (operations.md §1.2).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use neo_cli::daemon::{fail, serve, shutdown_signal};
 use neo_cli::options::{parse_storage, report_and_exit};
@@ -22,6 +23,13 @@ fn main() -> ExitCode {
     }
     let open = OpenOptions {
         reset: options.reset,
+        engine: options.engine.clone(),
+        // NEO/py: a negative wait is forever (and so is NaN).
+        wait: if options.wait >= 0.0 {
+            Duration::try_from_secs_f64(options.wait).ok()
+        } else {
+            None
+        },
         ..OpenOptions::default()
     };
     let logfile = options.common.logfile.clone();

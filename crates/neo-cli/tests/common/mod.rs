@@ -1,9 +1,13 @@
-//! Test harness: a cluster of our processes on 127.0.0.1 with free ports.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Test harness: a cluster of our processes on 127.0.0.1 with free ports,
+//! its storages on SQLite files or on MySQL databases.
+#![allow(dead_code, unused_macros, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+use neo_storage::backend::Adapter;
 
 pub const NEOMASTER: &str = env!("CARGO_BIN_EXE_neomaster");
 pub const NEOSTORAGE: &str = env!("CARGO_BIN_EXE_neostorage");
@@ -19,24 +23,109 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Processes of one cluster, killed on drop.
+/// Where the storages of a cluster keep their data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// A file each in the cluster's directory.
+    Sqlite,
+    /// A database each on the MySQL server of this Unix socket.
+    MySql(String),
+}
+
+impl Store {
+    /// MySQL databases on the test server (`NEO_MYSQL_SOCKET`).
+    pub fn mysql() -> Store {
+        Store::MySql(std::env::var("NEO_MYSQL_SOCKET").unwrap_or_else(|_| {
+            panic!(
+                "the MySQL variants of these tests need a MariaDB or MySQL server: set \
+                 NEO_MYSQL_SOCKET to its Unix socket (scripts/mariadb start DIR starts one)"
+            )
+        }))
+    }
+}
+
+/// Each test function `name(store)` given, as a test on SQLite storages
+/// (`sqlite::name`) and one on MySQL storages (`mysql::name`).
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $test() {
+                super::$test(super::common::Store::Sqlite);
+            })*
+        }
+        mod mysql {
+            $(#[test]
+            fn $test() {
+                super::$test(super::common::Store::mysql());
+            })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_every_store;
+
+/// A connection as root to the MySQL server of `socket`.
+pub fn mysql_admin(socket: &str) -> mysql::Conn {
+    let opts = mysql::OptsBuilder::new()
+        .user(Some("root"))
+        .socket(Some(socket));
+    mysql::Conn::new(opts).unwrap()
+}
+
+/// Processes of one cluster, killed on drop (and its MySQL databases
+/// dropped).
 pub struct Cluster {
     pub name: String,
     pub dir: tempfile::TempDir,
     pub master: String,
     pub admin: String,
     pub children: Vec<(String, Child)>,
+    pub store: Store,
+    /// MySQL databases created for the storages.
+    created: Vec<String>,
 }
 
 impl Cluster {
     pub fn new(name: &str) -> Cluster {
+        Cluster::with_store(name, Store::Sqlite)
+    }
+
+    pub fn with_store(name: &str, store: Store) -> Cluster {
         Cluster {
             name: name.to_owned(),
             dir: tempfile::tempdir().unwrap(),
             master: format!("127.0.0.1:{}", free_port()),
             admin: format!("127.0.0.1:{}", free_port()),
             children: Vec::new(),
+            store,
+            created: Vec::new(),
         }
+    }
+
+    /// The storages' `-a`.
+    pub fn adapter(&self) -> Adapter {
+        match self.store {
+            Store::Sqlite => Adapter::Sqlite,
+            Store::MySql(_) => Adapter::MySql,
+        }
+    }
+
+    /// The `-d` of storage `index`.
+    pub fn database(&self, index: usize) -> String {
+        match &self.store {
+            Store::Sqlite => {
+                let path = self.dir.path().join(format!("storage{index}.sqlite"));
+                path.to_str().unwrap().to_owned()
+            }
+            Store::MySql(socket) => format!("root@{}{socket}", self.mysql_database(index)),
+        }
+    }
+
+    /// The MySQL database of storage `index`: one per process, cluster
+    /// and storage, as tests run side by side on one server.
+    fn mysql_database(&self, index: usize) -> String {
+        format!("neo_{}_{}_{}", self.name, index, std::process::id())
     }
 
     pub fn spawn(&mut self, label: &str, program: &str, args: &[&str]) {
@@ -58,10 +147,26 @@ impl Cluster {
     }
 
     pub fn start_storage(&mut self, index: usize) {
+        self.start_storage_with(index, &[]);
+    }
+
+    /// Starts storage `index` with more options; its MySQL database is
+    /// created on first use.
+    pub fn start_storage_with(&mut self, index: usize, extra: &[&str]) {
+        if let Store::MySql(socket) = &self.store {
+            let database = self.mysql_database(index);
+            if !self.created.contains(&database) {
+                mysql_admin(socket)
+                    .query_drop(format!("CREATE DATABASE IF NOT EXISTS {database}"))
+                    .unwrap();
+                self.created.push(database);
+            }
+        }
         let database = self.database(index);
         let (name, master) = (self.name.clone(), self.master.clone());
-        let database = database.to_str().unwrap().to_owned();
-        let args = ["-c", &name, "-m", &master, "-a", "SQLite", "-d", &database];
+        let adapter = self.adapter().name();
+        let mut args = vec!["-c", &name, "-m", &master, "-a", adapter, "-d", &database];
+        args.extend_from_slice(extra);
         self.spawn(&format!("storage{index}"), NEOSTORAGE, &args);
     }
 
@@ -72,10 +177,6 @@ impl Cluster {
             NEOADMIN,
             &["-c", &name, "-m", &master, "-b", &admin],
         );
-    }
-
-    pub fn database(&self, index: usize) -> PathBuf {
-        self.dir.path().join(format!("storage{index}.sqlite"))
     }
 
     pub fn neoctl(&self, command: &str) -> Output {
@@ -181,5 +282,87 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Store::MySql(socket) = &self.store {
+            // The server may be one a test stopped: nothing to drop then.
+            let opts = mysql::OptsBuilder::new()
+                .user(Some("root"))
+                .socket(Some(socket));
+            if let Ok(mut conn) = mysql::Conn::new(opts) {
+                for database in &self.created {
+                    let _ = conn.query_drop(format!("DROP DATABASE IF EXISTS {database}"));
+                }
+            }
+        }
+    }
+}
+
+/// A MariaDB server of its own (`scripts/mariadb`), for tests that stop,
+/// kill or reconfigure it; stopped on drop.
+pub struct PrivateServer {
+    pub dir: tempfile::TempDir,
+    pub socket: String,
+}
+
+impl PrivateServer {
+    pub fn start() -> PrivateServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = PrivateServer {
+            dir,
+            socket: String::new(),
+        };
+        server.socket = server.run("start");
+        server
+    }
+
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb")
+    }
+
+    fn run(&self, action: &str) -> String {
+        let output = Command::new(PrivateServer::script())
+            .arg(action)
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "scripts/mariadb {action}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Starts it again on the same data.
+    pub fn restart(&mut self) {
+        self.socket = self.run("start");
+    }
+
+    /// `kill -9` of `mariadbd`: no shutdown, whatever was in flight.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).unwrap();
+        let pid = pid.trim();
+        let status = Command::new("kill").args(["-9", pid]).status().unwrap();
+        assert!(status.success());
+        // Gone, or a zombie nobody reaps (it is not our child).
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alive() {
+            assert!(Instant::now() < deadline, "mariadbd {pid} still there");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = Command::new(PrivateServer::script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
     }
 }

@@ -62,6 +62,21 @@ pub enum OpenError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// `-e/--engine` names an engine the adapter does not have (NEO/py's
+    /// message).
+    #[error("Unsupported engine: '{engine}'")]
+    UnsupportedEngine {
+        /// The engine asked for.
+        engine: String,
+    },
+    /// The database or its server is not fit for NEO as it is.
+    #[error("database {database} can not be used: {reason}")]
+    Unsuitable {
+        /// The database, as named by `-d`.
+        database: String,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
     /// The engine is not implemented yet.
     #[error("the {} adapter is not supported yet", adapter.name())]
     Unsupported {
@@ -132,12 +147,37 @@ pub enum FatalError {
     /// The database engine failed.
     #[error("{engine} error while {context}: {source}")]
     Engine {
-        /// Which engine (`SQLite`).
+        /// Which engine (`SQLite`, `MySQL`).
         engine: &'static str,
         /// What was being done.
         context: &'static str,
         /// The engine's error.
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The connection to the database server was lost while changes were
+    /// waiting for their commit: they are gone with it, so the node stops
+    /// rather than go on without them on a new connection.
+    #[error(
+        "lost the connection to the database server while {context}, with uncommitted \
+         changes: they are lost, so the node stops instead of reconnecting ({source})"
+    )]
+    ConnectionLost {
+        /// What was being done.
+        context: &'static str,
+        /// The engine's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Connecting again to the database server after it went away failed.
+    #[error("reconnecting to the database server: {0}")]
+    Reconnect(String),
+    /// `-e/--engine` names an engine the database server does not have.
+    #[error(
+        "the database server has no {engine} engine: install it (for MariaDB, its \
+         RocksDB plugin) or create the database with another engine"
+    )]
+    EngineUnavailable {
+        /// The engine asked for.
+        engine: &'static str,
     },
 }
 

@@ -26,14 +26,39 @@
 //! [`RequestError::OutOfRange`]; range bounds beyond them mean "no limit".
 
 mod error;
+mod mysql;
 mod open;
+mod rows;
 mod sqlite;
 
+pub use self::mysql::{Engine, MysqlBackend, Target, MIN_MAX_ALLOWED_PACKET};
 pub use error::{Error, FatalError, OpenError, RequestError};
 pub use neo_proto::packets::{HistoryEntry, PackOrder};
 use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Tid};
 pub use open::{expand_user, open, Adapter, OpenOptions};
-pub use sqlite::{SqliteBackend, SCHEMA_VERSION};
+pub use sqlite::SqliteBackend;
+
+/// Schema version this code reads and writes (`config.version`), the same
+/// for SQLite and MySQL (§12.6).
+pub const SCHEMA_VERSION: u32 = 4;
+
+/// Refuses a database of another schema version (§12.6).
+pub(crate) fn check_version(database: &str, found: u32) -> Result<(), OpenError> {
+    let database = database.to_owned();
+    match found.cmp(&SCHEMA_VERSION) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err(OpenError::NewerSchema {
+            database,
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        std::cmp::Ordering::Less => Err(OpenError::OlderSchema {
+            database,
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+    }
+}
 
 /// Row id of a raw data record.
 pub type DataId = u64;

@@ -2,8 +2,9 @@
 //! database named by `-d/--database` (operations.md §2.5).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use super::{Backend, OpenError, SqliteBackend};
+use super::{Backend, MysqlBackend, OpenError, SqliteBackend};
 
 /// Storage engine (`-a/--adapter`), by NEO/py's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,12 @@ pub struct OpenOptions {
     /// [`SqliteBackend::open`]); `false` keeps a rollback journal, as NEO/py
     /// does by default.
     pub wal: bool,
+    /// `-e/--engine`: MySQL's engine for a new database (`InnoDB`, the
+    /// default, or `RocksDB`); SQLite has none.
+    pub engine: Option<String>,
+    /// `-w/--wait`: MySQL only, how long to keep trying to connect to the
+    /// server, at start and when it went away; `None`: forever.
+    pub wait: Option<Duration>,
 }
 
 impl Default for OpenOptions {
@@ -62,12 +69,15 @@ impl Default for OpenOptions {
         OpenOptions {
             reset: false,
             wal: true,
+            engine: None,
+            wait: Some(Duration::ZERO),
         }
     }
 }
 
 /// Opens `database` with the engine `adapter`. For SQLite, `database` is a
-/// path, where `~` and `~user` are expanded.
+/// path, where `~` and `~user` are expanded; for MySQL (any of NEO/py's
+/// three names), `[user[:password]@]database[socket]`.
 pub fn open(
     adapter: Adapter,
     database: &str,
@@ -75,6 +85,11 @@ pub fn open(
 ) -> Result<Box<dyn Backend + Send>, OpenError> {
     match adapter {
         Adapter::Sqlite => {
+            if let Some(engine) = &options.engine {
+                return Err(OpenError::UnsupportedEngine {
+                    engine: engine.clone(),
+                });
+            }
             if database.is_empty() {
                 return Err(OpenError::BadDatabase {
                     database: database.to_owned(),
@@ -93,9 +108,10 @@ pub fn open(
                 options,
             )?))
         }
-        Adapter::Importer | Adapter::MySql | Adapter::MySqlDb | Adapter::PyMySql => {
-            Err(OpenError::Unsupported { adapter })
+        Adapter::MySql | Adapter::MySqlDb | Adapter::PyMySql => {
+            Ok(Box::new(MysqlBackend::open(database, options)?))
         }
+        Adapter::Importer => Err(OpenError::Unsupported { adapter }),
     }
 }
 

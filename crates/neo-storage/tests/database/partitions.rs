@@ -62,6 +62,24 @@ pub fn changed_table<E: Engine>() -> (E, Database) {
     (engine, db)
 }
 
+/// The `pt` rows `(partition, nid, tid, pack)` NEO/py writes for
+/// [`changed_table`] (§12.3): `tid` is the progress of an own
+/// OUT_OF_DATE cell, else minus the state; `pack` only for own cells.
+pub fn changed_table_rows() -> Vec<(i64, i64, i64, Option<i64>)> {
+    let own = i64::from(own_nid().0);
+    let other = i64::from(other_nid().0);
+    let progress = tid(9).0 as i64;
+    vec![
+        (0, own, -1, Some(0)),
+        (0, other, -2, None),
+        (1, own, progress, Some(0)),
+        (1, other, -1, None),
+        (2, own, -1, Some(0)),
+        (2, other, 0, None),
+        (3, other, -1, None),
+    ]
+}
+
 pub fn partition_table_persistence_and_out_of_date_progress<E: Engine>() {
     let (engine, mut db) = changed_table::<E>();
     assert_eq!(db.ptid().unwrap(), Some(3));

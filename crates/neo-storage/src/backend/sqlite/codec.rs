@@ -7,12 +7,13 @@
 //! limit" when it bounds a range ([`bound`]). Coming out, a value NEO can
 //! not have written is corruption.
 
-use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Tid};
+use neo_proto::{Checksum, Oid, Tid};
 use rusqlite::types::{FromSql, ValueRef};
 use rusqlite::Row;
 
 use crate::backend::{
-    CellRow, DataId, FatalError, ObjectRecord, ObjectRow, PackOrder, RequestError, TransactionMeta,
+    rows, CellRow, DataId, FatalError, ObjectRecord, ObjectRow, PackOrder, RequestError,
+    TransactionMeta,
 };
 
 /// Attaches what was being done to SQLite errors.
@@ -46,20 +47,6 @@ pub(super) fn key(value: u64) -> Option<i64> {
 /// range means "no limit".
 pub(super) fn bound(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// `trans.oids` and `pack.oids`: concatenated 8-byte big-endian oids.
-pub(super) fn oid_list(oids: &[Oid]) -> Vec<u8> {
-    oids.iter().flat_map(|oid| oid.to_bytes()).collect()
-}
-
-/// `pt.tid` (§12.3): the progress of an OUT_OF_DATE cell (`>= 0`),
-/// otherwise `-state`.
-pub(super) fn cell_tid(cell: &CellRow) -> Result<i64, RequestError> {
-    match cell.state {
-        CellState::OutOfDate => stored("cell tid", cell.complete_up_to.unwrap_or(Tid::ZERO).0),
-        state => Ok(-(state as i64)),
-    }
 }
 
 // --- coming out ----------------------------------------------------------
@@ -151,73 +138,27 @@ fn value<'a>(row: &'a Row<'_>, index: usize, what: &str) -> Result<ValueRef<'a>,
         .map_err(|error| FatalError::Corrupted(format!("{what}: {error}")))
 }
 
-pub(super) fn checksum(hash: &[u8], data_id: DataId) -> Result<Checksum, FatalError> {
-    <[u8; 20]>::try_from(hash).map(Checksum).map_err(|_| {
-        FatalError::Corrupted(format!(
-            "data id {data_id}: hash has {} bytes instead of 20",
-            hash.len()
-        ))
-    })
-}
-
 pub(super) fn compression(value: i64, data_id: DataId) -> Result<u8, FatalError> {
     u8::try_from(value).map_err(|_| {
         FatalError::Corrupted(format!("data id {data_id}: invalid compression {value}"))
     })
 }
 
-/// `trans.oids` / `pack.oids` of the row of `tid`.
-pub(super) fn oids(blob: &[u8], tid: u64) -> Result<Vec<Oid>, FatalError> {
-    let chunks = blob.chunks_exact(8);
-    if !chunks.remainder().is_empty() {
-        return Err(FatalError::Corrupted(format!(
-            "transaction {tid:016x}: oid list of {} bytes is not a multiple of 8",
-            blob.len()
-        )));
-    }
-    Ok(chunks
-        .map(|chunk| {
-            let mut bytes = [0; 8];
-            bytes.copy_from_slice(chunk);
-            Oid::from_bytes(bytes)
-        })
-        .collect())
-}
-
 /// `partition, nid, tid, pack` of a `pt` row.
 pub(super) fn cell(row: &Row<'_>) -> Result<CellRow, FatalError> {
-    let partition: i64 = column(row, 0, "pt.partition")?;
-    let partition = Partition::try_from(partition)
-        .map_err(|_| FatalError::Corrupted(format!("invalid partition {partition} in pt")))?;
-    let nid: i64 = column(row, 1, "pt.nid")?;
-    let nid = i32::try_from(nid)
-        .map_err(|_| FatalError::Corrupted(format!("invalid nid {nid} in pt")))?;
-    let raw_tid: i64 = column(row, 2, "pt.tid")?;
-    // The state is `max(0, -tid)`.
-    let state = match u64::try_from(raw_tid) {
-        Ok(_) => Some(CellState::OutOfDate),
-        Err(_) => CellState::from_value(raw_tid.unsigned_abs()),
-    }
-    .filter(|state| *state != CellState::Discarded)
-    .ok_or_else(|| {
-        FatalError::Corrupted(format!(
-            "partition {partition}: invalid cell state in pt.tid = {raw_tid}"
-        ))
-    })?;
-    Ok(CellRow {
-        partition,
-        nid: NodeId(nid),
-        state,
-        complete_up_to: u64::try_from(raw_tid).ok().map(Tid),
-        pack: optional_tid(row, 3, "pt.pack")?,
-    })
+    rows::cell(
+        column(row, 0, "pt.partition")?,
+        column(row, 1, "pt.nid")?,
+        column(row, 2, "pt.tid")?,
+        optional_tid(row, 3, "pt.pack")?,
+    )
 }
 
 /// `oids, user, description, ext, packed, ttid` of the `trans` or `ttrans`
 /// row of `of`.
 pub(super) fn transaction(row: &Row<'_>, of: Tid) -> Result<TransactionMeta, FatalError> {
     Ok(TransactionMeta {
-        oids: oids(&bytes(row, 0, "transaction oids")?, of.0)?,
+        oids: rows::oids(&bytes(row, 0, "transaction oids")?, of.0)?,
         user: bytes(row, 1, "transaction user")?,
         description: bytes(row, 2, "transaction description")?,
         extension: bytes(row, 3, "transaction extension")?,
@@ -270,7 +211,7 @@ pub(super) fn data(
 ) -> Result<(u8, Checksum, Vec<u8>), FatalError> {
     Ok((
         compression(column(row, offset, "data compression")?, id)?,
-        checksum(&bytes(row, offset + 1, "data hash")?, id)?,
+        rows::checksum(&bytes(row, offset + 1, "data hash")?, id)?,
         bytes(row, offset + 2, "data value")?,
     ))
 }
@@ -283,7 +224,7 @@ pub(super) fn pack_order(row: &Row<'_>) -> Result<PackOrder, FatalError> {
         approved: column(row, 1, "pack approved")?,
         partial: column(row, 2, "pack partial")?,
         oids: optional_bytes(row, 3, "pack oids")?
-            .map(|blob| oids(&blob, id.0))
+            .map(|blob| rows::oids(&blob, id.0))
             .transpose()?,
         pack_tid: tid(row, 4, "pack tid")?,
     })

@@ -28,7 +28,6 @@ use rusqlite::{Connection, Params, Row};
 use super::{FatalError, OpenError, OpenOptions};
 use codec::Context;
 use lock::FileLock;
-pub use schema::SCHEMA_VERSION;
 
 /// [`Backend`](super::Backend) on one SQLite file.
 #[derive(Debug)]
@@ -86,7 +85,7 @@ impl SqliteBackend {
             backend.drop_tables().map_err(failed)?;
         }
         if let Some(found) = backend.schema_version().map_err(failed)? {
-            schema::check_version(&database, found)?;
+            super::check_version(&database, found)?;
         }
         backend.create_tables().map_err(failed)?;
         Ok(backend)

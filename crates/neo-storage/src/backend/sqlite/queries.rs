@@ -6,8 +6,8 @@ use rusqlite::params;
 use super::codec::{self, bound, key, stored};
 use super::SqliteBackend;
 use crate::backend::{
-    Backend, CellRow, DataId, HistoryEntry, ObjectRecord, ObjectRow, PackCandidate, PackOrder,
-    Result, Revision, TransactionMeta,
+    rows, Backend, CellRow, DataId, HistoryEntry, ObjectRecord, ObjectRow, PackCandidate,
+    PackOrder, Result, Revision, TransactionMeta,
 };
 
 /// An object row joined with its data and followed by the serial of the
@@ -78,7 +78,7 @@ impl Backend for SqliteBackend {
     }
 
     fn put_cell(&mut self, cell: &CellRow) -> Result<()> {
-        let tid = codec::cell_tid(cell)?;
+        let tid = rows::cell_tid(cell)?;
         let pack = cell
             .pack
             .map(|pack| stored("cell pack id", pack.0))
@@ -133,7 +133,7 @@ impl Backend for SqliteBackend {
                 partition,
                 tid,
                 meta.packed,
-                codec::oid_list(&meta.oids),
+                rows::oid_list(&meta.oids),
                 meta.user,
                 meta.description,
                 meta.extension,
@@ -266,7 +266,7 @@ impl Backend for SqliteBackend {
             params![
                 partition,
                 meta.packed,
-                codec::oid_list(&meta.oids),
+                rows::oid_list(&meta.oids),
                 meta.user,
                 meta.description,
                 meta.extension,
@@ -678,7 +678,7 @@ impl Backend for SqliteBackend {
     fn put_pack_order(&mut self, order: &PackOrder) -> Result<()> {
         let id = stored("pack id", order.id.0)?;
         let pack_tid = stored("pack tid", order.pack_tid.0)?;
-        let oids = order.oids.as_deref().map(codec::oid_list);
+        let oids = order.oids.as_deref().map(rows::oid_list);
         self.execute(
             "storing a pack order",
             "INSERT OR REPLACE INTO pack VALUES (?, ?, ?, ?, ?)",

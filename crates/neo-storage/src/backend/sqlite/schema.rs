@@ -3,10 +3,7 @@
 
 use super::codec::{self, Context};
 use super::SqliteBackend;
-use crate::backend::{FatalError, OpenError};
-
-/// Schema version this code reads and writes (`config.version`).
-pub const SCHEMA_VERSION: u32 = 4;
+use crate::backend::{FatalError, SCHEMA_VERSION};
 
 /// Tables of the schema, in creation order (also what `erase` drops).
 const TABLES: &[&str] = &[
@@ -80,24 +77,6 @@ CREATE TABLE IF NOT EXISTS tobj (
     PRIMARY KEY (tid, oid)
 ) WITHOUT ROWID;
 ";
-
-/// Refuses a database of another schema version (§12.6).
-pub(super) fn check_version(database: &str, found: u32) -> Result<(), OpenError> {
-    let database = database.to_owned();
-    match found.cmp(&SCHEMA_VERSION) {
-        std::cmp::Ordering::Equal => Ok(()),
-        std::cmp::Ordering::Greater => Err(OpenError::NewerSchema {
-            database,
-            found,
-            supported: SCHEMA_VERSION,
-        }),
-        std::cmp::Ordering::Less => Err(OpenError::OlderSchema {
-            database,
-            found,
-            supported: SCHEMA_VERSION,
-        }),
-    }
-}
 
 impl SqliteBackend {
     /// The schema version of an existing database: `None` when it has no
