@@ -1,12 +1,8 @@
 //! Replication between two of our storages, as real processes: a storage
 //! that missed commits while it was down fetches them from the other one
-//! when it comes back, commits going on meanwhile, until both databases
-//! hold the same rows; it then tells the master each partition is
-//! replicated (`NotifyReplicationDone`).
-//!
-//! Our master does not make cells UP_TO_DATE on `NotifyReplicationDone`
-//! yet (another part of the work): it logs it, which is what this test
-//! looks for. With that part, the cells would become readable.
+//! when it comes back, commits going on meanwhile, tells the master each
+//! partition is replicated (`NotifyReplicationDone`), and its cells become
+//! UP_TO_DATE; both databases then hold the same rows.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
