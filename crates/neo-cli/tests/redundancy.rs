@@ -1,7 +1,7 @@
 //! Redundancy commands against real processes of ours: `neoctl add`,
-//! `tweak`, `kill`, `drop` and `truncate` print what NEO/py's print, and a
-//! truncation cuts the history of our storages. (Replication itself needs
-//! storages that replicate: NEO/py's for now.)
+//! `tweak`, `kill`, `drop` and `truncate` print what NEO/py's print, a new
+//! storage's cells become UP_TO_DATE by replication, and a truncation cuts
+//! the history of our storages.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
