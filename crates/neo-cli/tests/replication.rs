@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::mysql::prelude::Queryable;
 use bytes::Bytes;
-use common::Cluster;
+use common::{Cluster, Store};
 use neo_client::{BlockingClient, TxnMeta};
 use neo_proto::{Oid, Tid};
 
@@ -41,34 +42,49 @@ fn commit_round(client: &BlockingClient, objects: &mut [(Oid, Tid)], round: usiz
     }
 }
 
-/// The committed rows of a storage database: `trans` and `obj` with the
-/// hash of the data, in a stable order.
-fn rows(database: &str) -> (Vec<String>, Vec<String>) {
-    let conn =
-        rusqlite::Connection::open_with_flags(database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+/// The committed rows of storage `index`'s database: `trans` and `obj`
+/// with the hash of the data, in a stable order.
+fn rows(cluster: &Cluster, index: usize) -> (Vec<String>, Vec<String>) {
+    let trans = "SELECT `partition`, tid, packed, hex(oids), hex(user), hex(description),
+                        hex(ext), ttid
+                 FROM trans ORDER BY `partition`, tid";
+    let obj = "SELECT obj.`partition`, obj.oid, obj.tid, obj.value_tid, hex(data.hash),
+                      data.compression, length(data.value)
+               FROM obj LEFT JOIN data ON data.id = obj.data_id
+               ORDER BY obj.`partition`, obj.oid, obj.tid";
+    match &cluster.store {
+        Store::Sqlite => {
+            let conn = rusqlite::Connection::open_with_flags(
+                cluster.database(index),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
             .unwrap();
-    let collect = |query: &str| -> Vec<String> {
-        let mut stmt = conn.prepare(query).unwrap();
-        let rows = stmt
-            .query_map([], |row| {
-                let columns: Vec<String> = (0..row.as_ref().column_count())
-                    .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
-                    .collect();
-                Ok(columns.join(" "))
-            })
-            .unwrap();
-        rows.map(Result::unwrap).collect()
-    };
-    let trans = collect(
-        "SELECT partition, tid, packed, hex(oids), hex(user), hex(description), hex(ext), ttid
-         FROM trans ORDER BY partition, tid",
-    );
-    let obj = collect(
-        "SELECT obj.partition, obj.oid, obj.tid, obj.value_tid, hex(data.hash), data.compression,
-                length(data.value)
-         FROM obj LEFT JOIN data ON data.id = obj.data_id ORDER BY obj.partition, obj.oid, obj.tid",
-    );
-    (trans, obj)
+            let collect = |query: &str| -> Vec<String> {
+                let mut stmt = conn.prepare(query).unwrap();
+                let rows = stmt
+                    .query_map([], |row| {
+                        let columns: Vec<String> = (0..row.as_ref().column_count())
+                            .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
+                            .collect();
+                        Ok(columns.join(" "))
+                    })
+                    .unwrap();
+                rows.map(Result::unwrap).collect()
+            };
+            (collect(trans), collect(obj))
+        }
+        Store::MySql(socket) => {
+            let mut conn = common::mysql_admin(socket);
+            conn.select_db(&cluster.mysql_database(index)).unwrap();
+            let mut collect = |query: &str| -> Vec<String> {
+                let rows: Vec<::mysql::Row> = conn.query(query).unwrap();
+                rows.into_iter()
+                    .map(|row| format!("{:?}", row.unwrap()))
+                    .collect()
+            };
+            (collect(trans), collect(obj))
+        }
+    }
 }
 
 /// Waits until `done` holds (bounded).
@@ -84,9 +100,10 @@ fn wait_for(cluster: &Cluster, what: &str, seconds: u64, mut done: impl FnMut() 
     }
 }
 
-#[test]
-fn a_storage_back_from_down_fetches_what_it_missed() {
-    let mut cluster = Cluster::new("replication");
+common::on_every_store!(a_storage_back_from_down_fetches_what_it_missed);
+
+fn a_storage_back_from_down_fetches_what_it_missed(store: Store) {
+    let mut cluster = Cluster::with_store("replication", store);
     cluster.start(2, 1);
     let client = cluster.client();
     let mut objects: Vec<(Oid, Tid)> = (0..20)
@@ -126,11 +143,10 @@ fn a_storage_back_from_down_fetches_what_it_missed() {
     wait_for(&cluster, "every cell UP_TO_DATE", 60, all_up_to_date);
     running.store(false, Ordering::SeqCst);
     committer.join().unwrap();
-    let (up, back) = (cluster.database(0), cluster.database(1));
     wait_for(&cluster, "the same rows in both databases", 30, || {
-        rows(&up) == rows(&back)
+        rows(&cluster, 0) == rows(&cluster, 1)
     });
-    let (trans, obj) = rows(&back);
+    let (trans, obj) = rows(&cluster, 1);
     assert!(
         trans.len() > 40 && obj.len() > 300,
         "{} {}",

@@ -124,7 +124,7 @@ impl Cluster {
 
     /// The MySQL database of storage `index`: one per process, cluster
     /// and storage, as tests run side by side on one server.
-    fn mysql_database(&self, index: usize) -> String {
+    pub fn mysql_database(&self, index: usize) -> String {
         format!("neo_{}_{}_{}", self.name, index, std::process::id())
     }
 
