@@ -221,6 +221,14 @@ impl Storage {
         self.nid
     }
 
+    /// Whether database writes wait for a commit. Never so when outputs
+    /// that promise durability (vote answers, lock answers of transactions
+    /// whose metadata it holds) leave [`Node::poll_output`]: the seeded
+    /// simulation checks it.
+    pub fn has_uncommitted(&self) -> bool {
+        self.db.has_uncommitted()
+    }
+
     /// The connection to the master, identifying or identified.
     fn master(&self) -> Option<ConnId> {
         match &self.link {
