@@ -7,8 +7,8 @@
 //!
 //! A failure prints its seed, the last events and how to replay it:
 //! `NEO_SIM_SEED=<seed> cargo test -p neo-testkit --test simulation <test>`
-//! runs that seed alone, and `NEO_SIM_TRACE=1` prints every event as it
-//! happens. A replay is the same run, event for event.
+//! runs that seed alone (`NEO_SIM_SEED=1..1000`: a longer search), and
+//! `NEO_SIM_TRACE=1` prints every event as it happens. A replay is the same run, event for event.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,11 +21,20 @@ use neo_testkit::sim::{run, Outcome, SimConfig};
 /// second.
 const SEEDS: u64 = 40;
 
-/// The seeds to run: `NEO_SIM_SEED` alone, or `1..=SEEDS`.
+/// The seeds to run: `NEO_SIM_SEED` alone (`N`, or `FIRST..LAST` for a
+/// longer search than CI's), or `1..=SEEDS`.
 fn seeds() -> Vec<u64> {
-    match std::env::var("NEO_SIM_SEED") {
-        Ok(seed) => vec![seed.parse().expect("NEO_SIM_SEED is a number")],
-        Err(_) => (1..=SEEDS).collect(),
+    let Ok(seeds) = std::env::var("NEO_SIM_SEED") else {
+        return (1..=SEEDS).collect();
+    };
+    let number = |text: &str| -> u64 {
+        text.trim()
+            .parse()
+            .expect("NEO_SIM_SEED is a number or FIRST..LAST")
+    };
+    match seeds.split_once("..") {
+        Some((first, last)) => (number(first)..=number(last)).collect(),
+        None => vec![number(&seeds)],
     }
 }
 

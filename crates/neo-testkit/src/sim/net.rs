@@ -7,7 +7,10 @@
 //! [`StreamDecoder`], after the handshake magic. Each end numbers the
 //! packets it originates; an answer carries the msg_id of its request and
 //! is matched to the request pending at the asking end, which gets
-//! [`Input::Answer`] with the request's token. What travels toward an end
+//! [`Input::Answer`] with the request's token (and the packets sent ahead
+//! of that answer with its msg_id as [`Input::AnswerPart`]). An end closes
+//! on `CloseClient` once neither side has requests for the other (protocol.md
+//! §9.5). What travels toward an end
 //! arrives in the order it was sent (TCP): an arrival time is never
 //! earlier than the one before it. A closed end gets no answers for its
 //! pending requests.
@@ -17,8 +20,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use neo_net::{ConnId, Input, Token};
-use neo_proto::packets::Error as ErrorPacket;
+use neo_net::{is_answer_part, ConnId, Input, Token};
+use neo_proto::packets::{CloseClient, Error as ErrorPacket};
 use neo_proto::RESPONSE_MASK;
 use neo_proto::{answer_code, encode_frame, packet_name, Packet, StreamDecoder, MAGIC};
 
@@ -76,6 +79,10 @@ struct End {
     /// The node may still use it: false once it closed it, was told it
     /// closed, or died.
     open: bool,
+    /// The node uses it for its own requests (protocol.md §9.5).
+    client: bool,
+    /// The peer uses it for its requests to the node.
+    server: bool,
     next_msg_id: u32,
     /// Requests this end sent and waits for, by msg_id: their token and
     /// the answer code expected.
@@ -96,6 +103,8 @@ impl End {
             token,
             known: false,
             open: true,
+            client: token.is_some(),
+            server: token.is_none(),
             next_msg_id: 0,
             pending: BTreeMap::new(),
             decoder: StreamDecoder::new(),
@@ -128,6 +137,17 @@ impl End {
         self.pending.clear();
         self.incoming.clear();
     }
+}
+
+/// What a received packet is to the receiving end.
+enum Dispatch {
+    /// An input for its node.
+    Deliver(Input),
+    /// Taken by the connection (`CloseClient` while the node still has
+    /// requests on it).
+    Handled,
+    /// The end closes (`CloseClient` and no requests of the node's).
+    Close,
 }
 
 /// An arrival event to schedule: toward `side` of `link` at `at`.
@@ -203,7 +223,10 @@ impl Net {
         };
         let sender = &mut ends[side];
         let msg_id = match how {
-            Send::Answer(msg_id) => msg_id,
+            Send::Answer(msg_id) => {
+                sender.server = true;
+                msg_id
+            }
             Send::Notify | Send::Request(_) => {
                 let msg_id = sender.next_msg_id;
                 sender.next_msg_id = msg_id.wrapping_add(1);
@@ -211,6 +234,7 @@ impl Net {
             }
         };
         if let Send::Request(token) = how {
+            sender.client = true;
             let expected = answer_code(packet.code()).unwrap_or(ErrorPacket::CODE);
             sender.pending.insert(msg_id, (token, expected));
         }
@@ -257,6 +281,30 @@ impl Net {
             true,
             arrival.map(|at| (link, 1 - side, at)).into_iter().collect(),
         )
+    }
+
+    /// Node `node` is done with its own requests on `conn`: if the peer
+    /// still sends it requests, `CloseClient` tells it and the connection
+    /// stays; otherwise it closes, as [`Net::close`].
+    pub fn close_client(
+        &mut self,
+        node: usize,
+        conn: ConnId,
+        at: Micros,
+        cut: Option<u64>,
+    ) -> (bool, Vec<Arrival>) {
+        let Some((link, side)) = self.end_of(node, conn) else {
+            return (false, Vec::new());
+        };
+        let Some(ends) = self.links.get_mut(&link) else {
+            return (false, Vec::new());
+        };
+        if !ends[side].server {
+            return self.close(node, conn, at);
+        }
+        ends[side].client = false;
+        let packet = CloseClient {}.into();
+        (false, self.send(node, conn, Send::Notify, &packet, at, cut))
     }
 
     /// The connection breaks (a cut, a firewall): what was on its way is
@@ -373,17 +421,21 @@ impl Net {
     }
 
     /// Takes the next item toward `side` of `link` and turns it into what
-    /// its node is told: `(node, inputs)`. A packet no node could have
-    /// sent (undecodable, an answer to nothing) is an error.
+    /// its node is told: `(node, inputs, closed)`, `closed` when the end
+    /// closed on `CloseClient` (then [`Net::peer_sees_end`]). A packet no
+    /// node could have sent (undecodable, an answer to nothing) is an
+    /// error.
     pub fn deliver(
         &mut self,
         link: LinkId,
         side: Side,
-    ) -> Result<Option<(usize, Vec<Input>)>, String> {
+    ) -> Result<Option<(usize, Vec<Input>, bool)>, String> {
         let Some(ends) = self.links.get_mut(&link) else {
             return Ok(None);
         };
-        let (peer_node, end) = (ends[1 - side].node, &mut ends[side]);
+        let mut closed = false;
+        let peer_node = ends[1 - side].node;
+        let end = &mut ends[side];
         let Some((_, item)) = end.incoming.pop_front() else {
             return Ok(None);
         };
@@ -419,43 +471,95 @@ impl Net {
                             return Err(format!("node {peer_node} sent undecodable bytes: {error}"))
                         }
                     };
-                    inputs.push(Self::dispatch(end, frame.msg_id, frame.packet, peer_node)?);
+                    match Self::dispatch(end, frame.msg_id, frame.packet, peer_node)? {
+                        Dispatch::Deliver(input) => inputs.push(input),
+                        Dispatch::Handled => {}
+                        Dispatch::Close => {
+                            // Neither side has requests left: the end
+                            // closes.
+                            end.shut();
+                            inputs.push(Input::Closed { conn });
+                            closed = true;
+                            break;
+                        }
+                    }
                 }
                 inputs
             }
         };
         let node = end.node;
+        if !closed {
+            self.tidy(link);
+        }
+        Ok(Some((node, inputs, closed)))
+    }
+
+    /// The peer of `side` of `link`, which closed, sees the end of the
+    /// stream no sooner than `at`.
+    pub fn peer_sees_end(&mut self, link: LinkId, side: Side, at: Micros) -> Vec<Arrival> {
+        let Some(ends) = self.links.get_mut(&link) else {
+            return Vec::new();
+        };
+        let peer = &mut ends[1 - side];
+        let arrival = if peer.open {
+            peer.push(at, Item::Eof)
+        } else {
+            None
+        };
         self.tidy(link);
-        Ok(Some((node, inputs)))
+        arrival.map(|at| (link, 1 - side, at)).into_iter().collect()
     }
 
     /// What a received packet is to its node, as `neo-net`'s reader
-    /// decides it: requests and notifications as packets, answers to the
-    /// request pending with their msg_id, errors answering nothing as
-    /// packets.
-    fn dispatch(end: &mut End, msg_id: u32, packet: Packet, from: usize) -> Result<Input, String> {
+    /// decides it: requests and notifications as packets (those sent
+    /// ahead of an answer with its request's msg_id as parts of it),
+    /// answers to the request pending with their msg_id, errors answering
+    /// nothing as packets; `CloseClient` is the connection's business.
+    fn dispatch(
+        end: &mut End,
+        msg_id: u32,
+        packet: Packet,
+        from: usize,
+    ) -> Result<Dispatch, String> {
         let conn = end.conn;
         let code = packet.code();
+        if let Packet::CloseClient(_) = packet {
+            end.server = false;
+            return Ok(if end.client {
+                Dispatch::Handled
+            } else {
+                Dispatch::Close
+            });
+        }
         if code & RESPONSE_MASK == 0 {
-            return Ok(Input::Packet {
+            if is_answer_part(&packet) {
+                if let Some((token, _)) = end.pending.get(&msg_id) {
+                    return Ok(Dispatch::Deliver(Input::AnswerPart {
+                        conn,
+                        token: *token,
+                        packet,
+                    }));
+                }
+            }
+            return Ok(Dispatch::Deliver(Input::Packet {
                 conn,
                 msg_id,
                 packet,
-            });
+            }));
         }
         match end.pending.remove(&msg_id) {
             Some((token, expected)) if code == expected || code == ErrorPacket::CODE => {
-                Ok(Input::Answer {
+                Ok(Dispatch::Deliver(Input::Answer {
                     conn,
                     token,
                     packet,
-                })
+                }))
             }
-            None if code == ErrorPacket::CODE => Ok(Input::Packet {
+            None if code == ErrorPacket::CODE => Ok(Dispatch::Deliver(Input::Packet {
                 conn,
                 msg_id,
                 packet,
-            }),
+            })),
             Some((_, expected)) => Err(format!(
                 "node {from} answered msg_id {msg_id} with {}, expected {}",
                 packet.name(),
@@ -494,7 +598,7 @@ mod tests {
     /// Delivers everything on its way toward `side` of `link`.
     fn drain(net: &mut Net, link: LinkId, side: Side) -> Vec<Input> {
         let mut inputs = Vec::new();
-        while let Some((_, found)) = net.deliver(link, side).unwrap() {
+        while let Some((_, found, _)) = net.deliver(link, side).unwrap() {
             inputs.extend(found);
         }
         inputs

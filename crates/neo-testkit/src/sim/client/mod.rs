@@ -578,7 +578,8 @@ impl Client {
                 }
             }
             Input::Accepted { conn } => self.out.close(conn),
-            Input::Start | Input::Timeout => {}
+            // It asks nothing whose answer comes in parts.
+            Input::Start | Input::Timeout | Input::AnswerPart { .. } => {}
         }
     }
 }

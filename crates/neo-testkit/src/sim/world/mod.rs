@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 
 use neo_master::{Master, MasterConfig};
-use neo_net::{Input, Node, Output};
+use neo_net::{ConnId, Input, Node, Output};
 use neo_proto::{Address, UnixTime};
 use neo_storage::backend::{open, Adapter, OpenOptions};
 use neo_storage::db::Database;
@@ -394,9 +394,14 @@ impl World {
                 .net
                 .deliver(link, side)
                 .unwrap_or_else(|error| panic!("{error}"));
-            let Some((node, inputs)) = delivered else {
+            let Some((node, inputs, closed)) = delivered else {
                 return;
             };
+            if closed {
+                let at = self.now + self.latency();
+                let arrivals = self.net.peer_sees_end(link, side, at);
+                self.arrivals(arrivals);
+            }
             for input in inputs {
                 let (to, from) = (&self.slots[node].name, &self.slots[peer].name);
                 let line = format!("{to} <- {from} {}", describe(&input));
@@ -482,12 +487,15 @@ impl World {
                 }
                 Output::Close { conn } => {
                     let at = self.now + self.latency();
-                    let (open, arrivals) = self.net.close(node, conn, at);
-                    self.arrivals(arrivals);
-                    if open {
-                        self.slots[node].inbox.push_back(Input::Closed { conn });
-                        self.wake(node, 0);
-                    }
+                    let closed = self.net.close(node, conn, at);
+                    self.closed(node, conn, closed);
+                    continue;
+                }
+                Output::CloseClient { conn } => {
+                    let at = self.now + self.latency();
+                    let cut = self.rng.chance(5).then(|| self.rng.range(1, 999));
+                    let closed = self.net.close_client(node, conn, at, cut);
+                    self.closed(node, conn, closed);
                     continue;
                 }
                 Output::Exit(result) => {
@@ -502,6 +510,15 @@ impl World {
         }
         if let Some(result) = exit {
             self.exit(node, result);
+        }
+    }
+
+    /// `node` closed `conn` (`open`: it was open, so it is told `Closed`).
+    fn closed(&mut self, node: usize, conn: ConnId, (open, arrivals): (bool, Vec<Arrival>)) {
+        self.arrivals(arrivals);
+        if open {
+            self.slots[node].inbox.push_back(Input::Closed { conn });
+            self.wake(node, 0);
         }
     }
 
@@ -617,7 +634,7 @@ fn describe(input: &Input) -> String {
             packet.name(),
             super::details(packet)
         ),
-        Input::Answer { conn, packet, .. } => {
+        Input::Answer { conn, packet, .. } | Input::AnswerPart { conn, packet, .. } => {
             format!("{conn} {}{}", packet.name(), super::details(packet))
         }
         Input::Closed { conn } => format!("{conn} closed"),
