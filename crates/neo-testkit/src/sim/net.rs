@@ -142,7 +142,7 @@ impl End {
 /// What a received packet is to the receiving end.
 enum Dispatch {
     /// An input for its node.
-    Deliver(Input),
+    Deliver(Box<Input>),
     /// Taken by the connection (`CloseClient` while the node still has
     /// requests on it).
     Handled,
@@ -472,7 +472,7 @@ impl Net {
                         }
                     };
                     match Self::dispatch(end, frame.msg_id, frame.packet, peer_node)? {
-                        Dispatch::Deliver(input) => inputs.push(input),
+                        Dispatch::Deliver(input) => inputs.push(*input),
                         Dispatch::Handled => {}
                         Dispatch::Close => {
                             // Neither side has requests left: the end
@@ -534,32 +534,32 @@ impl Net {
         if code & RESPONSE_MASK == 0 {
             if is_answer_part(&packet) {
                 if let Some((token, _)) = end.pending.get(&msg_id) {
-                    return Ok(Dispatch::Deliver(Input::AnswerPart {
+                    return Ok(Dispatch::Deliver(Box::new(Input::AnswerPart {
                         conn,
                         token: *token,
                         packet,
-                    }));
+                    })));
                 }
             }
-            return Ok(Dispatch::Deliver(Input::Packet {
+            return Ok(Dispatch::Deliver(Box::new(Input::Packet {
                 conn,
                 msg_id,
                 packet,
-            }));
+            })));
         }
         match end.pending.remove(&msg_id) {
             Some((token, expected)) if code == expected || code == ErrorPacket::CODE => {
-                Ok(Dispatch::Deliver(Input::Answer {
+                Ok(Dispatch::Deliver(Box::new(Input::Answer {
                     conn,
                     token,
                     packet,
-                }))
+                })))
             }
-            None if code == ErrorPacket::CODE => Ok(Dispatch::Deliver(Input::Packet {
+            None if code == ErrorPacket::CODE => Ok(Dispatch::Deliver(Box::new(Input::Packet {
                 conn,
                 msg_id,
                 packet,
-            })),
+            }))),
             Some((_, expected)) => Err(format!(
                 "node {from} answered msg_id {msg_id} with {}, expected {}",
                 packet.name(),
@@ -592,7 +592,7 @@ impl Net {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use neo_proto::packets::{AnswerObject, AskObject, Ping};
+    use neo_proto::packets::{AddObject, AnswerObject, AskObject, Ping};
     use neo_proto::{Checksum, Oid, Tid};
 
     /// Delivers everything on its way toward `side` of `link`.
@@ -678,5 +678,96 @@ mod tests {
                 Input::Closed { .. }
             ]
         ));
+    }
+
+    /// A connected pair: (link, connecting end's conn, accepting end's).
+    fn pair(net: &mut Net) -> (LinkId, ConnId, ConnId) {
+        let link = net.connect(0, 1, Token(9), 10, 20)[0].0;
+        let [Input::Accepted { conn: far }] = drain(net, link, 1)[..] else {
+            panic!("accepted");
+        };
+        let [Input::Connected { conn: near, .. }] = drain(net, link, 0)[..] else {
+            panic!("connected");
+        };
+        (link, near, far)
+    }
+
+    #[test]
+    fn packets_ahead_of_an_answer_are_its_parts_and_close_client_keeps_a_used_link() {
+        let mut net = Net::default();
+        let (link, near, far) = pair(&mut net);
+        net.send(0, near, Send::Request(Token(1)), &ask(1), 30, None);
+        assert_eq!(drain(&mut net, link, 1).len(), 1);
+        let part: Packet = AddObject {
+            oid: Oid(1),
+            serial: Tid(1),
+            compression: 0,
+            checksum: Checksum::ZERO,
+            data: Bytes::new(),
+            data_serial: None,
+        }
+        .into();
+        net.send(1, far, Send::Answer(0), &part, 40, None);
+        net.send(1, far, Send::Answer(0), &answer(1), 40, None);
+        let seen = drain(&mut net, link, 0);
+        assert!(
+            matches!(
+                seen[..],
+                [
+                    Input::AnswerPart {
+                        token: Token(1),
+                        ..
+                    },
+                    Input::Answer {
+                        token: Token(1),
+                        ..
+                    }
+                ]
+            ),
+            "{seen:?}"
+        );
+        // The acceptor answered requests, so its CloseClient keeps the
+        // link for the peer, which still uses it for its requests.
+        let (closed, _) = net.close_client(1, far, 50, None);
+        assert!(!closed);
+        assert!(drain(&mut net, link, 0).is_empty(), "taken by the link");
+        net.send(0, near, Send::Request(Token(2)), &ask(2), 60, None);
+        assert_eq!(drain(&mut net, link, 1).len(), 1, "still open");
+        // The connecting end never answered: its CloseClient closes.
+        let (closed, _) = net.close_client(0, near, 70, None);
+        assert!(closed);
+        assert!(matches!(
+            drain(&mut net, link, 1)[..],
+            [Input::Closed { .. }]
+        ));
+    }
+
+    #[test]
+    fn crossing_close_clients_close_both_ends() {
+        let mut net = Net::default();
+        let (link, near, far) = pair(&mut net);
+        // Each end answered a request of the other's; both say they are
+        // done with their own at once, so the CloseClients cross: each
+        // end, reached by the other's with no requests left on either
+        // side, closes.
+        net.send(1, far, Send::Request(Token(3)), &ask(1), 30, None);
+        net.send(0, near, Send::Request(Token(4)), &ask(2), 30, None);
+        assert_eq!(drain(&mut net, link, 0).len(), 1);
+        assert_eq!(drain(&mut net, link, 1).len(), 1);
+        net.send(0, near, Send::Answer(0), &answer(1), 40, None);
+        net.send(1, far, Send::Answer(0), &answer(2), 40, None);
+        assert_eq!(drain(&mut net, link, 0).len(), 1);
+        assert_eq!(drain(&mut net, link, 1).len(), 1);
+        assert!(!net.close_client(1, far, 50, None).0, "CloseClient sent");
+        assert!(!net.close_client(0, near, 50, None).0, "CloseClient sent");
+        for side in [0, 1] {
+            let Some((_, inputs, closed)) = net.deliver(link, side).unwrap() else {
+                panic!("CloseClient arrives");
+            };
+            assert!(closed);
+            assert!(matches!(inputs[..], [Input::Closed { .. }]));
+            net.peer_sees_end(link, side, 60);
+        }
+        assert!(net.open_links().is_empty());
     }
 }
