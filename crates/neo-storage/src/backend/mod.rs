@@ -31,6 +31,8 @@ mod sqlite;
 
 pub use error::{Error, FatalError, OpenError, RequestError};
 pub use neo_proto::packets::{HistoryEntry, PackOrder};
+use std::path::PathBuf;
+
 use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Tid};
 pub use open::{expand_user, open, Adapter, OpenOptions};
 pub use sqlite::{SqliteBackend, SCHEMA_VERSION};
@@ -142,6 +144,9 @@ pub trait Backend {
     fn reset(&mut self) -> Result<()>;
     /// Drops every table; committed. Only [`Backend::reset`] may follow.
     fn erase(&mut self) -> Result<()>;
+    /// The file or directory holding the data: its device places the node
+    /// in the cluster's topology (`devpath`, architecture.md §1.6).
+    fn data_path(&mut self) -> Result<PathBuf>;
 
     // --- config ----------------------------------------------------------
 

@@ -59,6 +59,9 @@ pub struct StorageConfig {
     pub masters: Vec<Address>,
     /// Limits on what peers make the node keep in memory.
     pub limits: Limits,
+    /// Its place in the cluster's topology, told to the master
+    /// ([`Database::topology_path`](crate::db::Database::topology_path)).
+    pub devpath: Vec<String>,
 }
 
 /// Limits on what peers make a storage node keep in memory; over one, a

@@ -342,6 +342,7 @@ impl World {
                 address: storage_address(node - 1),
                 masters: vec![master],
                 limits: Limits::default(),
+                devpath: Vec::new(),
             };
             let storage = Storage::new(config, db).unwrap_or_else(|e| panic!("{name}: {e}"));
             return Role::Storage(Box::new(storage));
