@@ -104,13 +104,14 @@ pub async fn run(
             ..OpenOptions::default()
         };
         let backend = backend::open(adapter, &database, &open).map_err(|e| e.to_string())?;
-        let db = Database::new(backend).map_err(|e| format!("{database}: {e}"))?;
+        let mut db = Database::new(backend).map_err(|e| format!("{database}: {e}"))?;
         let listener = bind(ip, 0).await?;
         let config = StorageConfig {
             cluster: options.name.clone(),
             address: listener.local_address().clone(),
             masters: vec![master_address.clone()],
             limits: Limits::default(),
+            devpath: db.topology_path(),
         };
         let storage = Storage::new(config, db).map_err(|e| format!("{database}: {e}"))?;
         nodes.push(tokio::spawn(async move {

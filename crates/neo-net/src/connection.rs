@@ -747,7 +747,7 @@ fn dispatch(shared: &Shared, frame: Frame) -> Result<Dispatch, NetError> {
 /// they precede, never with a fresh one (protocol.md §2.3): any other
 /// notification's msg_id is the peer's own counter, which may equal the id
 /// of a request of ours by chance.
-fn is_answer_part(packet: &Packet) -> bool {
+pub fn is_answer_part(packet: &Packet) -> bool {
     matches!(packet, Packet::AddTransaction(_) | Packet::AddObject(_))
 }
 

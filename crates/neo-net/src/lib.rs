@@ -16,7 +16,7 @@ mod tcp;
 mod transport;
 
 pub use connection::{
-    Announce, AskError, Connection, ConnectionConfig, Event, EventKind, Inbox, Side,
+    is_answer_part, Announce, AskError, Connection, ConnectionConfig, Event, EventKind, Inbox, Side,
 };
 pub use error::NetError;
 pub use node::{ConnId, Input, Node, Outbox, Output, Requests, Token};

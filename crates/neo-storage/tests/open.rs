@@ -75,3 +75,25 @@ fn an_sqlite_database_is_a_path() {
         assert!(matches!(error, OpenError::BadDatabase { .. }), "{error}");
     }
 }
+
+/// The topology path is NEO/py's: the host name, then the device of the
+/// database file.
+#[test]
+fn the_topology_path_is_the_host_then_the_device_of_the_data() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("neo.sqlite");
+    let backend = backend::open(
+        Adapter::Sqlite,
+        path.to_str().unwrap(),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    let mut db = Database::new(backend).unwrap();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let device = std::fs::metadata(&path).unwrap().dev();
+    assert_eq!(
+        db.topology_path(),
+        [hostname.trim().to_owned(), device.to_string()]
+    );
+}

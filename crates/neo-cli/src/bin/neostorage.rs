@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             // `--reset` erases the database and exits, as NEO/py does.
             return Ok(());
         }
-        let db = Database::new(backend).map_err(|e| e.to_string())?;
+        let mut db = Database::new(backend).map_err(|e| e.to_string())?;
         let listener = Listener::bind(&options.common.bind)
             .await
             .map_err(|e| e.to_string())?;
@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             address: listener.local_address().clone(),
             masters: options.common.masters.clone(),
             limits: Limits::default(),
+            devpath: db.topology_path(),
         };
         let mut storage = Storage::new(config, db)?;
         storage.set_disable_pack(options.disable_pack);

@@ -34,6 +34,8 @@ mod sqlite;
 pub use self::mysql::{Engine, MysqlBackend, Target, MIN_MAX_ALLOWED_PACKET};
 pub use error::{Error, FatalError, OpenError, RequestError};
 pub use neo_proto::packets::{HistoryEntry, PackOrder};
+use std::path::PathBuf;
+
 use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Tid};
 pub use open::{expand_user, open, Adapter, OpenOptions};
 pub use sqlite::SqliteBackend;
@@ -167,6 +169,9 @@ pub trait Backend {
     fn reset(&mut self) -> Result<()>;
     /// Drops every table; committed. Only [`Backend::reset`] may follow.
     fn erase(&mut self) -> Result<()>;
+    /// The file or directory holding the data: its device places the node
+    /// in the cluster's topology (`devpath`, architecture.md §1.6).
+    fn data_path(&mut self) -> Result<PathBuf>;
 
     // --- config ----------------------------------------------------------
 

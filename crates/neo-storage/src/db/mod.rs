@@ -128,6 +128,29 @@ impl Database {
         Ok(())
     }
 
+    /// Where the node is in the cluster's topology, as NEO/py says it
+    /// (`devpath`, §1.6): the host name, then the device holding the data.
+    /// What cannot be found is left out, with a warning: tweak then knows
+    /// less about where replicas should go.
+    pub fn topology_path(&mut self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut devpath = vec![gethostname::gethostname().to_string_lossy().into_owned()];
+        let device = self
+            .backend
+            .data_path()
+            .map_err(|error| error.to_string())
+            .and_then(|path| {
+                std::fs::metadata(&path)
+                    .map(|metadata| metadata.dev())
+                    .map_err(|error| format!("{}: {error}", path.display()))
+            });
+        match device {
+            Ok(device) => devpath.push(device.to_string()),
+            Err(error) => tracing::warn!("the device of the data is unknown: {error}"),
+        }
+        devpath
+    }
+
     // --- lifecycle ---------------------------------------------------------
 
     /// Durably commits everything written so far (§12.2).

@@ -78,7 +78,17 @@ impl Storage {
         // The new master gives a new one (§1.5).
         self.id_timestamp = None;
         let extra = Map(vec![
-            ("devpath".to_owned(), Value::Array(vec![])),
+            (
+                "devpath".to_owned(),
+                Value::Array(
+                    self.config
+                        .devpath
+                        .iter()
+                        // Bytes, as NEO/py sends them.
+                        .map(|part| Value::Bin(part.clone().into_bytes().into()))
+                        .collect(),
+                ),
+            ),
             ("new_nid".to_owned(), Value::Array(vec![])),
         ]);
         let request = p::RequestIdentification {

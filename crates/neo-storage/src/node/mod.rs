@@ -59,6 +59,9 @@ pub struct StorageConfig {
     pub masters: Vec<Address>,
     /// Limits on what peers make the node keep in memory.
     pub limits: Limits,
+    /// Its place in the cluster's topology, told to the master
+    /// ([`Database::topology_path`](crate::db::Database::topology_path)).
+    pub devpath: Vec<String>,
 }
 
 /// Limits on what peers make a storage node keep in memory; over one, a
@@ -219,6 +222,14 @@ impl Storage {
     /// Own node id, once known.
     pub fn nid(&self) -> Option<NodeId> {
         self.nid
+    }
+
+    /// Whether database writes wait for a commit. Never so when outputs
+    /// that promise durability (vote answers, lock answers of transactions
+    /// whose metadata it holds) leave [`Node::poll_output`]: the seeded
+    /// simulation checks it.
+    pub fn has_uncommitted(&self) -> bool {
+        self.db.has_uncommitted()
     }
 
     /// The connection to the master, identifying or identified.

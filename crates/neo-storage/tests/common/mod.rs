@@ -118,6 +118,7 @@ impl Harness {
             address: own_address(),
             masters: vec![Address::new("127.0.0.1", 10000)],
             limits: setup.limits,
+            devpath: vec!["host".to_owned(), "device".to_owned()],
         };
         let mut harness = Harness {
             dir,
@@ -139,7 +140,16 @@ impl Harness {
         let [Output::Request { token, packet, .. }] = identify.as_slice() else {
             panic!("expected the identification: {identify:?}");
         };
-        assert!(matches!(packet, Packet::RequestIdentification(_)));
+        let Packet::RequestIdentification(request) = packet else {
+            panic!("expected the identification: {packet:?}");
+        };
+        // Its place in the topology, as bytes (as NEO/py sends it).
+        let devpath = request.extra.0.iter().find(|(key, _)| key == "devpath");
+        let bin = |text: &str| neo_proto::Value::Bin(text.as_bytes().to_vec().into());
+        assert_eq!(
+            devpath.map(|(_, value)| value),
+            Some(&neo_proto::Value::Array(vec![bin("host"), bin("device")]))
+        );
         harness.input(Input::Answer {
             conn: MASTER,
             token: *token,

@@ -1,5 +1,7 @@
 //! [`Backend`] on SQLite: one or a few literal statements per method.
 
+use std::path::PathBuf;
+
 use neo_proto::{Checksum, NodeId, Oid, Partition, Tid};
 use rusqlite::params;
 
@@ -43,6 +45,10 @@ impl Backend for SqliteBackend {
 
     fn erase(&mut self) -> Result<()> {
         Ok(self.drop_tables()?)
+    }
+
+    fn data_path(&mut self) -> Result<PathBuf> {
+        Ok(self.path().to_owned())
     }
 
     fn config(&mut self, key: &str) -> Result<Option<String>> {
