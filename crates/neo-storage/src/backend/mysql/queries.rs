@@ -1,6 +1,8 @@
 //! [`Backend`] on MySQL: one or a few statements per method, plus what
 //! `bigdata` needs (values of 16 MiB and more, §12.4).
 
+use std::path::PathBuf;
+
 use mysql::{Row, Value};
 use neo_proto::{Checksum, NodeId, Oid, Partition, Tid};
 
@@ -181,6 +183,17 @@ impl Backend for MysqlBackend {
 
     fn erase(&mut self) -> Result<()> {
         Ok(self.drop_tables()?)
+    }
+
+    fn data_path(&mut self) -> Result<PathBuf> {
+        // The server runs on this machine (NEO/py's rule): its data
+        // directory is ours to look at.
+        let row = self.row("reading the data directory", "SELECT @@datadir", Vec::new())?;
+        let datadir = match row {
+            Some(mut row) => column::<String>(&mut row, 0, "datadir")?,
+            None => return Err(FatalError::Corrupted("no @@datadir".to_owned()).into()),
+        };
+        Ok(PathBuf::from(datadir))
     }
 
     fn config(&mut self, key: &str) -> Result<Option<String>> {
