@@ -169,9 +169,10 @@ pub trait Backend {
     fn reset(&mut self) -> Result<()>;
     /// Drops every table; committed. Only [`Backend::reset`] may follow.
     fn erase(&mut self) -> Result<()>;
-    /// The file or directory holding the data: its device places the node
-    /// in the cluster's topology (`devpath`, architecture.md §1.6).
-    fn data_path(&mut self) -> Result<PathBuf>;
+    /// The file or directory holding the data, if the engine can say: its
+    /// device places the node in the cluster's topology (`devpath`,
+    /// architecture.md §1.6).
+    fn data_path(&mut self) -> Result<Option<PathBuf>>;
 
     // --- config ----------------------------------------------------------
 

@@ -135,15 +135,13 @@ impl Database {
     pub fn topology_path(&mut self) -> Vec<String> {
         use std::os::unix::fs::MetadataExt;
         let mut devpath = vec![gethostname::gethostname().to_string_lossy().into_owned()];
-        let device = self
-            .backend
-            .data_path()
-            .map_err(|error| error.to_string())
-            .and_then(|path| {
-                std::fs::metadata(&path)
-                    .map(|metadata| metadata.dev())
-                    .map_err(|error| format!("{}: {error}", path.display()))
-            });
+        let device = match self.backend.data_path() {
+            Ok(Some(path)) => std::fs::metadata(&path)
+                .map(|metadata| metadata.dev())
+                .map_err(|error| format!("{}: {error}", path.display())),
+            Ok(None) => Err("the engine does not say where it is".to_owned()),
+            Err(error) => Err(error.to_string()),
+        };
         match device {
             Ok(device) => devpath.push(device.to_string()),
             Err(error) => tracing::warn!("the device of the data is unknown: {error}"),

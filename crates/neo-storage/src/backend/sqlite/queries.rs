@@ -47,8 +47,8 @@ impl Backend for SqliteBackend {
         Ok(self.drop_tables()?)
     }
 
-    fn data_path(&mut self) -> Result<PathBuf> {
-        Ok(self.path().to_owned())
+    fn data_path(&mut self) -> Result<Option<PathBuf>> {
+        Ok(Some(self.path().to_owned()))
     }
 
     fn config(&mut self, key: &str) -> Result<Option<String>> {
