@@ -321,6 +321,21 @@ fn newer_and_older_schemas_and_dedup_are_refused() {
     drop(engine.open());
 }
 
+/// As NEO/py's: the host, then the device of the server's data directory.
+#[test]
+fn the_topology_path_is_the_host_then_the_device_of_the_datadir() {
+    use std::os::unix::fs::MetadataExt;
+    let mysql = MySql::create();
+    let mut db = Database::new(Box::new(mysql.backend(&OpenOptions::default()).unwrap())).unwrap();
+    let datadir: Vec<String> = mysql.query("SELECT @@datadir");
+    let device = std::fs::metadata(&datadir[0]).unwrap().dev();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        db.topology_path(),
+        [hostname.trim().to_owned(), device.to_string()]
+    );
+}
+
 #[test]
 fn erase_drops_every_table() {
     let (engine, mut db) = new_database::<MySql>(&[]);

@@ -185,15 +185,15 @@ impl Backend for MysqlBackend {
         Ok(self.drop_tables()?)
     }
 
-    fn data_path(&mut self) -> Result<PathBuf> {
+    fn data_path(&mut self) -> Result<Option<PathBuf>> {
         // The server runs on this machine (NEO/py's rule): its data
         // directory is ours to look at.
         let row = self.row("reading the data directory", "SELECT @@datadir", Vec::new())?;
         let datadir = match row {
-            Some(mut row) => column::<String>(&mut row, 0, "datadir")?,
-            None => return Err(FatalError::Corrupted("no @@datadir".to_owned()).into()),
+            Some(mut row) => column::<Option<String>>(&mut row, 0, "datadir")?,
+            None => None,
         };
-        Ok(PathBuf::from(datadir))
+        Ok(datadir.map(PathBuf::from))
     }
 
     fn config(&mut self, key: &str) -> Result<Option<String>> {
