@@ -39,11 +39,19 @@ pub struct ConnectionConfig {
     /// Largest packet accepted from the peer.
     pub max_packet_size: usize,
     /// How long a peer may stay silent while we wait for an answer before
-    /// we ping it, and then before we give up on it (`None`: never). A
-    /// peer that answers pings may take as long as it likes to answer the
-    /// rest: this finds dead or unreachable peers (a process stopped, a
-    /// network silently dropping packets), it times no request out.
+    /// we probe it with a `Ping` (`None`: never). On TCP the same limit is
+    /// the socket's `TCP_USER_TIMEOUT`: if the peer's kernel acknowledges
+    /// nothing for that long (a host cut off, a network silently dropping
+    /// packets), the kernel gives the connection up, so such a peer is left
+    /// within twice this. A peer whose kernel acknowledges is alive, only
+    /// busy: it may take as long as it likes to answer, up to `patience`.
+    /// This finds dead or unreachable peers; it times no request out.
     pub liveness: Option<Duration>,
+    /// How long a probed peer may stay silent before it is given up all
+    /// the same: a process stopped or hung while its kernel still
+    /// acknowledges (or, off TCP, any silent peer). Long, since a busy
+    /// process (a storage fsyncing under load) is not a dead one.
+    pub patience: Duration,
     /// How long a connection may stay idle (nothing received) before it is
     /// pinged anyway, so that a dead or cut-off peer is found also when no
     /// answer is awaited — a storage waiting for orders from a master that
@@ -57,9 +65,10 @@ impl Default for ConnectionConfig {
             handshake_timeout: Duration::from_secs(30),
             event_capacity: 1024,
             max_packet_size: MAX_PACKET_SIZE,
-            // A dead storage is left within 2 s (ping after 0.8 s of
-            // silence, give up 0.8 s later, checked every 0.1 s).
+            // A storage cut off is left within 2 s (a probe after 0.8 s of
+            // silence, unacknowledged for 0.8 s more).
             liveness: Some(Duration::from_millis(800)),
+            patience: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(1)),
         }
     }
@@ -381,7 +390,13 @@ impl Connection {
             }
         };
         if let Some(limit) = config.liveness {
-            tokio::spawn(watch_liveness(connection.clone(), limit, config.keepalive));
+            let patience = config.patience.max(limit);
+            tokio::spawn(watch_liveness(
+                connection.clone(),
+                limit,
+                patience,
+                config.keepalive,
+            ));
         }
         tokio::spawn(read_loop(
             reader, decoder, closing_rx, shared, events, permit,
@@ -602,14 +617,21 @@ impl Drop for TornWriteGuard<'_> {
 
 /// Watches a connection while requests await their answer (and, with a
 /// `keepalive`, once it has been idle that long): after `limit` of silence
-/// from the peer, a `Ping`; after `limit` more without a byte, the
-/// connection is given up (`NetError::Silent`). A sender still writing
-/// counts as activity (a full socket buffer is the send timeout's
-/// business).
-async fn watch_liveness(connection: Connection, limit: Duration, keepalive: Option<Duration>) {
+/// from the peer, a `Ping`. Over TCP, a peer whose kernel does not
+/// acknowledge it is given up by the kernel (`TCP_USER_TIMEOUT`); here, a
+/// peer still silent after `patience` is given up (`NetError::Silent`).
+/// A sender still writing counts as activity (a full socket buffer is the
+/// send timeout's business).
+async fn watch_liveness(
+    connection: Connection,
+    limit: Duration,
+    patience: Duration,
+    keepalive: Option<Duration>,
+) {
     let shared = &connection.shared;
     let to_ms = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     let limit_ms = to_ms(limit);
+    let patience_ms = to_ms(patience);
     let idle_ms = keepalive.map_or(u64::MAX, to_ms).max(limit_ms);
     let period = (limit / 8).max(Duration::from_millis(10));
     let mut closing = shared.closing.subscribe();
@@ -624,7 +646,7 @@ async fn watch_liveness(connection: Connection, limit: Duration, keepalive: Opti
         if let Some(at) = pinged_at {
             if last >= at {
                 pinged_at = None;
-            } else if now.saturating_sub(at) >= limit_ms {
+            } else if now.saturating_sub(at) >= patience_ms {
                 let seconds = now.saturating_sub(last) as f64 / 1000.0;
                 tracing::warn!(peer = %shared.peer, seconds, "peer silent: giving up the connection");
                 shared.abort_with(NetError::Silent {

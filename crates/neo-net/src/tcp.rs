@@ -41,13 +41,26 @@ fn configure(stream: &TcpStream) -> std::io::Result<()> {
     SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
-async fn connect_tcp(address: &Address) -> Result<(TcpStream, String), NetError> {
+/// Lets the kernel give the connection up when the peer's kernel has
+/// acknowledged nothing for `liveness` (a host cut off, packets silently
+/// dropped): the probes of the liveness watchdog then end in an error
+/// instead of waiting for retransmissions to give up after minutes.
+fn give_up_unacknowledged(stream: &TcpStream, config: &ConnectionConfig) -> std::io::Result<()> {
+    SockRef::from(stream).set_tcp_user_timeout(config.liveness)
+}
+
+async fn connect_tcp(
+    address: &Address,
+    config: &ConnectionConfig,
+) -> Result<(TcpStream, String), NetError> {
     let socket_address = resolve(address).await?;
     let peer = Address::from(socket_address).to_string();
     let stream = TcpStream::connect(socket_address)
         .await
         .map_err(|e| NetError::io(&peer, e))?;
-    configure(&stream).map_err(|e| NetError::io(&peer, e))?;
+    configure(&stream)
+        .and_then(|()| give_up_unacknowledged(&stream, config))
+        .map_err(|e| NetError::io(&peer, e))?;
     Ok((stream, peer))
 }
 
@@ -68,7 +81,7 @@ pub(crate) async fn connect_announced(
     config: &ConnectionConfig,
     announce: Announce,
 ) -> Result<Connection, NetError> {
-    let (stream, peer) = connect_tcp(address).await?;
+    let (stream, peer) = connect_tcp(address, config).await?;
     let id = ConnId::next();
     Connection::establish(stream, Side::Initiator, peer, id, events, config, announce).await
 }
@@ -78,7 +91,7 @@ pub async fn connect_alone(
     address: &Address,
     config: &ConnectionConfig,
 ) -> Result<(Connection, Inbox), NetError> {
-    let (stream, peer) = connect_tcp(address).await?;
+    let (stream, peer) = connect_tcp(address, config).await?;
     Connection::open(stream, Side::Initiator, peer, config).await
 }
 
@@ -165,6 +178,7 @@ impl Accepted {
         config: &ConnectionConfig,
         announce: Announce,
     ) -> Result<Connection, NetError> {
+        give_up_unacknowledged(&self.stream, config).map_err(|e| NetError::io(&self.peer, e))?;
         let id = ConnId::next();
         Connection::establish(
             self.stream,
@@ -180,6 +194,31 @@ impl Accepted {
 
     /// Runs the handshake, with a channel of the connection's own.
     pub async fn open(self, config: &ConnectionConfig) -> Result<(Connection, Inbox), NetError> {
+        give_up_unacknowledged(&self.stream, config).map_err(|e| NetError::io(&self.peer, e))?;
         Connection::open(self.stream, Side::Acceptor, self.peer, config).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel gives a connection up when the peer's kernel has
+    /// acknowledged nothing for the liveness limit.
+    #[tokio::test]
+    async fn sockets_give_up_unacknowledged_data_after_the_liveness_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let config = ConnectionConfig {
+            liveness: Some(Duration::from_millis(700)),
+            ..ConnectionConfig::default()
+        };
+        give_up_unacknowledged(&stream, &config).unwrap();
+        assert_eq!(
+            SockRef::from(&stream).tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(700))
+        );
     }
 }

@@ -43,9 +43,10 @@ const BATCH: usize = 64;
 /// other without end.
 const MAX_EVENTS: u64 = 20_000_000;
 
-/// `neo-net`'s liveness watchdog gives a connection up after this much
-/// silence while a request waits for its answer (a ping after 0.8 s, 0.8 s
-/// more for its answer).
+/// A held network loses a connection after this much silence while a
+/// request waits for its answer: `neo-net` probes after 0.8 s, and the
+/// kernel gives the connection up when the probe is unacknowledged 0.8 s
+/// later.
 const SILENCE: Micros = 1_600_000;
 
 /// How long a crash waits for a batch of inputs to die in.
