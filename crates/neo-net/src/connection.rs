@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
 use crate::error::NetError;
 use crate::node::{ConnId, Token};
+use crate::tls::{Tls, TLS_ALERT, TLS_HANDSHAKE};
 use crate::transport::Transport;
 
 /// Tunables of a connection; the defaults suit every node.
@@ -38,6 +39,9 @@ pub struct ConnectionConfig {
     pub event_capacity: usize,
     /// Largest packet accepted from the peer.
     pub max_packet_size: usize,
+    /// The node's TLS credentials: with them every connection is TLS
+    /// (protocol.md §1.3), without them none is.
+    pub tls: Option<Tls>,
 }
 
 impl Default for ConnectionConfig {
@@ -46,6 +50,7 @@ impl Default for ConnectionConfig {
             handshake_timeout: Duration::from_secs(30),
             event_capacity: 1024,
             max_packet_size: MAX_PACKET_SIZE,
+            tls: None,
         }
     }
 }
@@ -129,6 +134,12 @@ impl Inbox {
     pub async fn recv(&mut self) -> Option<Event> {
         self.events.recv().await
     }
+}
+
+/// The channel of a connection that has one of its own.
+pub(crate) fn events_channel(config: &ConnectionConfig) -> (mpsc::Sender<Event>, Inbox) {
+    let (events, rx) = mpsc::channel(config.event_capacity);
+    (events, Inbox { events: rx })
 }
 
 /// Why a request did not get the answer it asked for.
@@ -309,7 +320,7 @@ impl Connection {
         peer: String,
         config: &ConnectionConfig,
     ) -> Result<(Connection, Inbox), NetError> {
-        let (events, rx) = mpsc::channel(config.event_capacity);
+        let (events, inbox) = events_channel(config);
         let connection = Connection::establish(
             stream,
             side,
@@ -320,7 +331,7 @@ impl Connection {
             Announce::Silent,
         )
         .await?;
-        Ok((connection, Inbox { events: rx }))
+        Ok((connection, inbox))
     }
 
     /// Identifies this connection in events.
@@ -522,6 +533,18 @@ async fn read_magic<R: AsyncRead + Unpin>(
         match decoder.check_magic() {
             Ok(true) => return Ok(()),
             Ok(false) => {}
+            // A TLS record where NEO's magic should be: a TLS peer's
+            // ClientHello, or the alert of a TLS acceptor refusing us.
+            Err(_)
+                if matches!(
+                    decoder.buffer_mut().first(),
+                    Some(&(TLS_HANDSHAKE | TLS_ALERT))
+                ) =>
+            {
+                return Err(NetError::PeerUsesTls {
+                    peer: peer.to_owned(),
+                })
+            }
             Err(error) => return Err(NetError::from_frame(peer, error)),
         }
         let read = reader
@@ -529,7 +552,7 @@ async fn read_magic<R: AsyncRead + Unpin>(
             .await
             .map_err(|e| NetError::io(peer, e))?;
         if read == 0 {
-            return Err(NetError::Closed {
+            return Err(NetError::ClosedInHandshake {
                 peer: peer.to_owned(),
             });
         }
@@ -645,6 +668,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     error: neo_proto::FrameError::Frame("connection closed inside a packet".into()),
                 }),
                 Ok(_) => {}
+                // TLS peers (NEO/py's among them) may close the TCP
+                // connection without a TLS close_notify: a close like any
+                // other (protocol.md §1.3).
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof
+                    && decoder.buffered() == 0 => break None,
                 Err(error) => break Some(NetError::io(&shared.peer, error)),
             },
             _ = closing.wait_for(|closing| *closing) => break None,

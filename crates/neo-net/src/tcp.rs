@@ -1,4 +1,5 @@
-//! TCP endpoints with NEO's socket options and address syntax.
+//! TCP endpoints with NEO's socket options and address syntax, and TLS on
+//! them when the node has credentials.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,9 +9,12 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::connection::{Announce, Connection, ConnectionConfig, Event, Inbox, Side};
+use crate::connection::{
+    events_channel, Announce, Connection, ConnectionConfig, Event, Inbox, Side,
+};
 use crate::error::NetError;
 use crate::node::ConnId;
+use crate::tls::Tls;
 
 /// Resolves a NEO address to a socket address: IP literals directly, host
 /// names with the system resolver (first answer wins, as in NEO/py).
@@ -69,8 +73,7 @@ pub(crate) async fn connect_announced(
     announce: Announce,
 ) -> Result<Connection, NetError> {
     let (stream, peer) = connect_tcp(address).await?;
-    let id = ConnId::next();
-    Connection::establish(stream, Side::Initiator, peer, id, events, config, announce).await
+    establish(stream, Side::Initiator, peer, events, config, announce).await
 }
 
 /// Connects to a NEO node, with a channel of the connection's own.
@@ -79,14 +82,65 @@ pub async fn connect_alone(
     config: &ConnectionConfig,
 ) -> Result<(Connection, Inbox), NetError> {
     let (stream, peer) = connect_tcp(address).await?;
-    Connection::open(stream, Side::Initiator, peer, config).await
+    open(stream, Side::Initiator, peer, config).await
 }
 
-/// A listening socket.
+/// Runs TLS, if the node has it, then NEO's handshake; both are bounded
+/// by the handshake timeout, so a peer that stalls halfway is dropped.
+async fn establish(
+    stream: TcpStream,
+    side: Side,
+    peer: String,
+    events: mpsc::Sender<Event>,
+    config: &ConnectionConfig,
+    announce: Announce,
+) -> Result<Connection, NetError> {
+    let id = ConnId::next();
+    let Some(tls) = &config.tls else {
+        return Connection::establish(stream, side, peer, id, events, config, announce).await;
+    };
+    let stream = tokio::time::timeout(config.handshake_timeout, secure(tls, stream, side, &peer))
+        .await
+        .map_err(|_| NetError::HandshakeTimeout {
+            peer: peer.clone(),
+            seconds: config.handshake_timeout.as_secs(),
+        })??;
+    Connection::establish(stream, side, peer, id, events, config, announce).await
+}
+
+async fn secure(
+    tls: &Tls,
+    stream: TcpStream,
+    side: Side,
+    peer: &str,
+) -> Result<tokio_rustls::TlsStream<TcpStream>, NetError> {
+    match side {
+        Side::Initiator => tls.connect(stream, peer).await,
+        Side::Acceptor => tls.accept(stream, peer).await,
+    }
+}
+
+/// [`establish`] with a channel of the connection's own.
+async fn open(
+    stream: TcpStream,
+    side: Side,
+    peer: String,
+    config: &ConnectionConfig,
+) -> Result<(Connection, Inbox), NetError> {
+    let (events, inbox) = events_channel(config);
+    let connection = establish(stream, side, peer, events, config, Announce::Silent).await?;
+    Ok((connection, inbox))
+}
+
+/// A listening socket, and the TLS of the node behind it.
 #[derive(Debug)]
 pub struct Listener {
     listener: TcpListener,
     local: Address,
+    /// With TLS, every connection of the node is TLS (protocol.md §1.3):
+    /// the shell running the node takes it for the connections the node
+    /// makes too (see [`crate::shell::run`]).
+    tls: Option<Tls>,
 }
 
 impl Listener {
@@ -102,11 +156,23 @@ impl Listener {
         Ok(Listener {
             listener,
             local: local.into(),
+            tls: None,
         })
     }
 
+    /// The listener of a node with these TLS credentials (or none).
+    pub fn with_tls(self, tls: Option<Tls>) -> Listener {
+        Listener { tls, ..self }
+    }
+
+    /// The node's TLS credentials, if it has some.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
     /// Detaches the listening socket from the runtime it was bound in, to
-    /// move it to another one ([`Listener::from_std`]).
+    /// move it to another one ([`Listener::from_std`]); the TLS credentials
+    /// stay with the caller ([`Listener::tls`]).
     pub fn into_std(self) -> Result<std::net::TcpListener, NetError> {
         let local = self.local.clone();
         self.listener
@@ -122,7 +188,11 @@ impl Listener {
             .into();
         let listener = TcpListener::from_std(listener)
             .map_err(|e| NetError::io(format!("attach listener {local}"), e))?;
-        Ok(Listener { listener, local })
+        Ok(Listener {
+            listener,
+            local,
+            tls: None,
+        })
     }
 
     /// The address actually bound (with the chosen port).
@@ -140,7 +210,11 @@ impl Listener {
             .map_err(|e| NetError::io(format!("accept on {}", self.local), e))?;
         let peer = Address::from(peer).to_string();
         configure(&stream).map_err(|e| NetError::io(&peer, e))?;
-        Ok(Accepted { stream, peer })
+        Ok(Accepted {
+            stream,
+            peer,
+            tls: self.tls.clone(),
+        })
     }
 }
 
@@ -149,6 +223,8 @@ impl Listener {
 pub struct Accepted {
     stream: TcpStream,
     peer: String,
+    /// The listener's TLS, used unless the connection config has its own.
+    tls: Option<Tls>,
 }
 
 impl Accepted {
@@ -157,22 +233,21 @@ impl Accepted {
         &self.peer
     }
 
-    /// Runs the handshake; events go to `events`, announced as `announce`
-    /// says.
+    /// Runs the handshake (TLS first if the listener or `config` has it);
+    /// events go to `events`, announced as `announce` says.
     pub async fn establish(
         self,
         events: mpsc::Sender<Event>,
         config: &ConnectionConfig,
         announce: Announce,
     ) -> Result<Connection, NetError> {
-        let id = ConnId::next();
-        Connection::establish(
+        let config = self.config(config);
+        establish(
             self.stream,
             Side::Acceptor,
             self.peer,
-            id,
             events,
-            config,
+            &config,
             announce,
         )
         .await
@@ -180,6 +255,14 @@ impl Accepted {
 
     /// Runs the handshake, with a channel of the connection's own.
     pub async fn open(self, config: &ConnectionConfig) -> Result<(Connection, Inbox), NetError> {
-        Connection::open(self.stream, Side::Acceptor, self.peer, config).await
+        let config = self.config(config);
+        open(self.stream, Side::Acceptor, self.peer, &config).await
+    }
+
+    fn config(&self, config: &ConnectionConfig) -> ConnectionConfig {
+        ConnectionConfig {
+            tls: config.tls.clone().or_else(|| self.tls.clone()),
+            ..config.clone()
+        }
     }
 }
