@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
 use crate::error::NetError;
 use crate::node::{ConnId, Token};
-use crate::tls::{Tls, TLS_ALERT, TLS_HANDSHAKE};
+use crate::tls::{self, Tls, TLS_ALERT, TLS_HANDSHAKE};
 use crate::transport::Transport;
 
 /// Tunables of a connection; the defaults suit every node.
@@ -547,10 +547,12 @@ async fn read_magic<R: AsyncRead + Unpin>(
             }
             Err(error) => return Err(NetError::from_frame(peer, error)),
         }
+        // With TLS 1.3 the initiator may learn only now that the acceptor
+        // refused its certificate.
         let read = reader
             .read_buf(decoder.buffer_mut())
             .await
-            .map_err(|e| NetError::io(peer, e))?;
+            .map_err(|e| tls::handshake_error(peer, e))?;
         if read == 0 {
             return Err(NetError::ClosedInHandshake {
                 peer: peer.to_owned(),

@@ -219,8 +219,9 @@ async fn refuse_clear_text(stream: &mut TcpStream) {
     let _ = tokio::time::timeout(REFUSAL_DRAIN, drain).await;
 }
 
-/// The error of a failed TLS handshake, saying what it means for NEO.
-fn handshake_error(peer: &str, error: std::io::Error) -> NetError {
+/// The error of a failed TLS handshake, saying what it means for NEO; a
+/// plain I/O error for anything else.
+pub(crate) fn handshake_error(peer: &str, error: std::io::Error) -> NetError {
     let peer = peer.to_owned();
     let Some(tls) = error
         .get_ref()
