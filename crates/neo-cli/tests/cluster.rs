@@ -6,10 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Cluster, NEOADMIN, NEOMASTER, NEOSTORAGE};
+use common::{free_port, one_line_error, Cluster, NEOADMIN, NEOMASTER, NEOSTORAGE};
 
 #[test]
 fn a_new_cluster_runs_after_neoctl_start_and_stops_cleanly() {
@@ -114,16 +113,6 @@ fn values_given_only_in_the_config_file_are_used() {
     );
     assert!(cluster.neoctl("set cluster STOPPING").status.success());
     assert!(cluster.wait_exit());
-}
-
-/// Runs a program that must fail at once with one line on stderr.
-fn one_line_error(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().unwrap();
-    assert!(!output.status.success(), "{program} {args:?} succeeded");
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{program} {args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr.trim().to_owned()
 }
 
 #[test]

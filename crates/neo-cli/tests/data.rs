@@ -1,6 +1,7 @@
 //! Data through real clusters of our processes, with the Rust client:
 //! objects come back byte for byte, concurrent committers lose no update,
-//! and no acknowledged commit is lost across restarts and `kill -9`.
+//! and no acknowledged commit is lost across restarts and `kill -9`, with
+//! and without TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -48,9 +49,7 @@ fn commit(client: &BlockingClient, objects: &[(Oid, Tid, Bytes)]) -> Tid {
     txn.finish().unwrap()
 }
 
-#[test]
-fn thousands_of_objects_come_back_byte_for_byte() {
-    let mut cluster = Cluster::new("bytes");
+fn thousands_of_objects_come_back_byte_for_byte(mut cluster: Cluster) {
     cluster.start(2, 1);
     let client = cluster.client();
     let mut expected: BTreeMap<Oid, (Tid, Bytes)> = BTreeMap::new();
@@ -101,9 +100,7 @@ fn thousands_of_objects_come_back_byte_for_byte() {
 
 /// Each worker increments shared counters; a conflict means reloading and
 /// trying again. No increment may be lost.
-#[test]
-fn concurrent_committers_get_conflicts_and_lose_no_update() {
-    let mut cluster = Cluster::new("counters");
+fn concurrent_committers_get_conflicts_and_lose_no_update(mut cluster: Cluster) {
     cluster.start(2, 1);
     let setup = cluster.client();
     let counters: Vec<Oid> = (0..3).map(|_| setup.new_oid().unwrap()).collect();
@@ -176,9 +173,7 @@ fn concurrent_committers_get_conflicts_and_lose_no_update() {
     cluster.stop();
 }
 
-#[test]
-fn a_full_restart_keeps_every_object_and_revision() {
-    let mut cluster = Cluster::new("restart");
+fn a_full_restart_keeps_every_object_and_revision(mut cluster: Cluster) {
     cluster.start(1, 0);
     let client = cluster.client();
     let oid = client.new_oid().unwrap();
@@ -212,9 +207,7 @@ fn a_full_restart_keeps_every_object_and_revision() {
 /// Durability: once `tpc_finish` returned, `kill -9` of the storage right
 /// after loses nothing (the lock was committed; verification replays the
 /// unlock on restart).
-#[test]
-fn kill_9_of_the_storage_right_after_finish_loses_nothing() {
-    let mut cluster = Cluster::new("kill9");
+fn kill_9_of_the_storage_right_after_finish_loses_nothing(mut cluster: Cluster) {
     cluster.start(1, 0);
     let client = cluster.client();
     let mut committed = Vec::new();
@@ -238,6 +231,32 @@ fn kill_9_of_the_storage_right_after_finish_loses_nothing() {
     drop(client);
     cluster.stop();
 }
+
+// Every test above runs twice: on a plain cluster, and on one where every
+// node, neoctl and the clients use TLS.
+macro_rules! plain_and_tls {
+    ($($test:ident),*) => {
+        mod plain {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Cluster::new(stringify!($test)));
+            })*
+        }
+        mod tls {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Cluster::with_tls(stringify!($test)));
+            })*
+        }
+    };
+}
+
+plain_and_tls!(
+    thousands_of_objects_come_back_byte_for_byte,
+    concurrent_committers_get_conflicts_and_lose_no_update,
+    a_full_restart_keeps_every_object_and_revision,
+    kill_9_of_the_storage_right_after_finish_loses_nothing
+);
 
 #[test]
 fn a_wrong_cluster_name_is_an_error_not_a_hang() {
