@@ -12,6 +12,7 @@
 
 mod cluster;
 mod python;
+mod tls;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,10 @@ struct Cli {
     /// Skip the ZODB side (ZEO, FileStorage and NEO through the ZODB API).
     #[arg(long)]
     no_python: bool,
+    /// Also measure what TLS costs: a plain and a TLS cluster, side by
+    /// side (loads and commits).
+    #[arg(long)]
+    tls: bool,
     /// The virtualenv of the ZODB side, created on first use.
     #[arg(long, default_value = "target/bench-venv")]
     venv: PathBuf,
@@ -289,7 +294,8 @@ fn floor_fsync(dir: &Path, count: usize) -> Result<(f64, f64), String> {
 }
 
 fn connect(cluster: &Cluster) -> Result<BlockingClient, String> {
-    let config = ClientConfig::new(vec![cluster.master.clone()], cluster.name.clone());
+    let mut config = ClientConfig::new(vec![cluster.master.clone()], cluster.name.clone());
+    config.connection = cluster.connection.clone();
     BlockingClient::connect(config).map_err(|e| e.to_string())
 }
 
@@ -315,6 +321,29 @@ fn commit_new(client: &BlockingClient, rng: &mut Rng, sizes: &[usize]) -> Result
     txn.vote(&meta()).map_err(|e| e.to_string())?;
     txn.finish().map_err(|e| e.to_string())?;
     Ok(oids)
+}
+
+/// Commits `count` new objects of 100 B to 1 KiB, 100 per transaction.
+fn fill(client: &BlockingClient, rng: &mut Rng, count: usize) -> Result<Vec<Oid>, String> {
+    let mut oids = Vec::with_capacity(count);
+    while oids.len() < count {
+        let sizes: Vec<usize> = (0..100)
+            .map(|_| 100 + (rng.next() % 924) as usize)
+            .collect();
+        oids.extend(commit_new(client, rng, &sizes)?);
+    }
+    Ok(oids)
+}
+
+/// Loads each of `oids` once, in this order: the latency of each.
+fn load_each(client: &BlockingClient, oids: &[Oid]) -> Result<Vec<Duration>, String> {
+    let mut samples = Vec::with_capacity(oids.len());
+    for oid in oids {
+        let start = Instant::now();
+        client.load(*oid).map_err(|e| e.to_string())?;
+        samples.push(start.elapsed());
+    }
+    Ok(samples)
 }
 
 fn server_cpu(cluster: &Cluster, labels: &[&str]) -> Duration {
@@ -389,19 +418,13 @@ fn run(cli: &Cli, venv: Option<&python::Venv>) -> Result<Value, String> {
         json!({"median": fsync_median, "p99": fsync_p99}),
     );
 
-    let cluster = Cluster::start(&cli.bin_dir, data.path(), 1)?;
+    let cluster = Cluster::start(&cli.bin_dir, data.path(), 1, None)?;
     let rest_rss: u64 = cluster.nodes().iter().map(|node| node.rss_kib()).sum();
     report.insert("rss_at_rest_kib".into(), json!(rest_rss));
 
     // Objects to load: 100 B to 1 KiB, 100 per transaction.
     let writer = connect(&cluster)?;
-    let mut oids = Vec::with_capacity(plan.objects);
-    while oids.len() < plan.objects {
-        let sizes: Vec<usize> = (0..100)
-            .map(|_| 100 + (rng.next() % 924) as usize)
-            .collect();
-        oids.extend(commit_new(&writer, &mut rng, &sizes)?);
-    }
+    let oids = fill(&writer, &mut rng, plan.objects)?;
 
     // The storage commits the last unlocks within a second (§12.2): let it,
     // so that the loads are not charged for it.
@@ -412,12 +435,7 @@ fn run(cli: &Cli, venv: Option<&python::Venv>) -> Result<Value, String> {
     let mut order = oids.clone();
     rng.shuffle(&mut order);
     let cpu_before = server_cpu(&cluster, &["storage"]);
-    let mut samples = Vec::with_capacity(order.len());
-    for oid in &order {
-        let start = Instant::now();
-        reader.load(*oid).map_err(|e| e.to_string())?;
-        samples.push(start.elapsed());
-    }
+    let mut samples = load_each(&reader, &order)?;
     let storage_cpu = server_cpu(&cluster, &["storage"]) - cpu_before;
     let (load_median, load_p99) = percentiles(&mut samples);
     report.insert(
@@ -512,6 +530,10 @@ fn run(cli: &Cli, venv: Option<&python::Venv>) -> Result<Value, String> {
         );
     }
     cluster.stop()?;
+    if cli.tls {
+        let tls = tls::compare(&cli.bin_dir, &data.path().join("tls"), cli.size)?;
+        report.insert("tls".into(), tls);
+    }
 
     // The floor again: how much the machine drifted during the run.
     report.insert(
@@ -608,6 +630,10 @@ fn markdown(report: &Value) -> String {
                 format!("{:.1} MiB", kib.as_f64().unwrap_or(0.0) / 1024.0),
             );
         }
+    }
+    if let Some(tls) = report.get("tls") {
+        table.push('\n');
+        table.push_str(&tls::markdown(tls));
     }
     if let Some(zodb) = report.get("zodb") {
         table.push('\n');

@@ -89,6 +89,8 @@ impl Authority {
         let mut params = CertificateParams::new(vec![name.to_owned()])?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.serial_number = Some(SerialNumber::from(serial));
+        // OpenSSL's strict checks (NEO/py's) want it.
+        params.use_authority_key_identifier_extension = true;
         if expired {
             params.not_before = date_time_ymd(2000, 1, 1);
             params.not_after = date_time_ymd(2001, 1, 1);
