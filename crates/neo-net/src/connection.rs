@@ -263,8 +263,7 @@ impl Connection {
         let (mut reader, mut writer) = stream.split();
         let mut decoder = StreamDecoder::new().with_max_packet_size(config.max_packet_size);
         // Both ends send the magic without waiting for the other's.
-        writer
-            .write_all(&MAGIC)
+        write_out(&mut writer, &MAGIC)
             .await
             .map_err(|e| NetError::io(&peer, e))?;
         let handshake = read_magic(&mut reader, &mut decoder, &peer);
@@ -368,7 +367,7 @@ impl Connection {
             shared: &self.shared,
             armed: true,
         };
-        let written = writer.write_all(&bytes).await;
+        let written = write_out(writer, &bytes).await;
         torn.armed = false;
         if let Err(error) = written {
             tracing::debug!(peer = %self.shared.peer, %error, "write failed");
@@ -506,6 +505,17 @@ impl Connection {
         }
         self.shared.closing.send_replace(true);
     }
+}
+
+/// Writes `bytes` and flushes them: TLS may keep the end of a write in its
+/// own buffer when the socket is full, to be sent only by a flush (for
+/// TCP, the flush does nothing).
+async fn write_out<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
 }
 
 /// Closes the connection if dropped while armed: armed around a write,

@@ -271,3 +271,70 @@ fn credentials_are_checked_when_loaded() {
         format!("TLS key file {}: no private key in it", node.cert.display())
     );
 }
+
+/// Large packets to a slow reader arrive whole. Regression: TLS may keep
+/// the end of a write in its own buffer when the socket is full, sent only
+/// by the next write or a flush; without a flush after each packet, the
+/// tail of the last packet could stay there while both ends wait for each
+/// other (ZODB's MT suites hung once on a store). This slow reader keeps
+/// the socket full, which makes that case likely, not certain.
+#[tokio::test]
+async fn large_packets_arrive_whole_over_tls() {
+    let (_dir, pki) = pki();
+    let tls = pki.node.load().unwrap();
+    let listener = Listener::bind(&Address::new("127.0.0.1", 0))
+        .await
+        .unwrap()
+        .with_tls(Some(tls.clone()));
+    let address = listener.local_address().clone();
+    const PACKETS: usize = 20;
+    let receiver = tokio::spawn(async move {
+        let accepted = listener.accept().await.unwrap();
+        // Takes one packet at a time, and none for a while: the sender
+        // fills the socket and its TLS buffer.
+        let slow = ConnectionConfig {
+            event_capacity: 1,
+            ..ConnectionConfig::default()
+        };
+        let (_connection, mut inbox) = accepted.open(&slow).await.unwrap();
+        let mut sizes = Vec::new();
+        while sizes.len() < PACKETS {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let event = inbox.recv().await.unwrap();
+            match event.kind {
+                EventKind::Packet(frame) => match frame.packet {
+                    neo_proto::Packet::AskStoreObject(object) => sizes.push(object.data.len()),
+                    other => panic!("unexpected {other:?}"),
+                },
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        sizes
+    });
+    let (sender, _inbox) = connect_alone(&address, &with_tls(Some(tls))).await.unwrap();
+    let sizes: Vec<usize> = (0..PACKETS).map(|i| (1 << 20) + i * 12345).collect();
+    let sending = sender.clone();
+    let packets = sizes.clone();
+    tokio::spawn(async move {
+        for size in packets {
+            let packet = neo_proto::packets::AskStoreObject {
+                oid: neo_proto::Oid(1),
+                serial: neo_proto::Tid(2),
+                compression: 0,
+                checksum: neo_proto::Checksum::ZERO,
+                data: bytes::Bytes::from(vec![7u8; size]),
+                data_serial: None,
+                ttid: neo_proto::Tid(3),
+            };
+            sending.notify(packet).await.unwrap();
+        }
+    });
+    // Sent packets are on the wire: the receiver gets them all while the
+    // sender, still open, sends nothing more.
+    let received = tokio::time::timeout(std::time::Duration::from_secs(30), receiver);
+    assert_eq!(
+        received.await.expect("every packet arrives").unwrap(),
+        sizes
+    );
+    sender.close().await;
+}
