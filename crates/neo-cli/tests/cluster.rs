@@ -90,12 +90,30 @@ fn autostart_and_restart_from_the_same_databases() {
 
 #[test]
 fn values_given_only_in_the_config_file_are_used() {
-    let mut cluster = Cluster::new("fromfile");
+    config_file_only(Cluster::new("fromfile"));
+}
+
+/// TLS files too: `ca`, `cert`, `key` in `[DEFAULT]`.
+#[test]
+fn tls_given_only_in_the_config_file_is_used() {
+    config_file_only(Cluster::with_tls("fromfile"));
+}
+
+fn config_file_only(mut cluster: Cluster) {
     let conf = cluster.dir.path().join("neo.conf");
+    let tls = cluster.pki.as_ref().map_or_else(String::new, |pki| {
+        let node = &pki.node;
+        format!(
+            "ca = {}\ncert = {}\nkey = {}\n",
+            node.ca.display(),
+            node.cert.display(),
+            node.key.display()
+        )
+    });
     std::fs::write(
         &conf,
         format!(
-            "[DEFAULT]\ncluster: fromfile\nmasters: {master}\npartitions: 3\nautostart: 1\n\
+            "[DEFAULT]\ncluster: fromfile\nmasters: {master}\npartitions: 3\nautostart: 1\n{tls}\
              [master]\nbind: {master}\n\n[admin]\nbind: {admin}\n",
             master = cluster.master,
             admin = cluster.admin
@@ -103,9 +121,10 @@ fn values_given_only_in_the_config_file_are_used() {
     )
     .unwrap();
     let conf = conf.to_str().unwrap().to_owned();
-    cluster.spawn("master", NEOMASTER, &["-f", &conf, "-s", "master"]);
+    let from_file = |section: &str| ["-f", &conf, "-s", section].map(str::to_owned);
+    cluster.spawn_plain("master", NEOMASTER, &from_file("master"));
     cluster.start_storage(0);
-    cluster.spawn("admin", NEOADMIN, &["-f", &conf, "-s", "admin"]);
+    cluster.spawn_plain("admin", NEOADMIN, &from_file("admin"));
     cluster.wait_state("RUNNING");
     assert_eq!(
         cluster.neoctl_stdout("print pt"),
