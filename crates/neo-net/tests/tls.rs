@@ -110,6 +110,27 @@ async fn a_client_certificate_from_another_ca_is_refused_by_the_acceptor() {
 }
 
 #[tokio::test]
+async fn a_ca_file_may_hold_several_cas() {
+    let (dir, pki) = pki();
+    let both = dir.path().join("both.crt");
+    let cas = [&pki.revoked.ca, &pki.foreign.ca].map(|p| std::fs::read_to_string(p).unwrap());
+    std::fs::write(&both, cas.concat()).unwrap();
+    let trusting_both = |credentials: &Credentials| {
+        let credentials = Credentials {
+            ca: both.clone(),
+            ..credentials.clone()
+        };
+        credentials.load().unwrap()
+    };
+    let (address, server) = serve_one(Some(trusting_both(&pki.node))).await;
+    let other = with_tls(Some(trusting_both(&pki.foreign)));
+    let (client, _inbox) = connect_alone(&address, &other).await.unwrap();
+    client.ask(Ping {}).await.unwrap();
+    client.close().await;
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_revoked_certificate_is_refused() {
     let (_dir, pki) = pki();
     let (address, server) = serve_one(Some(pki.node.load().unwrap())).await;
