@@ -1,30 +1,27 @@
-//! `--tls`: what TLS costs. Two clusters of the same binaries run side by
-//! side, one plain and one where every node and the clients use TLS
-//! (throw-away certificates). The workloads (serial cold loads, serial
-//! commits, concurrent commits) alternate between them in rounds, so that
-//! the machine's noise (fsync above all) falls on both alike.
+//! `--tls`: what TLS costs. Clusters of the same binaries, plain and with
+//! TLS for every node and the clients (throw-away certificates), measured
+//! with the same workloads (serial cold loads, serial commits, concurrent
+//! commits) one cluster at a time, in the order plain, TLS, TLS, plain:
+//! the mean of each pair cancels a drift of the machine during the run.
+//! (Running both at once, taking turns, was tried: the machine's noise
+//! then changed the figures from one run to the next.)
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use neo_client::BlockingClient;
 use neo_net::test_pki::{Credentials, TestPki};
-use neo_proto::Oid;
 use serde_json::{json, Value};
 
 use super::{commit_new, connect, fill, load_each, percentiles, throughput, Rng, Size};
 use crate::cluster::Cluster;
 
-/// Counts of the comparison, for each cluster.
+/// Counts of the comparison.
 struct Counts {
     objects: usize,
     serial_commits: usize,
     committers: usize,
     commit_window: Duration,
 }
-
-/// Each workload is cut in this many rounds, alternating the clusters.
-const ROUNDS: usize = 5;
 
 impl Counts {
     fn of(size: Size) -> Counts {
@@ -45,121 +42,89 @@ impl Counts {
     }
 }
 
-/// One of the two clusters and what was measured on it.
-struct Side {
-    label: &'static str,
-    cluster: Cluster,
-    writer: BlockingClient,
-    reader: BlockingClient,
-    oids: Vec<Oid>,
-    rng: Rng,
-    loads: Vec<Duration>,
-    commits: Vec<Duration>,
-    commit_time: Duration,
-    concurrent: Vec<f64>,
-}
-
-impl Side {
-    fn start(
-        label: &'static str,
-        bin_dir: &Path,
-        dir: &Path,
-        tls: Option<&Credentials>,
-        objects: usize,
-    ) -> Result<Side, String> {
-        let dir = dir.join(label);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let cluster = Cluster::start(bin_dir, &dir, 1, tls)?;
-        let mut rng = Rng(0x5eed_0000_7153);
-        let writer = connect(&cluster)?;
-        let mut oids = fill(&writer, &mut rng, objects)?;
-        rng.shuffle(&mut oids);
-        let reader = connect(&cluster)?;
-        Ok(Side {
-            label,
-            cluster,
-            writer,
-            reader,
-            oids,
-            rng,
-            loads: Vec::new(),
-            commits: Vec::new(),
-            commit_time: Duration::ZERO,
-            concurrent: Vec::new(),
-        })
-    }
-
-    /// Round `round` of every workload.
-    fn round(&mut self, round: usize, counts: &Counts) -> Result<(), String> {
-        let per_round = self.oids.len().div_ceil(ROUNDS);
-        let oids: Vec<Oid> = self
-            .oids
-            .iter()
-            .skip(round * per_round)
-            .take(per_round)
-            .copied()
-            .collect();
-        self.loads.extend(load_each(&self.reader, &oids)?);
-        let started = Instant::now();
-        for _ in 0..counts.serial_commits.div_ceil(ROUNDS) {
-            let start = Instant::now();
-            commit_new(&self.writer, &mut self.rng, &[1024; 10])?;
-            self.commits.push(start.elapsed());
-        }
-        self.commit_time += started.elapsed();
-        let window = counts.commit_window / ROUNDS as u32;
-        self.concurrent.push(throughput(
-            &self.cluster,
-            counts.committers,
-            window,
-            |client, rng| commit_new(client, rng, &[1024; 10]).map(drop),
-        )?);
-        Ok(())
-    }
-
-    fn report(mut self) -> Result<Value, String> {
-        let (load_median, load_p99) = percentiles(&mut self.loads);
-        let (commit_median, _) = percentiles(&mut self.commits);
-        let serial_tx_per_s = self.commits.len() as f64 / self.commit_time.as_secs_f64();
-        let concurrent = self.concurrent.iter().sum::<f64>() / self.concurrent.len().max(1) as f64;
-        let _ = self.reader.close();
-        let _ = self.writer.close();
-        self.cluster.stop()?;
-        Ok(json!({
-            "cold_load_median_us": load_median,
-            "cold_load_p99_us": load_p99,
-            "serial_commit_median_us": commit_median,
-            "serial_commit_tx_per_s": serial_tx_per_s,
-            "concurrent_commit_tx_per_s": concurrent,
-        }))
-    }
-}
-
-/// Measures a plain and a TLS cluster, both under `dir`.
+/// Measures plain, TLS, TLS, plain clusters, all under `dir`.
 pub fn compare(bin_dir: &Path, dir: &Path, size: Size) -> Result<Value, String> {
     let counts = Counts::of(size);
     let pki_dir = dir.join("pki");
     std::fs::create_dir_all(&pki_dir).map_err(|e| e.to_string())?;
     let pki = TestPki::create(&pki_dir).map_err(|e| e.to_string())?;
-    let mut sides = [
-        Side::start("plain", bin_dir, dir, None, counts.objects)?,
-        Side::start("tls", bin_dir, dir, Some(&pki.node), counts.objects)?,
-    ];
-    // As the main run: the last unlocks are committed within a second.
-    std::thread::sleep(Duration::from_millis(1500));
-    for round in 0..ROUNDS {
-        // Each goes first in every other round.
-        let first = round % 2;
-        sides[first].round(round, &counts)?;
-        sides[1 - first].round(round, &counts)?;
+    let mut runs: Vec<(&str, Value)> = Vec::new();
+    for (run, label) in ["plain", "tls", "tls", "plain"].into_iter().enumerate() {
+        let tls = (label == "tls").then_some(&pki.node);
+        let cluster_dir = dir.join(format!("{run}-{label}"));
+        std::fs::create_dir_all(&cluster_dir).map_err(|e| e.to_string())?;
+        runs.push((label, measure(bin_dir, &cluster_dir, tls, &counts)?));
     }
     let mut report = serde_json::Map::new();
-    for side in sides {
-        let label = side.label;
-        report.insert(label.into(), side.report()?);
+    for label in ["plain", "tls"] {
+        let figures: Vec<&Value> = runs
+            .iter()
+            .filter(|(run, _)| *run == label)
+            .map(|(_, figures)| figures)
+            .collect();
+        report.insert(label.into(), mean(&figures));
     }
     report.insert("committers".into(), json!(counts.committers));
     Ok(Value::Object(report))
+}
+
+/// The mean of each figure over runs.
+fn mean(runs: &[&Value]) -> Value {
+    let mut mean = serde_json::Map::new();
+    if let Some(Value::Object(first)) = runs.first() {
+        for key in first.keys() {
+            let values: Vec<f64> = runs.iter().filter_map(|run| run[key].as_f64()).collect();
+            let sum: f64 = values.iter().sum();
+            mean.insert(key.clone(), json!(sum / values.len().max(1) as f64));
+        }
+    }
+    Value::Object(mean)
+}
+
+fn measure(
+    bin_dir: &Path,
+    dir: &Path,
+    tls: Option<&Credentials>,
+    counts: &Counts,
+) -> Result<Value, String> {
+    let cluster = Cluster::start(bin_dir, dir, 1, tls)?;
+    let mut rng = Rng(0x5eed_0000_7153);
+    let writer = connect(&cluster)?;
+    let mut oids = fill(&writer, &mut rng, counts.objects)?;
+    // As the main run: the last unlocks are committed within a second.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let reader = connect(&cluster)?;
+    rng.shuffle(&mut oids);
+    let mut samples = load_each(&reader, &oids)?;
+    let (load_median, load_p99) = percentiles(&mut samples);
+    let _ = reader.close();
+
+    let mut samples = Vec::with_capacity(counts.serial_commits);
+    let started = Instant::now();
+    for _ in 0..counts.serial_commits {
+        let start = Instant::now();
+        commit_new(&writer, &mut rng, &[1024; 10])?;
+        samples.push(start.elapsed());
+    }
+    let serial_tx_per_s = counts.serial_commits as f64 / started.elapsed().as_secs_f64();
+    let (commit_median, _) = percentiles(&mut samples);
+    let _ = writer.close();
+
+    let concurrent = throughput(
+        &cluster,
+        counts.committers,
+        counts.commit_window,
+        |client, rng| commit_new(client, rng, &[1024; 10]).map(drop),
+    )?;
+    cluster.stop()?;
+    Ok(json!({
+        "cold_load_median_us": load_median,
+        "cold_load_p99_us": load_p99,
+        "serial_commit_median_us": commit_median,
+        "serial_commit_tx_per_s": serial_tx_per_s,
+        "concurrent_commit_tx_per_s": concurrent,
+    }))
 }
 
 /// The comparison as a markdown table.
