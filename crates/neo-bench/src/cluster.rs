@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use neo_net::test_pki::Credentials;
 use neo_net::{connect_alone, ConnectionConfig};
 use neo_proto::packets::{AskClusterState, SetClusterState};
 use neo_proto::{Address, ClusterState};
@@ -40,25 +41,51 @@ pub struct Cluster {
     pub master: Address,
     admin: Address,
     nodes: Vec<Node>,
+    /// How to connect to it: with TLS when its nodes use TLS.
+    pub connection: ConnectionConfig,
+    /// `--ca --cert --key` of every node, if they use TLS.
+    tls_args: Vec<String>,
+}
+
+fn tls_args(credentials: &Credentials) -> Vec<String> {
+    [
+        ("--ca", &credentials.ca),
+        ("--cert", &credentials.cert),
+        ("--key", &credentials.key),
+    ]
+    .into_iter()
+    .flat_map(|(option, path)| [option.to_owned(), path.to_string_lossy().into_owned()])
+    .collect()
 }
 
 impl Cluster {
     /// Starts a master, `storages` storages on `store` and an admin from
-    /// the binaries in `bin_dir` (logs in `dir`), and waits until it runs.
+    /// the binaries in `bin_dir` (logs in `dir`), all with `tls` if given,
+    /// and waits until it runs.
     pub fn start(
         bin_dir: &Path,
         dir: &Path,
         storages: usize,
         store: &Store,
+        tls: Option<&Credentials>,
     ) -> Result<Cluster, String> {
         let name = "bench".to_owned();
         let master = Address::new("127.0.0.1", free_port()?);
         let admin = Address::new("127.0.0.1", free_port()?);
+        let connection = ConnectionConfig {
+            tls: tls
+                .map(Credentials::load)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            ..ConnectionConfig::default()
+        };
         let mut cluster = Cluster {
             name: name.clone(),
             master: master.clone(),
             admin: admin.clone(),
             nodes: Vec::new(),
+            connection,
+            tls_args: tls.map(tls_args).unwrap_or_default(),
         };
         let autostart = storages.to_string();
         let (master_text, admin_text) = (master.to_string(), admin.to_string());
@@ -144,6 +171,7 @@ impl Cluster {
         let admin = self.admin.to_string();
         let output = Command::new(bin_dir.join("neoctl"))
             .args(["-a", &admin])
+            .args(&self.tls_args)
             .args(command.split_whitespace())
             .output()
             .map_err(|e| format!("neoctl {command}: {e}"))?;
@@ -169,6 +197,7 @@ impl Cluster {
         let path: PathBuf = bin_dir.join(program);
         let child = Command::new(&path)
             .args(args)
+            .args(&self.tls_args)
             .env("NEO_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -186,8 +215,8 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         runtime.block_on(async {
             loop {
-                let config = ConnectionConfig::default();
-                if let Ok((connection, _inbox)) = connect_alone(&self.admin, &config).await {
+                if let Ok((connection, _inbox)) = connect_alone(&self.admin, &self.connection).await
+                {
                     let state = connection
                         .ask(AskClusterState {})
                         .await
@@ -215,8 +244,7 @@ impl Cluster {
     pub fn stop(mut self) -> Result<(), String> {
         let runtime = runtime()?;
         runtime.block_on(async {
-            let config = ConnectionConfig::default();
-            let (connection, _inbox) = connect_alone(&self.admin, &config)
+            let (connection, _inbox) = connect_alone(&self.admin, &self.connection)
                 .await
                 .map_err(|e| e.to_string())?;
             connection

@@ -13,6 +13,7 @@
 mod cluster;
 mod python;
 mod replication;
+mod tls;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,10 @@ struct Cli {
     /// Skip the ZODB side (ZEO, FileStorage and NEO through the ZODB API).
     #[arg(long)]
     no_python: bool,
+    /// Also measure what TLS costs: a plain and a TLS cluster, side by
+    /// side (loads and commits).
+    #[arg(long)]
+    tls: bool,
     /// The virtualenv of the ZODB side, created on first use.
     #[arg(long, default_value = "target/bench-venv")]
     venv: PathBuf,
@@ -306,7 +311,8 @@ fn floor_fsync(dir: &Path, count: usize) -> Result<(f64, f64), String> {
 }
 
 fn connect(cluster: &Cluster) -> Result<BlockingClient, String> {
-    let config = ClientConfig::new(vec![cluster.master.clone()], cluster.name.clone());
+    let mut config = ClientConfig::new(vec![cluster.master.clone()], cluster.name.clone());
+    config.connection = cluster.connection.clone();
     BlockingClient::connect(config).map_err(|e| e.to_string())
 }
 
@@ -332,6 +338,29 @@ fn commit_new(client: &BlockingClient, rng: &mut Rng, sizes: &[usize]) -> Result
     txn.vote(&meta()).map_err(|e| e.to_string())?;
     txn.finish().map_err(|e| e.to_string())?;
     Ok(oids)
+}
+
+/// Commits `count` new objects of 100 B to 1 KiB, 100 per transaction.
+fn fill(client: &BlockingClient, rng: &mut Rng, count: usize) -> Result<Vec<Oid>, String> {
+    let mut oids = Vec::with_capacity(count);
+    while oids.len() < count {
+        let sizes: Vec<usize> = (0..100)
+            .map(|_| 100 + (rng.next() % 924) as usize)
+            .collect();
+        oids.extend(commit_new(client, rng, &sizes)?);
+    }
+    Ok(oids)
+}
+
+/// Loads each of `oids` once, in this order: the latency of each.
+fn load_each(client: &BlockingClient, oids: &[Oid]) -> Result<Vec<Duration>, String> {
+    let mut samples = Vec::with_capacity(oids.len());
+    for oid in oids {
+        let start = Instant::now();
+        client.load(*oid).map_err(|e| e.to_string())?;
+        samples.push(start.elapsed());
+    }
+    Ok(samples)
 }
 
 fn server_cpu(cluster: &Cluster, labels: &[&str]) -> Duration {
@@ -507,7 +536,7 @@ fn run(cli: &Cli, venv: Option<&python::Venv>) -> Result<Value, String> {
         json!({"median": fsync_median, "p99": fsync_p99}),
     );
 
-    let cluster = Cluster::start(&cli.bin_dir, data.path(), 1, &Store::Sqlite)?;
+    let cluster = Cluster::start(&cli.bin_dir, data.path(), 1, &Store::Sqlite, None)?;
     let rest_rss: u64 = cluster.nodes().iter().map(|node| node.rss_kib()).sum();
     report.insert("rss_at_rest_kib".into(), json!(rest_rss));
     let floors = (rtt_median, fsync_median);
@@ -545,12 +574,16 @@ fn run(cli: &Cli, venv: Option<&python::Venv>) -> Result<Value, String> {
         );
     }
     cluster.stop()?;
+    if cli.tls {
+        let tls = tls::compare(&cli.bin_dir, &data.path().join("tls"), cli.size)?;
+        report.insert("tls".into(), tls);
+    }
 
     if let Some(database) = &cli.mysql {
         let dir = data.path().join("mysql");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let store = Store::MySql(database.clone());
-        let cluster = Cluster::start(&cli.bin_dir, &dir, 1, &store)?;
+        let cluster = Cluster::start(&cli.bin_dir, &dir, 1, &store, None)?;
         let mut mysql = measure(&cluster, &plan, &mut rng, (rtt_median, fsync_median))?;
         mysql.insert("database".into(), json!(database));
         cluster.stop()?;
@@ -656,6 +689,10 @@ fn markdown(report: &Value) -> String {
     if let Some(mysql) = report.get("mysql") {
         table.push('\n');
         table.push_str(&mysql_markdown(report, mysql));
+    }
+    if let Some(tls) = report.get("tls") {
+        table.push('\n');
+        table.push_str(&tls::markdown(tls));
     }
     if let Some(zodb) = report.get("zodb") {
         table.push('\n');

@@ -51,7 +51,7 @@ fn time_until_up_to_date(cluster: &Cluster, bin_dir: &Path) -> Result<Duration, 
 /// A new replica of a database of `gigabytes`, then a storage restarted
 /// after missing `missed` transactions.
 pub fn run(bin_dir: &Path, dir: &Path, gigabytes: f64, missed: usize) -> Result<Value, String> {
-    let mut cluster = Cluster::start(bin_dir, dir, 1, &Store::Sqlite)?;
+    let mut cluster = Cluster::start(bin_dir, dir, 1, &Store::Sqlite, None)?;
     let client = connect(&cluster)?;
     let mut rng = Rng(0x5eed);
     let total = (gigabytes * (1u64 << 30) as f64) as usize;

@@ -4,7 +4,19 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use neo_net::Tls;
 use tracing_subscriber::EnvFilter;
+
+use crate::options::TlsFiles;
+
+/// Loads the node's TLS credentials if it has some (operations.md §8): a
+/// file that cannot be used stops the program before it does anything.
+pub fn load_tls(files: Option<&TlsFiles>) -> Result<Option<Tls>, String> {
+    files
+        .map(TlsFiles::load)
+        .transpose()
+        .map_err(|error| error.to_string())
+}
 
 /// Logs to `logfile` (appending) or to stderr. The level comes from
 /// `NEO_LOG` (`info` by default), in `tracing`'s filter syntax.

@@ -247,6 +247,13 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+impl TlsFiles {
+    /// Loads and checks the credentials, as a node needs them.
+    pub fn load(&self) -> Result<neo_net::Tls, neo_net::TlsError> {
+        neo_net::Tls::load(&self.ca, &self.cert, &self.key)
+    }
+}
+
 /// Options shared by the three daemons.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CommonOptions {

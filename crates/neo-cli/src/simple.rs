@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use neo_admin::AdminConfig;
 use neo_master::MasterConfig;
-use neo_net::{connect_alone, ConnectionConfig, Listener};
+use neo_net::{connect_alone, ConnectionConfig, Listener, Tls};
 use neo_proto::packets::{AskClusterState, SetClusterState};
 use neo_proto::{Address, ClusterState};
 use neo_storage::backend::{self, Adapter, OpenOptions};
@@ -49,6 +49,15 @@ pub struct SimpleOptions {
     /// Storage engine, by NEO/py's name (SQLite or MySQL).
     #[arg(long, default_value = "SQLite")]
     pub adapter: String,
+    /// TLS for every node: CA certificate(s) and CRLs, PEM.
+    #[arg(long, requires_all = ["cert", "key"])]
+    pub ca: Option<PathBuf>,
+    /// TLS: the nodes' certificate, PEM.
+    #[arg(long, requires_all = ["ca", "key"])]
+    pub cert: Option<PathBuf>,
+    /// TLS: its private key, PEM.
+    #[arg(long, requires_all = ["ca", "cert"])]
+    pub key: Option<PathBuf>,
     /// One storage node per name: with SQLite, database `«name».sqlite` in
     /// the data directory (or the path, if it holds a `/`); with MySQL,
     /// the database string as `neostorage -d` takes it
@@ -71,10 +80,17 @@ pub async fn run(
 ) -> Result<(), String> {
     let adapter = Adapter::from_name(&options.adapter)
         .ok_or_else(|| format!("unknown adapter {:?}", options.adapter))?;
+    let tls = match (&options.ca, &options.cert, &options.key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            Some(Tls::load(ca, cert, key).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
     std::fs::create_dir_all(&options.temp_dir)
         .map_err(|e| format!("cannot create {}: {e}", options.temp_dir.display()))?;
     let ip = options.bind_ip.as_str();
-    let master_listener = bind(ip, options.master_port).await?;
+    let bind = |port| bind(ip, port, tls.clone());
+    let master_listener = bind(options.master_port).await?;
     let master_address = master_listener.local_address().clone();
     let mut nodes: Vec<JoinHandle<Result<(), String>>> = Vec::new();
     let master = MasterConfig {
@@ -105,7 +121,7 @@ pub async fn run(
         };
         let backend = backend::open(adapter, &database, &open).map_err(|e| e.to_string())?;
         let mut db = Database::new(backend).map_err(|e| format!("{database}: {e}"))?;
-        let listener = bind(ip, 0).await?;
+        let listener = bind(0).await?;
         let config = StorageConfig {
             cluster: options.name.clone(),
             address: listener.local_address().clone(),
@@ -120,7 +136,7 @@ pub async fn run(
                 .map_err(|e| format!("storage: {e}"))
         }));
     }
-    let admin_listener = bind(ip, options.admin_port).await?;
+    let admin_listener = bind(options.admin_port).await?;
     let admin_address = admin_listener.local_address().clone();
     let admin = AdminConfig {
         cluster: options.name.clone(),
@@ -134,7 +150,11 @@ pub async fn run(
             .map_err(|e| format!("admin: {e}"))
     }));
 
-    tokio::time::timeout(START_TIMEOUT, wait_running(&admin_address))
+    let ctl = ConnectionConfig {
+        tls,
+        ..ConnectionConfig::default()
+    };
+    tokio::time::timeout(START_TIMEOUT, wait_running(&admin_address, &ctl))
         .await
         .map_err(|_| format!("the cluster did not start within {START_TIMEOUT:?}"))?;
     println!("Cluster running");
@@ -145,7 +165,7 @@ pub async fn run(
 
     shutdown.await;
     println!("Stopping the cluster");
-    stop(&admin_address).await?;
+    stop(&admin_address, &ctl).await?;
     let all = async {
         for node in nodes {
             match node.await {
@@ -160,16 +180,16 @@ pub async fn run(
         .map_err(|_| "the cluster did not stop in time".to_owned())
 }
 
-async fn bind(ip: &str, port: u16) -> Result<Listener, String> {
+async fn bind(ip: &str, port: u16, tls: Option<Tls>) -> Result<Listener, String> {
     let address = Address::parse(ip, port).map_err(|e| e.to_string())?;
-    Listener::bind(&address).await.map_err(|e| e.to_string())
+    let listener = Listener::bind(&address).await.map_err(|e| e.to_string())?;
+    Ok(listener.with_tls(tls))
 }
 
 /// Polls the admin until the cluster is RUNNING.
-async fn wait_running(admin: &Address) {
-    let config = ConnectionConfig::default();
+async fn wait_running(admin: &Address, config: &ConnectionConfig) {
     loop {
-        if let Ok((connection, _inbox)) = connect_alone(admin, &config).await {
+        if let Ok((connection, _inbox)) = connect_alone(admin, config).await {
             let state = connection
                 .ask(AskClusterState {})
                 .await
@@ -185,9 +205,8 @@ async fn wait_running(admin: &Address) {
 }
 
 /// `neoctl set cluster STOPPING`.
-async fn stop(admin: &Address) -> Result<(), String> {
-    let config = ConnectionConfig::default();
-    let (connection, _inbox) = connect_alone(admin, &config)
+async fn stop(admin: &Address, config: &ConnectionConfig) -> Result<(), String> {
+    let (connection, _inbox) = connect_alone(admin, config)
         .await
         .map_err(|e| format!("cannot reach the admin to stop the cluster: {e}"))?;
     connection

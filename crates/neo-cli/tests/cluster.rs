@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Cluster, NEOADMIN, NEOMASTER, NEOSTORAGE};
+use common::{free_port, one_line_error, Cluster, NEOADMIN, NEOMASTER, NEOSTORAGE};
 
 #[test]
 fn a_new_cluster_runs_after_neoctl_start_and_stops_cleanly() {
@@ -90,12 +89,30 @@ fn autostart_and_restart_from_the_same_databases() {
 
 #[test]
 fn values_given_only_in_the_config_file_are_used() {
-    let mut cluster = Cluster::new("fromfile");
+    config_file_only(Cluster::new("fromfile"));
+}
+
+/// TLS files too: `ca`, `cert`, `key` in `[DEFAULT]`.
+#[test]
+fn tls_given_only_in_the_config_file_is_used() {
+    config_file_only(Cluster::with_tls("fromfile"));
+}
+
+fn config_file_only(mut cluster: Cluster) {
     let conf = cluster.dir.path().join("neo.conf");
+    let tls = cluster.pki.as_ref().map_or_else(String::new, |pki| {
+        let node = &pki.node;
+        format!(
+            "ca = {}\ncert = {}\nkey = {}\n",
+            node.ca.display(),
+            node.cert.display(),
+            node.key.display()
+        )
+    });
     std::fs::write(
         &conf,
         format!(
-            "[DEFAULT]\ncluster: fromfile\nmasters: {master}\npartitions: 3\nautostart: 1\n\
+            "[DEFAULT]\ncluster: fromfile\nmasters: {master}\npartitions: 3\nautostart: 1\n{tls}\
              [master]\nbind: {master}\n\n[admin]\nbind: {admin}\n",
             master = cluster.master,
             admin = cluster.admin
@@ -103,9 +120,10 @@ fn values_given_only_in_the_config_file_are_used() {
     )
     .unwrap();
     let conf = conf.to_str().unwrap().to_owned();
-    cluster.spawn("master", NEOMASTER, &["-f", &conf, "-s", "master"]);
+    let from_file = |section: &str| ["-f", &conf, "-s", section].map(str::to_owned);
+    cluster.spawn_plain("master", NEOMASTER, &from_file("master"));
     cluster.start_storage(0);
-    cluster.spawn("admin", NEOADMIN, &["-f", &conf, "-s", "admin"]);
+    cluster.spawn_plain("admin", NEOADMIN, &from_file("admin"));
     cluster.wait_state("RUNNING");
     assert_eq!(
         cluster.neoctl_stdout("print pt"),
@@ -113,16 +131,6 @@ fn values_given_only_in_the_config_file_are_used() {
     );
     assert!(cluster.neoctl("set cluster STOPPING").status.success());
     assert!(cluster.wait_exit());
-}
-
-/// Runs a program that must fail at once with one line on stderr.
-fn one_line_error(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().unwrap();
-    assert!(!output.status.success(), "{program} {args:?} succeeded");
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "{program} {args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    stderr.trim().to_owned()
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Data through real clusters of our processes, with the Rust client:
 //! objects come back byte for byte, concurrent committers lose no update,
 //! and no acknowledged commit is lost across restarts and `kill -9`; each
-//! on SQLite storages and on MySQL storages.
+//! on SQLite storages, on MySQL storages, and with TLS everywhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -49,8 +49,8 @@ fn commit(client: &BlockingClient, objects: &[(Oid, Tid, Bytes)]) -> Tid {
     txn.finish().unwrap()
 }
 
-fn thousands_of_objects_come_back_byte_for_byte(store: Store) {
-    let mut cluster = Cluster::with_store("bytes", store);
+fn thousands_of_objects_come_back_byte_for_byte(setup: Setup) {
+    let mut cluster = setup.cluster("bytes");
     cluster.start(2, 1);
     let client = cluster.client();
     let mut expected: BTreeMap<Oid, (Tid, Bytes)> = BTreeMap::new();
@@ -101,8 +101,8 @@ fn thousands_of_objects_come_back_byte_for_byte(store: Store) {
 
 /// Each worker increments shared counters; a conflict means reloading and
 /// trying again. No increment may be lost.
-fn concurrent_committers_get_conflicts_and_lose_no_update(store: Store) {
-    let mut cluster = Cluster::with_store("counters", store);
+fn concurrent_committers_get_conflicts_and_lose_no_update(setup: Setup) {
+    let mut cluster = setup.cluster("counters");
     cluster.start(2, 1);
     let setup = cluster.client();
     let counters: Vec<Oid> = (0..3).map(|_| setup.new_oid().unwrap()).collect();
@@ -175,8 +175,8 @@ fn concurrent_committers_get_conflicts_and_lose_no_update(store: Store) {
     cluster.stop();
 }
 
-fn a_full_restart_keeps_every_object_and_revision(store: Store) {
-    let mut cluster = Cluster::with_store("restart", store);
+fn a_full_restart_keeps_every_object_and_revision(setup: Setup) {
+    let mut cluster = setup.cluster("restart");
     cluster.start(1, 0);
     let client = cluster.client();
     let oid = client.new_oid().unwrap();
@@ -210,8 +210,8 @@ fn a_full_restart_keeps_every_object_and_revision(store: Store) {
 /// Durability: once `tpc_finish` returned, `kill -9` of the storage right
 /// after loses nothing (the lock was committed; verification replays the
 /// unlock on restart).
-fn kill_9_of_the_storage_right_after_finish_loses_nothing(store: Store) {
-    let mut cluster = Cluster::with_store("kill9", store);
+fn kill_9_of_the_storage_right_after_finish_loses_nothing(setup: Setup) {
+    let mut cluster = setup.cluster("kill9");
     cluster.start(1, 0);
     let client = cluster.client();
     let mut committed = Vec::new();
@@ -236,8 +236,8 @@ fn kill_9_of_the_storage_right_after_finish_loses_nothing(store: Store) {
     cluster.stop();
 }
 
-fn a_wrong_cluster_name_is_an_error_not_a_hang(store: Store) {
-    let mut cluster = Cluster::with_store("rightname", store);
+fn a_wrong_cluster_name_is_an_error_not_a_hang(setup: Setup) {
+    let mut cluster = setup.cluster("rightname");
     cluster.start(1, 0);
     let master = neo_proto::Address::parse(&cluster.master, 0).unwrap();
     let mut config = neo_client::ClientConfig::new(vec![master], "wrongname");
@@ -252,7 +252,50 @@ fn a_wrong_cluster_name_is_an_error_not_a_hang(store: Store) {
     cluster.stop();
 }
 
-common::on_every_store!(
+/// The clusters every test runs on.
+enum Setup {
+    /// SQLite storages.
+    Sqlite,
+    /// MySQL storages (on `NEO_MYSQL_SOCKET`'s server).
+    MySql,
+    /// SQLite storages, and TLS for every node, neoctl and the clients.
+    Tls,
+}
+
+impl Setup {
+    fn cluster(self, name: &str) -> Cluster {
+        match self {
+            Setup::Sqlite => Cluster::new(name),
+            Setup::MySql => Cluster::with_store(name, Store::mysql()),
+            Setup::Tls => Cluster::with_tls(name),
+        }
+    }
+}
+
+macro_rules! on_every_setup {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Setup::Sqlite);
+            })*
+        }
+        mod mysql {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Setup::MySql);
+            })*
+        }
+        mod tls {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Setup::Tls);
+            })*
+        }
+    };
+}
+
+on_every_setup!(
     thousands_of_objects_come_back_byte_for_byte,
     concurrent_committers_get_conflicts_and_lose_no_update,
     a_full_restart_keeps_every_object_and_revision,

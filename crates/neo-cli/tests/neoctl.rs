@@ -495,7 +495,8 @@ fn usage_help_and_command_list() {
     assert_eq!(out.stderr.lines().count(), 1);
     let out = neoctl(&nowhere, "--ca a --cert b --key c print cluster");
     assert_eq!(out.status, 1);
-    assert!(out.stderr.contains("TLS is not supported yet"));
+    assert!(out.stderr.starts_with("neoctl: error: TLS ca file a: "));
+    assert_eq!(out.stderr.lines().count(), 1);
 }
 
 /// A peer that answers the handshake with `reply` and then waits.

@@ -56,7 +56,8 @@ pub struct ClientConfig {
     pub max_object_size: usize,
     /// Compress stored data with zlib when that makes it smaller.
     pub compress: bool,
-    /// Tunables of every connection.
+    /// Tunables of every connection, TLS among them (with
+    /// `connection.tls`, every connection to masters and storages is TLS).
     pub connection: ConnectionConfig,
     /// Who gets invalidations, if anyone.
     pub invalidation_listener: Option<InvalidationListener>,

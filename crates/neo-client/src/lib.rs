@@ -34,5 +34,6 @@ pub use blocking::{BlockingClient, BlockingTransaction};
 pub use client::{Client, Loaded, Record, TransactionInfo};
 pub use config::{ClientConfig, Invalidation, InvalidationListener};
 pub use error::{ClientError, Conflict};
+pub use neo_net::{Tls, TlsError};
 pub use neo_proto::packets::{HistoryEntry, PackRequest, UndoSerial};
 pub use txn::{Transaction, TxnMeta};

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
 use crate::error::NetError;
 use crate::node::{ConnId, Token};
+use crate::tls::{self, Tls, TLS_ALERT, TLS_HANDSHAKE};
 use crate::transport::Transport;
 
 /// Tunables of a connection; the defaults suit every node.
@@ -57,6 +58,9 @@ pub struct ConnectionConfig {
     /// answer is awaited — a storage waiting for orders from a master that
     /// is gone (`None`: only while answers are awaited). Needs `liveness`.
     pub keepalive: Option<Duration>,
+    /// The node's TLS credentials: with them every connection is TLS
+    /// (protocol.md §1.3), without them none is.
+    pub tls: Option<Tls>,
 }
 
 impl Default for ConnectionConfig {
@@ -70,6 +74,7 @@ impl Default for ConnectionConfig {
             liveness: Some(Duration::from_millis(800)),
             patience: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(1)),
+            tls: None,
         }
     }
 }
@@ -164,6 +169,12 @@ impl Inbox {
     pub async fn recv(&mut self) -> Option<Event> {
         self.events.recv().await
     }
+}
+
+/// The channel of a connection that has one of its own.
+pub(crate) fn events_channel(config: &ConnectionConfig) -> (mpsc::Sender<Event>, Inbox) {
+    let (events, rx) = mpsc::channel(config.event_capacity);
+    (events, Inbox { events: rx })
 }
 
 /// Why a request did not get the answer it asked for.
@@ -342,8 +353,7 @@ impl Connection {
         let (mut reader, mut writer) = stream.split();
         let mut decoder = StreamDecoder::new().with_max_packet_size(config.max_packet_size);
         // Both ends send the magic without waiting for the other's.
-        writer
-            .write_all(&MAGIC)
+        write_out(&mut writer, &MAGIC)
             .await
             .map_err(|e| NetError::io(&peer, e))?;
         let handshake = read_magic(&mut reader, &mut decoder, &peer);
@@ -411,7 +421,7 @@ impl Connection {
         peer: String,
         config: &ConnectionConfig,
     ) -> Result<(Connection, Inbox), NetError> {
-        let (events, rx) = mpsc::channel(config.event_capacity);
+        let (events, inbox) = events_channel(config);
         let connection = Connection::establish(
             stream,
             side,
@@ -422,7 +432,7 @@ impl Connection {
             Announce::Silent,
         )
         .await?;
-        Ok((connection, Inbox { events: rx }))
+        Ok((connection, inbox))
     }
 
     /// Identifies this connection in events.
@@ -459,7 +469,7 @@ impl Connection {
             shared: &self.shared,
             armed: true,
         };
-        let written = writer.write_all(&bytes).await;
+        let written = write_out(writer, &bytes).await;
         torn.armed = false;
         if let Err(error) = written {
             tracing::debug!(peer = %self.shared.peer, %error, "write failed");
@@ -599,6 +609,17 @@ impl Connection {
     }
 }
 
+/// Writes `bytes` and flushes them: TLS may keep the end of a write in its
+/// own buffer when the socket is full, to be sent only by a flush (for
+/// TCP, the flush does nothing).
+async fn write_out<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
 /// Closes the connection if dropped while armed: armed around a write,
 /// disarmed once the write completed.
 struct TornWriteGuard<'a> {
@@ -686,14 +707,28 @@ async fn read_magic<R: AsyncRead + Unpin>(
         match decoder.check_magic() {
             Ok(true) => return Ok(()),
             Ok(false) => {}
+            // A TLS record where NEO's magic should be: a TLS peer's
+            // ClientHello, or the alert of a TLS acceptor refusing us.
+            Err(_)
+                if matches!(
+                    decoder.buffer_mut().first(),
+                    Some(&(TLS_HANDSHAKE | TLS_ALERT))
+                ) =>
+            {
+                return Err(NetError::PeerUsesTls {
+                    peer: peer.to_owned(),
+                })
+            }
             Err(error) => return Err(NetError::from_frame(peer, error)),
         }
+        // With TLS 1.3 the initiator may learn only now that the acceptor
+        // refused its certificate.
         let read = reader
             .read_buf(decoder.buffer_mut())
             .await
-            .map_err(|e| NetError::io(peer, e))?;
+            .map_err(|e| tls::handshake_error(peer, e))?;
         if read == 0 {
-            return Err(NetError::Closed {
+            return Err(NetError::ClosedInHandshake {
                 peer: peer.to_owned(),
             });
         }
@@ -827,6 +862,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     error: neo_proto::FrameError::Frame("connection closed inside a packet".into()),
                 }),
                 Ok(_) => shared.note_received(),
+                // TLS peers (NEO/py's among them) may close the TCP
+                // connection without a TLS close_notify: a close like any
+                // other (protocol.md §1.3).
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof
+                    && decoder.buffered() == 0 => break None,
                 Err(error) => break Some(NetError::io(&shared.peer, error)),
             },
             _ = closing.wait_for(|closing| *closing) => break shared.take_abort_reason(),

@@ -39,8 +39,38 @@ pub enum NetError {
         /// Hex of the first bytes received.
         first_bytes: String,
     },
+    /// The peer closed the connection before its NEO handshake: not a NEO
+    /// node, or one that refuses us (TLS on one side only, among others).
+    #[error(
+        "{peer}: connection closed before the NEO handshake (is TLS configured on one side only?)"
+    )]
+    ClosedInHandshake {
+        /// The remote address.
+        peer: String,
+    },
+    /// The peer speaks TLS and this node does not.
+    #[error("{peer}: the peer uses TLS and this node does not (see --ca, --cert, --key)")]
+    PeerUsesTls {
+        /// The remote address.
+        peer: String,
+    },
+    /// The peer speaks NEO in clear and this node uses TLS.
+    #[error("{peer}: the peer does not use TLS and this node does")]
+    PeerWithoutTls {
+        /// The remote address.
+        peer: String,
+    },
+    /// The TLS handshake failed: a certificate refused by either end, no
+    /// common protocol version or cipher, ...
+    #[error("{peer}: TLS handshake failed: {reason}")]
+    Tls {
+        /// The remote address.
+        peer: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
     /// The peer did not send the magic in time.
-    #[error("{peer}: no NEO handshake within {seconds} s")]
+    #[error("{peer}: no handshake within {seconds} s")]
     HandshakeTimeout {
         /// The remote address.
         peer: String,
@@ -86,6 +116,16 @@ pub enum NetError {
 }
 
 impl NetError {
+    /// Whether this is about TLS: a peer with TLS on one side only, or a
+    /// handshake that failed. These are configuration errors an operator
+    /// must see, unlike peers that come and go.
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            NetError::PeerUsesTls { .. } | NetError::PeerWithoutTls { .. } | NetError::Tls { .. }
+        )
+    }
+
     pub(crate) fn io(peer: impl ToString, source: std::io::Error) -> NetError {
         NetError::Io {
             peer: peer.to_string(),

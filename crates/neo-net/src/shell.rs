@@ -99,13 +99,18 @@ pub fn now() -> UnixTime {
 }
 
 /// Runs `node` until it exits or `shutdown` completes, serving peers on
-/// `listener` if it has one.
+/// `listener` if it has one. A node's TLS is that of its connection
+/// config or else its listener's: all its connections, accepted or made,
+/// use it (protocol.md §1.3).
 pub async fn run<N: Node>(
     node: &mut N,
     listener: Option<Listener>,
-    config: ShellConfig,
+    mut config: ShellConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ShellError> {
+    if config.connection.tls.is_none() {
+        config.connection.tls = listener.as_ref().and_then(|l| l.tls().cloned());
+    }
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let (failed_tx, mut failed) = mpsc::channel::<Token>(64);
     let mut tasks = JoinSet::new();
@@ -173,6 +178,7 @@ pub async fn run_on_own_thread<N: Node + Send + 'static>(
     config: ShellConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ShellError> {
+    let tls = listener.as_ref().and_then(|l| l.tls().cloned());
     let listener = listener.map(Listener::into_std).transpose()?;
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -183,7 +189,9 @@ pub async fn run_on_own_thread<N: Node + Send + 'static>(
                 .build()
             {
                 Ok(runtime) => runtime.block_on(async move {
-                    let listener = listener.map(Listener::from_std).transpose()?;
+                    let listener = listener
+                        .map(|l| Listener::from_std(l).map(|l| l.with_tls(tls)))
+                        .transpose()?;
                     run(&mut node, listener, config, shutdown).await
                 }),
                 Err(error) => Err(ShellError::Thread(format!(
@@ -391,6 +399,11 @@ async fn connect(
     let attempt = connect_announced(&address, events, &config.connection, announce);
     let error = match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(Ok(_)) => return,
+        Ok(Err(error)) if error.is_tls() => {
+            tracing::warn!("cannot connect to {address}: {error}");
+            let _ = failed.send(token).await;
+            return;
+        }
         Ok(Err(error)) => error.to_string(),
         Err(_) => format!(
             "no connection within {} s",
@@ -440,8 +453,10 @@ async fn accept_loop(listener: Listener, events: mpsc::Sender<Event>, config: Sh
                 token: None,
                 permit: Some(permit),
             };
-            if let Err(error) = incoming.establish(events, &connection, announce).await {
-                tracing::info!("{error}");
+            match incoming.establish(events, &connection, announce).await {
+                Err(error) if error.is_tls() => tracing::warn!("{error}"),
+                Err(error) => tracing::info!("{error}"),
+                Ok(_) => {}
             }
         });
     }

@@ -1,4 +1,5 @@
-//! TCP endpoints with NEO's socket options and address syntax.
+//! TCP endpoints with NEO's socket options and address syntax, and TLS on
+//! them when the node has credentials.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,9 +9,12 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::connection::{Announce, Connection, ConnectionConfig, Event, Inbox, Side};
+use crate::connection::{
+    events_channel, Announce, Connection, ConnectionConfig, Event, Inbox, Side,
+};
 use crate::error::NetError;
 use crate::node::ConnId;
+use crate::tls::Tls;
 
 /// Resolves a NEO address to a socket address: IP literals directly, host
 /// names with the system resolver (first answer wins, as in NEO/py).
@@ -49,18 +53,13 @@ fn give_up_unacknowledged(stream: &TcpStream, config: &ConnectionConfig) -> std:
     SockRef::from(stream).set_tcp_user_timeout(config.liveness)
 }
 
-async fn connect_tcp(
-    address: &Address,
-    config: &ConnectionConfig,
-) -> Result<(TcpStream, String), NetError> {
+async fn connect_tcp(address: &Address) -> Result<(TcpStream, String), NetError> {
     let socket_address = resolve(address).await?;
     let peer = Address::from(socket_address).to_string();
     let stream = TcpStream::connect(socket_address)
         .await
         .map_err(|e| NetError::io(&peer, e))?;
-    configure(&stream)
-        .and_then(|()| give_up_unacknowledged(&stream, config))
-        .map_err(|e| NetError::io(&peer, e))?;
+    configure(&stream).map_err(|e| NetError::io(&peer, e))?;
     Ok((stream, peer))
 }
 
@@ -81,9 +80,8 @@ pub(crate) async fn connect_announced(
     config: &ConnectionConfig,
     announce: Announce,
 ) -> Result<Connection, NetError> {
-    let (stream, peer) = connect_tcp(address, config).await?;
-    let id = ConnId::next();
-    Connection::establish(stream, Side::Initiator, peer, id, events, config, announce).await
+    let (stream, peer) = connect_tcp(address).await?;
+    establish(stream, Side::Initiator, peer, events, config, announce).await
 }
 
 /// Connects to a NEO node, with a channel of the connection's own.
@@ -91,15 +89,67 @@ pub async fn connect_alone(
     address: &Address,
     config: &ConnectionConfig,
 ) -> Result<(Connection, Inbox), NetError> {
-    let (stream, peer) = connect_tcp(address, config).await?;
-    Connection::open(stream, Side::Initiator, peer, config).await
+    let (stream, peer) = connect_tcp(address).await?;
+    open(stream, Side::Initiator, peer, config).await
 }
 
-/// A listening socket.
+/// Runs TLS, if the node has it, then NEO's handshake; both are bounded
+/// by the handshake timeout, so a peer that stalls halfway is dropped.
+async fn establish(
+    stream: TcpStream,
+    side: Side,
+    peer: String,
+    events: mpsc::Sender<Event>,
+    config: &ConnectionConfig,
+    announce: Announce,
+) -> Result<Connection, NetError> {
+    give_up_unacknowledged(&stream, config).map_err(|e| NetError::io(&peer, e))?;
+    let id = ConnId::next();
+    let Some(tls) = &config.tls else {
+        return Connection::establish(stream, side, peer, id, events, config, announce).await;
+    };
+    let stream = tokio::time::timeout(config.handshake_timeout, secure(tls, stream, side, &peer))
+        .await
+        .map_err(|_| NetError::HandshakeTimeout {
+            peer: peer.clone(),
+            seconds: config.handshake_timeout.as_secs(),
+        })??;
+    Connection::establish(stream, side, peer, id, events, config, announce).await
+}
+
+async fn secure(
+    tls: &Tls,
+    stream: TcpStream,
+    side: Side,
+    peer: &str,
+) -> Result<tokio_rustls::TlsStream<TcpStream>, NetError> {
+    match side {
+        Side::Initiator => tls.connect(stream, peer).await,
+        Side::Acceptor => tls.accept(stream, peer).await,
+    }
+}
+
+/// [`establish`] with a channel of the connection's own.
+async fn open(
+    stream: TcpStream,
+    side: Side,
+    peer: String,
+    config: &ConnectionConfig,
+) -> Result<(Connection, Inbox), NetError> {
+    let (events, inbox) = events_channel(config);
+    let connection = establish(stream, side, peer, events, config, Announce::Silent).await?;
+    Ok((connection, inbox))
+}
+
+/// A listening socket, and the TLS of the node behind it.
 #[derive(Debug)]
 pub struct Listener {
     listener: TcpListener,
     local: Address,
+    /// With TLS, every connection of the node is TLS (protocol.md §1.3):
+    /// the shell running the node takes it for the connections the node
+    /// makes too (see [`crate::shell::run`]).
+    tls: Option<Tls>,
 }
 
 impl Listener {
@@ -115,11 +165,23 @@ impl Listener {
         Ok(Listener {
             listener,
             local: local.into(),
+            tls: None,
         })
     }
 
+    /// The listener of a node with these TLS credentials (or none).
+    pub fn with_tls(self, tls: Option<Tls>) -> Listener {
+        Listener { tls, ..self }
+    }
+
+    /// The node's TLS credentials, if it has some.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
     /// Detaches the listening socket from the runtime it was bound in, to
-    /// move it to another one ([`Listener::from_std`]).
+    /// move it to another one ([`Listener::from_std`]); the TLS credentials
+    /// stay with the caller ([`Listener::tls`]).
     pub fn into_std(self) -> Result<std::net::TcpListener, NetError> {
         let local = self.local.clone();
         self.listener
@@ -135,7 +197,11 @@ impl Listener {
             .into();
         let listener = TcpListener::from_std(listener)
             .map_err(|e| NetError::io(format!("attach listener {local}"), e))?;
-        Ok(Listener { listener, local })
+        Ok(Listener {
+            listener,
+            local,
+            tls: None,
+        })
     }
 
     /// The address actually bound (with the chosen port).
@@ -153,7 +219,11 @@ impl Listener {
             .map_err(|e| NetError::io(format!("accept on {}", self.local), e))?;
         let peer = Address::from(peer).to_string();
         configure(&stream).map_err(|e| NetError::io(&peer, e))?;
-        Ok(Accepted { stream, peer })
+        Ok(Accepted {
+            stream,
+            peer,
+            tls: self.tls.clone(),
+        })
     }
 }
 
@@ -162,6 +232,8 @@ impl Listener {
 pub struct Accepted {
     stream: TcpStream,
     peer: String,
+    /// The listener's TLS, used unless the connection config has its own.
+    tls: Option<Tls>,
 }
 
 impl Accepted {
@@ -170,23 +242,21 @@ impl Accepted {
         &self.peer
     }
 
-    /// Runs the handshake; events go to `events`, announced as `announce`
-    /// says.
+    /// Runs the handshake (TLS first if the listener or `config` has it);
+    /// events go to `events`, announced as `announce` says.
     pub async fn establish(
         self,
         events: mpsc::Sender<Event>,
         config: &ConnectionConfig,
         announce: Announce,
     ) -> Result<Connection, NetError> {
-        give_up_unacknowledged(&self.stream, config).map_err(|e| NetError::io(&self.peer, e))?;
-        let id = ConnId::next();
-        Connection::establish(
+        let config = self.config(config);
+        establish(
             self.stream,
             Side::Acceptor,
             self.peer,
-            id,
             events,
-            config,
+            &config,
             announce,
         )
         .await
@@ -194,8 +264,15 @@ impl Accepted {
 
     /// Runs the handshake, with a channel of the connection's own.
     pub async fn open(self, config: &ConnectionConfig) -> Result<(Connection, Inbox), NetError> {
-        give_up_unacknowledged(&self.stream, config).map_err(|e| NetError::io(&self.peer, e))?;
-        Connection::open(self.stream, Side::Acceptor, self.peer, config).await
+        let config = self.config(config);
+        open(self.stream, Side::Acceptor, self.peer, &config).await
+    }
+
+    fn config(&self, config: &ConnectionConfig) -> ConnectionConfig {
+        ConnectionConfig {
+            tls: config.tls.clone().or_else(|| self.tls.clone()),
+            ..config.clone()
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! What a connection runs on. Plain TCP today; TLS (issue "TLS") will be
-//! another `Transport` built by the acceptor after peeking at the first
-//! byte (0x16 starts a TLS record, 0x92 NEO's magic), so node logic does not
+//! What a connection runs on: plain TCP, or TLS over TCP (built by
+//! [`crate::Tls`], the acceptor telling them apart by the first byte:
+//! 0x16 starts a TLS record, 0x92 NEO's magic), so node logic does not
 //! change.
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadHalf, WriteHalf};
@@ -23,6 +23,16 @@ impl Transport for TcpStream {
     type Writer = OwnedWriteHalf;
     fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
         self.into_split()
+    }
+}
+
+/// TLS: the halves share the TLS session (tokio's split locks it per
+/// read or write; plain TCP keeps its lock-free halves).
+impl Transport for tokio_rustls::TlsStream<TcpStream> {
+    type Reader = ReadHalf<Self>;
+    type Writer = WriteHalf<Self>;
+    fn split(self) -> (Self::Reader, Self::Writer) {
+        tokio::io::split(self)
     }
 }
 

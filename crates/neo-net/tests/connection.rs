@@ -201,7 +201,7 @@ async fn a_silent_peer_times_out_in_the_handshake() {
     let error = Connection::open(a, Side::Initiator, "silent".into(), &config())
         .await
         .unwrap_err();
-    assert_eq!(error.to_string(), "silent: no NEO handshake within 30 s");
+    assert_eq!(error.to_string(), "silent: no handshake within 30 s");
 }
 
 #[tokio::test(start_paused = true)]

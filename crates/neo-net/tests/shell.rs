@@ -1,6 +1,7 @@
 //! The node shell with a scripted node on real loopback sockets: what a
 //! node is told and in which order, connecting out, timers, the limit on
-//! accepted connections and peers that stop reading.
+//! accepted connections, peers that stop reading and TLS handshakes that
+//! stall.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use neo_net::{
 };
 use neo_proto::packets::{self as p, Ping, Pong};
 use neo_proto::{Address, ErrorCode, Packet, UnixTime};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the scripted node saw, as comparable strings.
 type Log = Arc<Mutex<Vec<String>>>;
@@ -101,6 +102,11 @@ async fn wait_for(log: &Log, line: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("never saw {line:?} in {:?}", log.lock().unwrap());
+}
+
+/// How many lines of the log are `line`.
+fn count(log: &Log, line: &str) -> usize {
+    log.lock().unwrap().iter().filter(|l| *l == line).count()
 }
 
 fn identification() -> p::RequestIdentification {
@@ -349,13 +355,11 @@ async fn connections_over_the_limit_are_refused_with_not_ready() {
     let (fourth, _fourth_inbox) = connect().await.unwrap();
     let answer = fourth.ask_packet(identification().into()).await.unwrap();
     assert_eq!(answer, Packet::Error(p::Error::ack("welcome")));
-    let accepted = log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|line| *line == "accepted")
-        .count();
-    assert_eq!(accepted, 3, "the refused peer never reached the node");
+    assert_eq!(
+        count(&log, "accepted"),
+        3,
+        "the refused peer never reached the node"
+    );
     shell.abort();
 }
 
@@ -402,4 +406,73 @@ async fn a_peer_that_does_not_read_is_aborted() {
     assert!(conns.lock().unwrap().is_some());
     assert_eq!(log.lock().unwrap().last().unwrap(), "closed");
     drop(stuck);
+}
+
+/// A peer that starts a TLS handshake and stalls halfway holds only its
+/// own handshake task: others are served meanwhile, and it is dropped once
+/// the handshake timeout is over. The node never hears of it.
+#[tokio::test]
+async fn a_tls_handshake_stalled_halfway_is_dropped_in_time_and_blocks_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = neo_net::test_pki::TestPki::create(dir.path())
+        .unwrap()
+        .node
+        .load()
+        .unwrap();
+    let (mut node, log) = scripted(|input, out, _| {
+        if let Input::Packet {
+            conn,
+            msg_id,
+            packet: Packet::Ping(_),
+        } = input
+        {
+            out.answer(*conn, *msg_id, Pong {});
+        }
+    });
+    let listener = listener().await.with_tls(Some(tls.clone()));
+    let address = listener.local_address().clone();
+    let handshake_timeout = Duration::from_secs(2);
+    let config = ShellConfig {
+        connection: ConnectionConfig {
+            handshake_timeout,
+            ..ConnectionConfig::default()
+        },
+        ..ShellConfig::default()
+    };
+    let shell = tokio::spawn(async move {
+        neo_net::shell::run(&mut node, Some(listener), config, std::future::pending()).await
+    });
+    // The start of a ClientHello record announcing 512 bytes, then nothing.
+    let started = std::time::Instant::now();
+    let mut stalled = tokio::net::TcpStream::connect((address.host.as_str(), address.port))
+        .await
+        .unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .await
+        .unwrap();
+
+    let client_config = ConnectionConfig {
+        tls: Some(tls),
+        ..ConnectionConfig::default()
+    };
+    let (client, _inbox) = connect_alone(&address, &client_config).await.unwrap();
+    client.ask(Ping {}).await.unwrap();
+    assert!(
+        started.elapsed() < handshake_timeout,
+        "served while the other handshake stalls"
+    );
+
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut rest))
+        .await
+        .expect("the stalled handshake is dropped");
+    assert!(closed.is_err() || rest.is_empty(), "{closed:?} {rest:?}");
+    assert!(started.elapsed() >= handshake_timeout);
+    assert_eq!(
+        count(&log, "accepted"),
+        1,
+        "only the finished handshake reached the node"
+    );
+    shell.abort();
 }

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use neo_client::{
-    BlockingClient, BlockingTransaction, ClientConfig, ClientError, Conflict, Invalidation, TxnMeta,
+    BlockingClient, BlockingTransaction, ClientConfig, ClientError, Conflict, Invalidation, Tls,
+    TxnMeta,
 };
 use neo_proto::{Address, Oid, Tid};
 use pyo3::create_exception;
@@ -305,7 +306,7 @@ impl Client {
     /// the primary master to accept us.
     #[new]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
-    #[pyo3(signature = (master_nodes, name, read_only=false, compress=true, cache_size=20<<20, ready_timeout=10.0, dynamic_master_list=None))]
+    #[pyo3(signature = (master_nodes, name, read_only=false, compress=true, cache_size=20<<20, ready_timeout=10.0, dynamic_master_list=None, tls=None))]
     fn new(
         py: Python<'_>,
         master_nodes: &str,
@@ -315,6 +316,7 @@ impl Client {
         cache_size: usize,
         ready_timeout: f64,
         dynamic_master_list: Option<String>,
+        tls: Option<(String, String, String)>,
     ) -> PyResult<Client> {
         let mut masters = parse_masters(master_nodes)?;
         if let Some(path) = dynamic_master_list {
@@ -339,6 +341,11 @@ impl Client {
         config.read_only = read_only;
         config.compress = compress;
         config.ready_timeout = Duration::from_secs_f64(ready_timeout);
+        if let Some((ca, cert, key)) = tls {
+            let loaded = Tls::load(ca.as_ref(), cert.as_ref(), key.as_ref());
+            config.connection.tls =
+                Some(loaded.map_err(|error| PyValueError::new_err(error.to_string()))?);
+        }
         config.connect_timeout = config.connect_timeout.min(config.ready_timeout);
         if cache_size > 0 {
             config.max_store_bytes_in_flight = cache_size.max(1 << 20);

@@ -28,10 +28,30 @@ def bin_dir():
 _counter = [0]
 
 
+def make_pki(directory):
+    """Throw-away certificates (``neo-test-pki``, see ``neo_net::test_pki``)
+    in `directory`: ``node`` (CA file with a CRL), ``revoked``, ``expired``
+    and ``foreign`` (another CA) certificates and keys."""
+    os.makedirs(directory, exist_ok=True)
+    subprocess.run([os.path.join(bin_dir(), 'neo-test-pki'), directory],
+                   check=True)
+    return directory
+
+
+def credentials(pki, name='node'):
+    """ca/cert/key of one certificate of `pki`, as Storage keywords."""
+    ca = 'ca-without-crl.crt' if name == 'revoked' else (
+        'foreign-ca.crt' if name == 'foreign' else 'ca.crt')
+    return {'ca': os.path.join(pki, ca),
+            'cert': os.path.join(pki, name + '.crt'),
+            'key': os.path.join(pki, name + '.key')}
+
+
 class Cluster:
     """One neosimple process: a master, `storages` storages, an admin."""
 
-    def __init__(self, storages=1, replicas=0, name=None, partitions=4):
+    def __init__(self, storages=1, replicas=0, name=None, partitions=4,
+                 tls=False):
         _counter[0] += 1
         self.name = name or 'pytest%d_%d' % (os.getpid(), _counter[0])
         self.storages = storages
@@ -40,6 +60,9 @@ class Cluster:
         self.process = None
         self.master_nodes = None
         self.dir = tempfile.mkdtemp(prefix='neo-pytest-')
+        # With TLS: every node and every client of `storage()` use these.
+        self.pki = make_pki(os.path.join(self.dir, 'pki')) if tls else None
+        self.tls = credentials(self.pki) if tls else {}
 
     def start(self, timeout=30):
         names = ['s%d' % i for i in range(self.storages)]
@@ -50,7 +73,8 @@ class Cluster:
              '--name', self.name,
              '--replicas', str(self.replicas),
              '--partitions', str(self.partitions),
-             '--master_port', '0', '--admin_port', '0'],
+             '--master_port', '0', '--admin_port', '0',
+             *('--%s=%s' % item for item in sorted(self.tls.items()))],
             stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL)
         deadline = time.time() + timeout
         for line in self.process.stdout:
@@ -69,7 +93,16 @@ class Cluster:
 
     def storage(self, **kw):
         from neo.client.Storage import Storage
-        return Storage(master_nodes=self.master_nodes, name=self.name, **kw)
+        return Storage(master_nodes=self.master_nodes, name=self.name,
+                       **dict(self.tls, **kw))
+
+    def zconfig_tls(self):
+        """The TLS lines of a <NEOStorage> section."""
+        return ''.join('  %s %s\n' % item for item in sorted(self.tls.items()))
+
+    def uri_tls(self):
+        """The TLS options of a neo:// URI."""
+        return ''.join('&%s=%s' % item for item in sorted(self.tls.items()))
 
     def stop(self):
         process, self.process = self.process, None

@@ -1,6 +1,8 @@
 """The storage through ZODB's application stack (DB, Connection,
 transaction, BTrees), configuration (ZConfig, zodburi), invalidations
-between clients, the cache, and the errors a user can make."""
+between clients, the cache, and the errors a user can make; on plain
+clusters and on a TLS one (every node and client with certificates)."""
+
 
 import subprocess
 import sys
@@ -16,18 +18,19 @@ from persistent.mapping import PersistentMapping
 from ZODB.POSException import ConflictError, POSKeyError, ReadOnlyError
 from ZODB.utils import p64, z64
 
-from neocluster import Cluster
+from neocluster import Cluster, credentials
 from neo.client.Storage import Storage
 from neo.client.exception import NEOStorageClosedError, NEOStorageConnectionError
 
 N_ENTRIES = 100000
 
 
-@pytest.fixture(scope='module', params=[(1, 0), (2, 1)],
-                ids=['1storage', '2storages-replicas1'])
+@pytest.fixture(scope='module', params=[(1, 0, False), (2, 1, False),
+                                        (1, 0, True)],
+                ids=['1storage', '2storages-replicas1', '1storage-tls'])
 def cluster(request):
-    storages, replicas = request.param
-    c = Cluster(storages, replicas).start()
+    storages, replicas, tls = request.param
+    c = Cluster(storages, replicas, tls=tls).start()
     yield c
     c.stop()
 
@@ -184,9 +187,10 @@ def test_zconfig(cluster):
         name %s
         cache-size 1MB
         compress zlib=9
+    %s
       </NEOStorage>
     </zodb>
-    """ % (cluster.master_nodes, cluster.name)
+    """ % (cluster.master_nodes, cluster.name, cluster.zconfig_tls())
     db = ZODB.config.databaseFromString(config)
     try:
         assert db.storage.getName() == 'NEOStorage(%s)' % cluster.name
@@ -221,8 +225,8 @@ def test_zodburi(cluster):
         cluster.name, cluster.master_nodes)
     assert resolve_uri(uri)[1] == {'pool_size': '7'}
     # Through zodburi's entry point, with its own database keywords.
-    uri = 'neo://%s@%s?read_only=true&cache_size=2MB&database_name=x' % (
-        cluster.name, cluster.master_nodes)
+    uri = 'neo://%s@%s?read_only=true&cache_size=2MB&database_name=x%s' % (
+        cluster.name, cluster.master_nodes, cluster.uri_tls())
     factory, dbkw = zodburi.resolve_uri(uri)
     assert dbkw['database_name'] == 'x'
     storage = factory()
@@ -289,10 +293,62 @@ def test_many_storages_many_threads(cluster):
     assert not errors
 
 
-def test_tls_refused(cluster):
-    with pytest.raises(NotImplementedError, match='TLS'):
+def test_tls_needs_all_three_files(cluster):
+    with pytest.raises(ValueError, match='3 files must be provided'):
         Storage(master_nodes=cluster.master_nodes, name=cluster.name,
-                ca='ca.pem', cert='cert.pem', key='key.pem')
+                ca='ca.pem')
+
+
+def test_tls_files_are_checked_first(cluster, tmp_path):
+    missing = str(tmp_path / 'missing.crt')
+    with pytest.raises(ValueError, match='TLS ca file %s: ' % missing):
+        Storage(master_nodes=cluster.master_nodes, name=cluster.name,
+                ca=missing, cert=missing, key=missing)
+
+
+def test_tls_and_plain_do_not_mix(cluster, tmp_path):
+    """A plain client of a TLS cluster and a TLS client of a plain one
+    fail in a bounded time, saying why."""
+    if cluster.tls:
+        kw = {}
+        message = 'the peer uses TLS and this node does not'
+    else:
+        from neocluster import make_pki
+        kw = credentials(make_pki(str(tmp_path)))
+        message = 'the peer does not use TLS and this node does'
+    start = time.time()
+    with pytest.raises(NEOStorageConnectionError, match=message):
+        Storage(master_nodes=cluster.master_nodes, name=cluster.name,
+                _ready_timeout=2, **kw)
+    assert time.time() - start < 10
+
+
+@pytest.fixture(scope='module')
+def tls_cluster():
+    c = Cluster(tls=True).start()
+    yield c
+    c.stop()
+
+
+def test_tls_untrusted_certificates_are_refused(tls_cluster):
+    for name in ('foreign', 'revoked'):
+        with pytest.raises(NEOStorageConnectionError, match='TLS'):
+            tls_cluster.storage(_ready_timeout=2,
+                                **credentials(tls_cluster.pki, name))
+
+
+def test_neos_uri_takes_credentials_from_the_environment(tls_cluster,
+                                                         monkeypatch):
+    from neo.client.zodburi import resolve_uri
+    for key, path in tls_cluster.tls.items():
+        monkeypatch.setenv('NEO_' + key.upper(), path)
+    factory, _ = resolve_uri('neos://%s@%s' % (tls_cluster.name,
+                                              tls_cluster.master_nodes))
+    storage = factory()
+    try:
+        assert storage.new_oid()
+    finally:
+        storage.close()
 
 
 def test_unknown_keyword(cluster):
@@ -305,7 +361,7 @@ def test_wrong_cluster_name(cluster):
     start = time.time()
     with pytest.raises(NEOStorageConnectionError):
         Storage(master_nodes=cluster.master_nodes, name='not-' + cluster.name,
-                _ready_timeout=2)
+                _ready_timeout=2, **cluster.tls)
     assert time.time() - start < 10
 
 
@@ -357,7 +413,8 @@ def test_cluster_stopped():
 _EXIT_SCRIPT = """
 import sys, ZODB, transaction
 from neo.client.Storage import Storage
-storage = Storage(master_nodes=sys.argv[1], name=sys.argv[2])
+storage = Storage(master_nodes=sys.argv[1], name=sys.argv[2],
+                  **dict(zip(('ca', 'cert', 'key'), sys.argv[5:])))
 db = ZODB.DB(storage)
 connection = db.open()
 connection.root()['exit'] = int(sys.argv[3])
@@ -377,7 +434,8 @@ def test_interpreter_exit_is_clean(cluster):
         mode = 'close' if i % 2 else 'leave'
         result = subprocess.run(
             [sys.executable, '-c', _EXIT_SCRIPT, cluster.master_nodes,
-             cluster.name, str(i), mode],
+             cluster.name, str(i), mode,
+             *(cluster.tls[k] for k in ('ca', 'cert', 'key') if cluster.tls)],
             capture_output=True, timeout=60)
         assert result.returncode == 0, (mode, result.returncode,
                                         result.stderr.decode()[-2000:])

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use neo_admin::AdminConfig;
-use neo_cli::daemon::{fail, serve, shutdown_signal};
+use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
 use neo_cli::options::{parse_admin, report_and_exit};
 use neo_net::Listener;
 
@@ -12,9 +12,10 @@ const PROGRAM: &str = "neoadmin";
 fn main() -> ExitCode {
     let options = parse_admin(std::env::args_os().skip(1))
         .unwrap_or_else(|error| report_and_exit(PROGRAM, &error));
-    if options.common.tls.is_some() {
-        return fail(PROGRAM, "TLS is not supported yet");
-    }
+    let tls = match load_tls(options.common.tls.as_ref()) {
+        Ok(tls) => tls,
+        Err(message) => return fail(PROGRAM, message),
+    };
     if !options.monitor_email.is_empty() {
         return fail(PROGRAM, "e-mail monitoring is not supported yet");
     }
@@ -22,14 +23,15 @@ fn main() -> ExitCode {
     serve(PROGRAM, logfile.as_deref(), async move {
         let listener = Listener::bind(&options.common.bind)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .with_tls(tls);
         let config = AdminConfig {
             cluster: options.common.cluster.clone(),
             masters: options.common.masters.clone(),
             bind: listener.local_address().clone(),
             monitor_backup: options.monitor_backup.clone(),
         };
-        tracing::info!(address = %config.bind, "admin listening");
+        tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
         neo_admin::run(config, listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use neo_cli::daemon::{fail, serve, shutdown_signal};
+use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
 use neo_cli::options::{parse_master, report_and_exit};
 use neo_master::MasterConfig;
 use neo_net::{resolve, Listener};
@@ -13,9 +13,10 @@ const PROGRAM: &str = "neomaster";
 fn main() -> ExitCode {
     let options = parse_master(std::env::args_os().skip(1))
         .unwrap_or_else(|error| report_and_exit(PROGRAM, &error));
-    if options.common.tls.is_some() {
-        return fail(PROGRAM, "TLS is not supported yet");
-    }
+    let tls = match load_tls(options.common.tls.as_ref()) {
+        Ok(tls) => tls,
+        Err(message) => return fail(PROGRAM, message),
+    };
     if options.upstream_cluster.is_some() || options.backup {
         return fail(PROGRAM, "backup mode is not supported yet");
     }
@@ -23,7 +24,8 @@ fn main() -> ExitCode {
     serve(PROGRAM, logfile.as_deref(), async move {
         let listener = Listener::bind(&options.common.bind)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .with_tls(tls);
         let own = [
             listener.local_address().clone(),
             options.common.bind.clone(),
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
             replicas: options.replicas,
             autostart: options.autostart,
         };
-        tracing::info!(address = %config.address, cluster = %config.cluster, "master listening");
+        tracing::info!(address = %config.address, cluster = %config.cluster, tls = listener.tls().is_some(), "master listening");
         neo_master::run(config, listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())

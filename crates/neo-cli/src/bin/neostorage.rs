@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use neo_cli::daemon::{fail, serve, shutdown_signal};
+use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
 use neo_cli::options::{parse_storage, report_and_exit};
 use neo_net::Listener;
 use neo_storage::backend::{self, OpenOptions};
@@ -15,9 +15,10 @@ const PROGRAM: &str = "neostorage";
 fn main() -> ExitCode {
     let options = parse_storage(std::env::args_os().skip(1))
         .unwrap_or_else(|error| report_and_exit(PROGRAM, &error));
-    if options.common.tls.is_some() {
-        return fail(PROGRAM, "TLS is not supported yet");
-    }
+    let tls = match load_tls(options.common.tls.as_ref()) {
+        Ok(tls) => tls,
+        Err(message) => return fail(PROGRAM, message),
+    };
     if options.new_nid || options.dedup {
         return fail(PROGRAM, "--new-nid and --dedup are not supported yet");
     }
@@ -43,7 +44,8 @@ fn main() -> ExitCode {
         let mut db = Database::new(backend).map_err(|e| e.to_string())?;
         let listener = Listener::bind(&options.common.bind)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .with_tls(tls);
         let config = StorageConfig {
             cluster: options.common.cluster.clone(),
             address: listener.local_address().clone(),
@@ -54,7 +56,7 @@ fn main() -> ExitCode {
         let mut storage = Storage::new(config, db)?;
         storage.set_disable_pack(options.disable_pack);
         storage.set_disable_drop_partitions(options.disable_drop_partitions);
-        tracing::info!(address = %listener.local_address(), "storage listening");
+        tracing::info!(address = %listener.local_address(), tls = listener.tls().is_some(), "storage listening");
         neo_storage::run(storage, listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())

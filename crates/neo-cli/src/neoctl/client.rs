@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use neo_net::{AskError, Connection, ConnectionConfig, EventKind, Inbox, NetError};
+use neo_net::{AskError, Connection, ConnectionConfig, EventKind, Inbox, NetError, Tls};
 use neo_proto::packets::{self, NodeInfo};
 use neo_proto::{
     Address, ClusterState, ErrorCode, Map, NodeId, NodeState, NodeType, Packet, Partition,
@@ -71,7 +71,9 @@ impl CtlError {
 
     fn from_net(error: NetError) -> CtlError {
         match error {
-            NetError::Closed { .. } | NetError::Io { .. } => CtlError::Closed,
+            NetError::Closed { .. } | NetError::ClosedInHandshake { .. } | NetError::Io { .. } => {
+                CtlError::Closed
+            }
             error @ (NetError::VersionMismatch { .. }
             | NetError::NotNeo { .. }
             | NetError::HandshakeTimeout { .. }) => CtlError::NotNeo(error),
@@ -87,16 +89,22 @@ pub struct AdminConnection {
 }
 
 impl AdminConnection {
-    /// Connects to the admin node at `address` and runs the handshake.
-    pub async fn connect(address: &Address) -> Result<AdminConnection, CtlError> {
-        let (connection, inbox) = neo_net::connect_alone(address, &ConnectionConfig::default())
-            .await
-            .map_err(|error| match error {
-                NetError::Resolve { .. } | NetError::Io { .. } => {
-                    CtlError::NotConnected { source: error }
-                }
-                error => CtlError::from_net(error),
-            })?;
+    /// Connects to the admin node at `address` (with TLS if given) and
+    /// runs the handshake.
+    pub async fn connect(address: &Address, tls: Option<Tls>) -> Result<AdminConnection, CtlError> {
+        let config = ConnectionConfig {
+            tls,
+            ..ConnectionConfig::default()
+        };
+        let (connection, inbox) =
+            neo_net::connect_alone(address, &config)
+                .await
+                .map_err(|error| match error {
+                    NetError::Resolve { .. } | NetError::Io { .. } => {
+                        CtlError::NotConnected { source: error }
+                    }
+                    error => CtlError::from_net(error),
+                })?;
         Ok(AdminConnection { connection, inbox })
     }
 

@@ -14,6 +14,9 @@ use std::path::PathBuf;
 
 use neo_proto::Address;
 
+use crate::daemon::load_tls;
+use crate::options::TlsFiles;
+
 pub use client::{AdminConnection, CtlError};
 pub use command::{parse_command, CheckTarget, Command, CommandError, NodeSelection};
 
@@ -33,6 +36,8 @@ pub struct CtlOptions {
     pub address: Address,
     /// `-l`: accepted for compatibility; neoctl writes no log yet.
     pub logfile: Option<PathBuf>,
+    /// `--ca --cert --key`: TLS, as the cluster's nodes.
+    pub tls: Option<TlsFiles>,
     /// The command words, verbatim.
     pub words: Vec<String>,
 }
@@ -70,9 +75,6 @@ impl CtlUsageError {
 /// NEO/py's message when only some TLS files are given.
 pub const TLS_INCOMPLETE: &str = "To enable encryption, 3 files must be provided: the CA \
      certificate, and the certificate of this node with its private key.";
-
-/// Our refusal of TLS until neo-net supports it.
-pub const TLS_UNSUPPORTED: &str = "TLS is not supported yet (--ca, --cert, --key)";
 
 fn clap_command() -> clap::Command {
     use clap::{Arg, ArgAction};
@@ -124,15 +126,16 @@ where
     if matches.get_flag("help") {
         return Ok(Invocation::Help);
     }
-    let tls_files = ["ca", "cert", "key"]
-        .iter()
-        .filter(|id| matches.contains_id(id))
-        .count();
-    match tls_files {
-        0 => {}
-        3 => return Err(CtlUsageError::Tls(TLS_UNSUPPORTED)),
+    let path = |id| {
+        matches
+            .get_one::<String>(id)
+            .map(|path| crate::options::expand_user(path))
+    };
+    let tls = match (path("ca"), path("cert"), path("key")) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
         _ => return Err(CtlUsageError::Tls(TLS_INCOMPLETE)),
-    }
+    };
     let address = match matches.get_one::<String>("address") {
         Some(text) => Address::parse(text, DEFAULT_ADMIN_PORT).map_err(|e| {
             CtlUsageError::Usage(format!(
@@ -143,9 +146,8 @@ where
     };
     Ok(Invocation::Run(CtlOptions {
         address,
-        logfile: matches
-            .get_one::<String>("logfile")
-            .map(|path| crate::options::expand_user(path)),
+        logfile: path("logfile"),
+        tls,
         words: matches
             .get_many::<String>("cmd")
             .map(|words| words.cloned().collect())
@@ -203,7 +205,11 @@ where
         }
         Err(error) => return Outcome::failure(1, error),
     };
-    let mut admin = match AdminConnection::connect(&options.address).await {
+    let tls = match load_tls(options.tls.as_ref()) {
+        Ok(tls) => tls,
+        Err(message) => return Outcome::failure(1, format!("neoctl: error: {message}")),
+    };
+    let mut admin = match AdminConnection::connect(&options.address, tls).await {
         Ok(admin) => admin,
         Err(error) => return Outcome::failure(1, error),
     };
@@ -278,11 +284,16 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_clearly() {
+    fn tls_takes_all_three_files() {
         assert_eq!(
-            parse_args(["--ca", "a", "--cert", "b", "--key", "c", "print", "cluster"]),
-            Err(CtlUsageError::Tls(TLS_UNSUPPORTED))
+            run_options(&["--ca", "a", "--cert", "b", "--key", "c", "print", "cluster"]).tls,
+            Some(TlsFiles {
+                ca: "a".into(),
+                cert: "b".into(),
+                key: "c".into(),
+            })
         );
+        assert_eq!(run_options(&["print", "cluster"]).tls, None);
         assert_eq!(
             parse_args(["--ca", "a"]),
             Err(CtlUsageError::Tls(TLS_INCOMPLETE))

@@ -7,12 +7,23 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
+use neo_net::test_pki::{Credentials, TestPki};
 use neo_storage::backend::Adapter;
 
 pub const NEOMASTER: &str = env!("CARGO_BIN_EXE_neomaster");
 pub const NEOSTORAGE: &str = env!("CARGO_BIN_EXE_neostorage");
 pub const NEOADMIN: &str = env!("CARGO_BIN_EXE_neoadmin");
 pub const NEOCTL: &str = env!("CARGO_BIN_EXE_neoctl");
+
+/// Runs a program that must fail at once with one line on stderr.
+pub fn one_line_error(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().unwrap();
+    assert!(!output.status.success(), "{program} {args:?} succeeded");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{program} {args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr.trim().to_owned()
+}
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -84,6 +95,23 @@ pub struct Cluster {
     pub store: Store,
     /// MySQL databases created for the storages.
     created: Vec<String>,
+    /// With TLS: the certificates, made in `dir`; every node, neoctl and
+    /// client uses `pki.node` unless told otherwise.
+    pub pki: Option<TestPki>,
+}
+
+/// `--ca --cert --key` for these credentials.
+pub fn tls_args(credentials: &Credentials) -> Vec<String> {
+    let mut args = Vec::new();
+    for (option, path) in [
+        ("--ca", &credentials.ca),
+        ("--cert", &credentials.cert),
+        ("--key", &credentials.key),
+    ] {
+        args.push(option.to_owned());
+        args.push(path.to_str().unwrap().to_owned());
+    }
+    args
 }
 
 impl Cluster {
@@ -100,6 +128,7 @@ impl Cluster {
             children: Vec::new(),
             store,
             created: Vec::new(),
+            pki: None,
         }
     }
 
@@ -128,7 +157,29 @@ impl Cluster {
         format!("neo_{}_{}_{}", self.name, index, std::process::id())
     }
 
+    /// A cluster whose nodes, neoctl and clients all use TLS.
+    pub fn with_tls(name: &str) -> Cluster {
+        let mut cluster = Cluster::new(name);
+        cluster.pki = Some(TestPki::create(cluster.dir.path()).unwrap());
+        cluster
+    }
+
+    /// The TLS options of the cluster's nodes (none without TLS).
+    pub fn tls_args(&self) -> Vec<String> {
+        self.pki
+            .as_ref()
+            .map_or_else(Vec::new, |pki| tls_args(&pki.node))
+    }
+
+    /// Starts a node with the cluster's TLS options.
     pub fn spawn(&mut self, label: &str, program: &str, args: &[&str]) {
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(self.tls_args());
+        self.spawn_plain(label, program, &args);
+    }
+
+    /// Starts a process with exactly these arguments.
+    pub fn spawn_plain(&mut self, label: &str, program: &str, args: &[String]) {
         let log = std::fs::File::create(self.dir.path().join(format!("{label}.log"))).unwrap();
         let child = Command::new(program)
             .args(args)
@@ -180,8 +231,9 @@ impl Cluster {
     }
 
     pub fn neoctl(&self, command: &str) -> Output {
-        let mut args = vec!["-a", self.admin.as_str()];
-        args.extend(command.split_whitespace());
+        let mut args = self.tls_args();
+        args.extend(["-a".to_owned(), self.admin.clone()]);
+        args.extend(command.split_whitespace().map(str::to_owned));
         Command::new(NEOCTL).args(args).output().unwrap()
     }
 
@@ -243,7 +295,8 @@ impl Cluster {
     /// A client of this cluster.
     pub fn client(&self) -> neo_client::BlockingClient {
         let master = neo_proto::Address::parse(&self.master, 0).unwrap();
-        let config = neo_client::ClientConfig::new(vec![master], self.name.clone());
+        let mut config = neo_client::ClientConfig::new(vec![master], self.name.clone());
+        config.connection.tls = self.pki.as_ref().map(|pki| pki.node.load().unwrap());
         neo_client::BlockingClient::connect(config).unwrap()
     }
 

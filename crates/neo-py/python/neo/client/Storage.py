@@ -15,6 +15,7 @@ in order and before ``lastTransaction()`` returns their TID.
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -40,6 +41,11 @@ logger = logging.getLogger('neo.client')
 MAX_TID = b'\x7f\xff\xff\xff\xff\xff\xff\xff'
 
 _log_handler = None
+
+# NEO/py's message when only some of ca, cert, key are given.
+_TLS_INCOMPLETE = ('To enable encryption, 3 files must be provided: the CA'
+                   ' certificate, and the certificate of this node with its'
+                   ' private key.')
 
 
 def _setup_logfile(path):
@@ -181,9 +187,12 @@ class Storage(ConflictResolvingStorage):
                  read_only=False, cache_size=20 * 1024 * 1024,
                  dynamic_master_list=None, ignore_wrong_checksum=False,
                  ca=None, cert=None, key=None, _ready_timeout=10.0):
+        tls = None
         if ca or cert or key:
-            raise NotImplementedError(
-                'TLS (ca/cert/key) is not supported yet by this NEO client')
+            if not (ca and cert and key):
+                raise ValueError(_TLS_INCOMPLETE)
+            tls = tuple(os.path.expanduser(str(path))
+                        for path in (ca, cert, key))
         if logfile:
             _setup_logfile(logfile)
         self._name = name
@@ -202,7 +211,7 @@ class Storage(ConflictResolvingStorage):
                 compress=_compress_option(compress),
                 cache_size=int(cache_size or 0),
                 ready_timeout=float(_ready_timeout),
-                dynamic_master_list=dynamic_master_list)
+                dynamic_master_list=dynamic_master_list, tls=tls)
         except _neo.NeoError as e:
             raise _error(e) from None
         self._ltid = self._call(self._client.last_tid)
