@@ -128,25 +128,10 @@ impl Database {
         Ok(())
     }
 
-    /// Where the node is in the cluster's topology, as NEO/py says it
-    /// (`devpath`, §1.6): the host name, then the device holding the data.
-    /// What cannot be found is left out, with a warning: tweak then knows
-    /// less about where replicas should go.
+    /// Where the node is in the cluster's topology
+    /// ([`backend::topology_path`](crate::backend::topology_path)).
     pub fn topology_path(&mut self) -> Vec<String> {
-        use std::os::unix::fs::MetadataExt;
-        let mut devpath = vec![gethostname::gethostname().to_string_lossy().into_owned()];
-        let device = match self.backend.data_path() {
-            Ok(Some(path)) => std::fs::metadata(&path)
-                .map(|metadata| metadata.dev())
-                .map_err(|error| format!("{}: {error}", path.display())),
-            Ok(None) => Err("the engine does not say where it is".to_owned()),
-            Err(error) => Err(error.to_string()),
-        };
-        match device {
-            Ok(device) => devpath.push(device.to_string()),
-            Err(error) => tracing::warn!("the device of the data is unknown: {error}"),
-        }
-        devpath
+        crate::backend::topology_path(self.backend.as_mut())
     }
 
     // --- lifecycle ---------------------------------------------------------
