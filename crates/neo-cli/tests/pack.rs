@@ -7,7 +7,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Cluster, Store};
+use common::{Cluster, Setup};
 use neo_client::{BlockingClient, ClientError, TxnMeta};
 use neo_proto::packets::HistoryEntry;
 use neo_proto::{Oid, Tid};
@@ -128,8 +128,8 @@ fn histories(cluster: &Cluster, index: usize, oids: &[Oid]) -> Vec<Vec<HistoryEn
         .collect()
 }
 
-fn pack_scenario(name: &str, storages: usize, replicas: u32, store: Store) {
-    let mut cluster = Cluster::with_store(name, store);
+fn pack_scenario(name: &str, storages: usize, replicas: u32, setup: Setup) {
+    let mut cluster = setup.cluster(name);
     cluster.start(storages, replicas);
     let client = cluster.client();
     let w = write(&client);
@@ -193,15 +193,15 @@ fn pack_scenario(name: &str, storages: usize, replicas: u32, store: Store) {
     }
 }
 
-fn pack_removes_old_history_and_survives_a_restart(store: Store) {
-    pack_scenario("pack1", 1, 0, store);
+fn pack_removes_old_history_and_survives_a_restart(setup: Setup) {
+    pack_scenario("pack1", 1, 0, setup);
 }
 
-fn replicas_are_packed_identically(store: Store) {
-    pack_scenario("pack2", 2, 1, store);
+fn replicas_are_packed_identically(setup: Setup) {
+    pack_scenario("pack2", 2, 1, setup);
 }
 
-common::on_every_store!(
+common::on_every_setup!(
     pack_removes_old_history_and_survives_a_restart,
     replicas_are_packed_identically,
 );

@@ -7,7 +7,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Cluster, Store};
+use common::Setup;
 use neo_client::TxnMeta;
 use neo_proto::{Oid, Tid};
 
@@ -27,13 +27,13 @@ fn commit(client: &neo_client::BlockingClient, oid: Oid, serial: Tid, data: &'st
     txn.finish().unwrap()
 }
 
-common::on_every_store!(
+common::on_every_setup!(
     truncate_cuts_the_history_and_the_cluster_restarts_alone,
     add_tweak_kill_and_drop_print_what_neo_py_prints,
 );
 
-fn truncate_cuts_the_history_and_the_cluster_restarts_alone(store: Store) {
-    let mut cluster = Cluster::with_store("truncate", store);
+fn truncate_cuts_the_history_and_the_cluster_restarts_alone(setup: Setup) {
+    let mut cluster = setup.cluster("truncate");
     cluster.start(2, 1);
     let client = cluster.client();
     let oid = client.new_oid().unwrap();
@@ -63,8 +63,8 @@ fn truncate_cuts_the_history_and_the_cluster_restarts_alone(store: Store) {
 
 /// operations.md §11.6 with our storages: a new storage is added, gets
 /// cells by a tweak, is killed and dropped.
-fn add_tweak_kill_and_drop_print_what_neo_py_prints(store: Store) {
-    let mut cluster = Cluster::with_store("elastic", store);
+fn add_tweak_kill_and_drop_print_what_neo_py_prints(setup: Setup) {
+    let mut cluster = setup.cluster("elastic");
     cluster.start(1, 1);
     cluster.start_storage(1);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

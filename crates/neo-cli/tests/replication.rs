@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ::mysql::prelude::Queryable;
 use bytes::Bytes;
-use common::{Cluster, Store};
+use common::{Cluster, Setup, Store};
 use neo_client::{BlockingClient, TxnMeta};
 use neo_proto::{Oid, Tid};
 
@@ -100,10 +100,10 @@ fn wait_for(cluster: &Cluster, what: &str, seconds: u64, mut done: impl FnMut() 
     }
 }
 
-common::on_every_store!(a_storage_back_from_down_fetches_what_it_missed);
+common::on_every_setup!(a_storage_back_from_down_fetches_what_it_missed);
 
-fn a_storage_back_from_down_fetches_what_it_missed(store: Store) {
-    let mut cluster = Cluster::with_store("replication", store);
+fn a_storage_back_from_down_fetches_what_it_missed(setup: Setup) {
+    let mut cluster = setup.cluster("replication");
     cluster.start(2, 1);
     let client = cluster.client();
     let mut objects: Vec<(Oid, Tid)> = (0..20)

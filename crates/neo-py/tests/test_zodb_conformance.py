@@ -1,6 +1,6 @@
 """ZODB's own storage conformance suites, against live NEO clusters:
-one storage (replicas=0), two storages with replicas=1, and the general
-suites again on one storage with TLS.
+one storage (replicas=0), two storages with replicas=1, and again with
+TLS for every node and client.
 
 Each test gets a cluster of its own, since ZODB's tests expect an empty
 database (``neosimple`` starts in a fraction of a second)."""
@@ -144,15 +144,22 @@ class TestTwoStoragesReplicated(NEOTestBase, GeneralSuites):
     replicas = 1
 
 
-# Under TLS, the general suites on one storage: every client request and
-# answer, invalidations and the MT tests cross TLS. The pack and recovery
-# suites exercise the storage's rules, not the transport, and TLS between
-# storages and with replicas is covered by neo-cli's data tests; running
-# them all again would double the suites' time in CI.
+# Every suite again with TLS for every node and client: the general ones
+# on one storage and on two replicated storages (storage to storage over
+# TLS too), pack and recovery on two.
 @_expect_failures
 @_alias_check_methods
 class TestOneStorageTLS(NEOTestBase, GeneralSuites):
     """replicas=0, one storage node; every node and client with TLS."""
+    tls = True
+
+
+@_expect_failures
+@_alias_check_methods
+class TestTwoStoragesReplicatedTLS(NEOTestBase, GeneralSuites):
+    """replicas=1, two storage nodes; every node and client with TLS."""
+    storages = 2
+    replicas = 1
     tls = True
 
 
@@ -180,3 +187,19 @@ class TestRecoveryOneStorage(RecoverySuites, NEOTestBase):
 class TestRecoveryTwoStoragesReplicated(RecoverySuites, NEOTestBase):
     storages = 2
     replicas = 1
+
+
+@_expect_failures
+@_alias_check_methods
+class TestPackTwoStoragesReplicatedTLS(NEOTestBase, PackSuites):
+    storages = 2
+    replicas = 1
+    tls = True
+
+
+@_expect_failures
+@_alias_check_methods
+class TestRecoveryTwoStoragesReplicatedTLS(RecoverySuites, NEOTestBase):
+    storages = 2
+    replicas = 1
+    tls = True

@@ -55,26 +55,55 @@ impl Store {
     }
 }
 
-/// Each test function `name(store)` given, as a test on SQLite storages
-/// (`sqlite::name`) and one on MySQL storages (`mysql::name`).
-macro_rules! on_every_store {
+/// The clusters a test runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Setup {
+    /// SQLite storages.
+    Sqlite,
+    /// MySQL storages (on `NEO_MYSQL_SOCKET`'s server).
+    MySql,
+    /// SQLite storages, and TLS for every node, neoctl and the clients.
+    Tls,
+}
+
+impl Setup {
+    /// A cluster named `name` of this setup (not started).
+    pub fn cluster(self, name: &str) -> Cluster {
+        match self {
+            Setup::Sqlite => Cluster::new(name),
+            Setup::MySql => Cluster::with_store(name, Store::mysql()),
+            Setup::Tls => Cluster::with_tls(name),
+        }
+    }
+}
+
+/// Each test function `name(setup)` given, as a test on SQLite storages
+/// (`sqlite::name`), one on MySQL storages (`mysql::name`) and one with
+/// TLS everywhere (`tls::name`).
+macro_rules! on_every_setup {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
             $(#[test]
             fn $test() {
-                super::$test(super::common::Store::Sqlite);
+                super::$test(super::common::Setup::Sqlite);
             })*
         }
         mod mysql {
             $(#[test]
             fn $test() {
-                super::$test(super::common::Store::mysql());
+                super::$test(super::common::Setup::MySql);
+            })*
+        }
+        mod tls {
+            $(#[test]
+            fn $test() {
+                super::$test(super::common::Setup::Tls);
             })*
         }
     };
 }
 #[allow(unused_imports)]
-pub(crate) use on_every_store;
+pub(crate) use on_every_setup;
 
 /// A connection as root to the MySQL server of `socket`.
 pub fn mysql_admin(socket: &str) -> mysql::Conn {
