@@ -211,18 +211,19 @@ fn identifies_as_admin_with_its_backups() {
 }
 
 #[test]
-fn masters_are_tried_in_turn_at_most_once_a_second_each() {
+fn masters_are_tried_in_turn_at_most_once_per_retry_interval_each() {
+    let interval = neo_cluster::RETRY_INTERVAL;
     let mut sim = Sim::new(&[10000, 10001]);
     let (first, address) = connect(&sim.input(Input::Start));
     assert_eq!(address.port, 10000);
     let outputs = sim.input(Input::ConnectFailed { token: first });
     let (second, address) = connect(&outputs);
     assert_eq!(address.port, 10001);
-    sim.now += 0.25;
-    // Back to the first master, tried 0.25 s ago: not before a second.
+    sim.now += interval / 4.0;
+    // Back to the first master, tried a moment ago: not before the interval.
     assert!(sim.input(Input::ConnectFailed { token: second }).is_empty());
-    assert_eq!(sim.admin.poll_timeout(), Some(T0 + 1.0));
-    sim.now = T0 + 1.0;
+    assert_eq!(sim.admin.poll_timeout(), Some(T0 + interval));
+    sim.now = T0 + interval;
     let (third, address) = connect(&sim.input(Input::Timeout));
     assert_eq!(address.port, 10000);
     assert_eq!(sim.admin.poll_timeout(), None);

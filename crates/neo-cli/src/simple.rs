@@ -1,6 +1,7 @@
-//! `neosimple`: a whole cluster in one process — a master, one SQLite
+//! `neosimple`: a whole cluster in one process — one or more masters, one
 //! storage per database name and an admin on one IP — for trying NEO and
-//! for tests. Unlike NEO/py's version it starts the cluster by itself,
+//! for tests. It takes NEO/py's options, so NEO/py's command lines work
+//! unchanged; unlike NEO/py's version it starts the cluster by itself,
 //! waits until it runs, and stops it cleanly on SIGINT/SIGTERM, so the
 //! same data directory can be used again.
 
@@ -34,9 +35,40 @@ pub struct SimpleOptions {
     /// Number of extra replicas of a new cluster.
     #[arg(long, default_value_t = 0)]
     pub replicas: u32,
-    /// IP address every node listens on.
-    #[arg(long = "bind_ip", default_value = "127.0.0.1")]
-    pub bind_ip: String,
+    /// IP address every node listens on (default: the loopback address
+    /// of `--address_type`).
+    #[arg(long = "bind_ip")]
+    pub bind_ip: Option<String>,
+    /// Socket family when `--bind_ip` is not given, by number as NEO/py
+    /// takes it: 2 (IPv4, 127.0.0.1) or 10 (IPv6, ::1).
+    #[arg(long = "address_type", default_value_t = 2)]
+    pub address_type: u32,
+    /// Number of masters: they elect one primary, the others are spares.
+    #[arg(long = "master_count", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_MASTERS as i64))]
+    pub master_count: u32,
+    /// Accepted for NEO/py's command lines: this neosimple always creates
+    /// the cluster once every storage is there.
+    #[arg(long)]
+    pub autostart: bool,
+    /// Accepted for NEO/py's command lines, where it seeds random ports,
+    /// ids and names: here the kernel picks the ports and the name is
+    /// `--name`.
+    #[arg(long)]
+    pub seed: Option<String>,
+    /// Log to `neosimple.log` in the data directory instead of stderr
+    /// (NEO/py writes one file per node; here every node is in one
+    /// process).
+    #[arg(long)]
+    pub logger: bool,
+    /// Accepted for NEO/py's command lines (no effect there either).
+    #[arg(long = "cleanup_on_delete")]
+    pub cleanup_on_delete: bool,
+    /// NEO/py's Python-only options: refused with a reason.
+    #[arg(long)]
+    pub importer: Option<String>,
+    #[arg(long = "storage_kw")]
+    pub storage_kw: Option<String>,
     /// Port of the master (0: any free port).
     #[arg(long = "master_port", default_value_t = 0)]
     pub master_port: u16,
@@ -66,6 +98,28 @@ pub struct SimpleOptions {
     pub db: Vec<String>,
 }
 
+/// Most masters `--master_count` starts.
+const MAX_MASTERS: usize = 16;
+
+impl SimpleOptions {
+    /// Where the log goes with `--logger`.
+    pub fn logfile(&self) -> Option<PathBuf> {
+        self.logger.then(|| self.temp_dir.join("neosimple.log"))
+    }
+
+    /// The IP every node listens on.
+    fn ip(&self) -> Result<String, String> {
+        if let Some(ip) = &self.bind_ip {
+            return Ok(ip.clone());
+        }
+        match self.address_type {
+            2 => Ok("127.0.0.1".to_owned()),
+            10 => Ok("::1".to_owned()),
+            other => Err(format!("--address_type {other}: use 2 (IPv4) or 10 (IPv6)")),
+        }
+    }
+}
+
 /// How long the cluster may take to reach RUNNING.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -80,6 +134,13 @@ pub async fn run(
 ) -> Result<(), String> {
     let adapter = Adapter::from_name(&options.adapter)
         .ok_or_else(|| format!("unknown adapter {:?}", options.adapter))?;
+    if options.importer.is_some() || options.storage_kw.is_some() {
+        return Err(
+            "--importer and --storage_kw take Python structures, which a command \
+                    line cannot give (NEO/py cannot use them either)"
+                .to_owned(),
+        );
+    }
     let tls = match (&options.ca, &options.cert, &options.key) {
         (Some(ca), Some(cert), Some(key)) => {
             Some(Tls::load(ca, cert, key).map_err(|e| e.to_string())?)
@@ -88,23 +149,33 @@ pub async fn run(
     };
     std::fs::create_dir_all(&options.temp_dir)
         .map_err(|e| format!("cannot create {}: {e}", options.temp_dir.display()))?;
-    let ip = options.bind_ip.as_str();
-    let bind = |port| bind(ip, port, tls.clone());
-    let master_listener = bind(options.master_port).await?;
-    let master_address = master_listener.local_address().clone();
+    let ip = options.ip()?;
+    let bind = |port| bind(&ip, port, tls.clone());
+    // Every master listens before any starts, so each knows them all.
+    let mut master_listeners = vec![bind(options.master_port).await?];
+    for _ in 1..options.master_count {
+        master_listeners.push(bind(0).await?);
+    }
+    let masters: Vec<Address> = master_listeners
+        .iter()
+        .map(|listener| listener.local_address().clone())
+        .collect();
     let mut nodes: Vec<JoinHandle<Result<(), String>>> = Vec::new();
-    let master = MasterConfig {
-        cluster: options.name.clone(),
-        address: master_address.clone(),
-        partitions: options.partitions,
-        replicas: options.replicas,
-        autostart: Some(options.db.len() as u32),
-    };
-    nodes.push(tokio::spawn(async move {
-        neo_master::run(master, master_listener, std::future::pending())
-            .await
-            .map_err(|e| format!("master: {e}"))
-    }));
+    for listener in master_listeners {
+        let master = MasterConfig {
+            cluster: options.name.clone(),
+            address: listener.local_address().clone(),
+            partitions: options.partitions,
+            replicas: options.replicas,
+            autostart: Some(options.db.len() as u32),
+            masters: masters.clone(),
+        };
+        nodes.push(tokio::spawn(async move {
+            neo_master::run(master, listener, std::future::pending())
+                .await
+                .map_err(|e| format!("master: {e}"))
+        }));
+    }
     for db in &options.db {
         // An SQLite database per name, in the data directory.
         let database = if adapter == Adapter::Sqlite && !db.contains('/') {
@@ -125,7 +196,7 @@ pub async fn run(
         let config = StorageConfig {
             cluster: options.name.clone(),
             address: listener.local_address().clone(),
-            masters: vec![master_address.clone()],
+            masters: masters.clone(),
             limits: Limits::default(),
             devpath: db.topology_path(),
         };
@@ -140,7 +211,7 @@ pub async fn run(
     let admin_address = admin_listener.local_address().clone();
     let admin = AdminConfig {
         cluster: options.name.clone(),
-        masters: vec![master_address.clone()],
+        masters: masters.clone(),
         bind: admin_address.clone(),
         monitor_backup: Vec::new(),
     };
@@ -158,7 +229,8 @@ pub async fn run(
         .await
         .map_err(|_| format!("the cluster did not start within {START_TIMEOUT:?}"))?;
     println!("Cluster running");
-    println!("master_nodes = {master_address}");
+    let master_nodes: Vec<String> = masters.iter().map(Address::to_string).collect();
+    println!("master_nodes = {}", master_nodes.join(" "));
     println!("name = {}", options.name);
     println!("admin = {admin_address}");
     println!("data = {}", options.temp_dir.display());

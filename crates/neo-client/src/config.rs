@@ -61,6 +61,9 @@ pub struct ClientConfig {
     pub connection: ConnectionConfig,
     /// Who gets invalidations, if anyone.
     pub invalidation_listener: Option<InvalidationListener>,
+    /// NEO's dynamic master list file: its masters are tried after
+    /// `masters`, and it is kept current with the masters learnt.
+    pub dynamic_master_list: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -83,14 +86,15 @@ impl ClientConfig {
             cluster: cluster.into(),
             read_only: false,
             ready_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-            retry_interval: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            retry_interval: Duration::from_millis(250),
             max_store_bytes_in_flight: 20 << 20,
             // Leaves room for the packet header below the 64 MiB limit.
             max_object_size: (64 << 20) - 4096,
             compress: true,
             connection: ConnectionConfig::default(),
             invalidation_listener: None,
+            dynamic_master_list: None,
         }
     }
 

@@ -26,6 +26,7 @@ mod config;
 pub mod data;
 mod error;
 mod master;
+mod master_list;
 mod storage;
 mod txn;
 mod util;

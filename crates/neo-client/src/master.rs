@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{ClientConfig, Invalidation};
 use crate::error::ClientError;
+use crate::master_list::MasterList;
 use crate::storage::{Routes, StoragePool};
 use crate::txn::TxnShared;
 use crate::util::{lock, next_token};
@@ -217,6 +218,8 @@ pub(crate) struct Shared {
     pub rng: AtomicU64,
     /// Runtime the client tasks run on (for best-effort aborts on drop).
     pub runtime: tokio::runtime::Handle,
+    /// The masters known: configured, in the dynamic master list, learnt.
+    pub masters: Mutex<MasterList>,
 }
 
 impl Shared {
@@ -229,7 +232,9 @@ impl Shared {
         connection_config.handshake_timeout = connection_config
             .handshake_timeout
             .min(config.connect_timeout);
+        let masters = MasterList::new(&config.masters, config.dynamic_master_list.clone());
         Shared {
+            masters: Mutex::new(masters),
             config,
             connection_config,
             state: watch::channel(ConnState::default()).0,
@@ -361,7 +366,8 @@ async fn next_master(finder: &mut PrimaryFinder, clock: &RetryClock) -> Address 
 
 /// Finds the primary master and follows it, forever (until shutdown).
 pub(crate) async fn supervise(shared: Arc<Shared>) {
-    let Some(finder) = PrimaryFinder::new(&shared.config.masters) else {
+    let known = lock(&shared.masters).known().to_vec();
+    let Some(finder) = PrimaryFinder::new(&known) else {
         shared.set_error("no master address configured".into());
         return;
     };
@@ -374,6 +380,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
     loop {
         if shared.state.borrow().closed {
             return;
+        }
+        for address in lock(&shared.masters).known() {
+            finder.learn(address);
         }
         finder.schedule(preferred.take(), clock.now());
         let address = next_master(&mut finder, &clock).await;
@@ -390,6 +399,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
             }
             Err(Attempt::Redirect(redirect)) => {
                 preferred = finder.redirected(&redirect);
+                lock(&shared.masters).learn(&redirect.known_masters);
                 shared.set_error(format!(
                     "{address} is not the primary master (primary: {})",
                     preferred
@@ -622,6 +632,13 @@ async fn on_packet(
     match frame.packet {
         Packet::NotifyNodeInformation(notification) => {
             let stopped = on_nodes(session, notification.timestamp, &notification.nodes);
+            // Masters the primary knows: a failover may need them.
+            let masters = notification
+                .nodes
+                .iter()
+                .filter(|node| node.node_type == NodeType::Master)
+                .filter_map(|node| node.address.as_ref());
+            lock(&shared.masters).learn(masters);
             for nid in stopped {
                 session.storages.drop_node(nid).await;
             }

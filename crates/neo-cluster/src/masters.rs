@@ -1,7 +1,9 @@
 //! Finding the primary master (architecture.md §2.4): which master a node
 //! tries next, and when. Storages, admins and clients all try the masters
 //! they know in turn, follow `NotPrimaryMaster` redirections, and make at
-//! most one connection attempt per address per second (protocol.md §9.5).
+//! most four connection attempts per address per second. NEO/py makes one
+//! (protocol.md §9.5); a refused attempt costs the master nothing, and
+//! this is most of how fast a new primary is found after a failover.
 
 use std::collections::HashMap;
 
@@ -9,7 +11,7 @@ use neo_proto::packets::NotPrimaryMaster;
 use neo_proto::{Address, UnixTime};
 
 /// At most one connection attempt per master address per this interval.
-pub const RETRY_INTERVAL: f64 = 1.0;
+pub const RETRY_INTERVAL: f64 = 0.25;
 
 /// Largest number of master addresses remembered: `NotPrimaryMaster` lists
 /// come from the network and must not grow the list without bound.
@@ -99,17 +101,22 @@ impl PrimaryFinder {
         self.scheduled = None;
     }
 
+    /// Learns a master (from a notification, a file...), up to
+    /// [`MAX_MASTERS`]; `true` if it was new.
+    pub fn learn(&mut self, address: &Address) -> bool {
+        if self.masters.len() >= MAX_MASTERS || self.masters.contains(address) {
+            return false;
+        }
+        self.masters.push(address.clone());
+        true
+    }
+
     /// A secondary master said who the primary is: learns the masters it
     /// listed (up to [`MAX_MASTERS`]) and returns the primary's address, if
     /// it named one.
     pub fn redirected(&mut self, redirect: &NotPrimaryMaster) -> Option<Address> {
         for address in &redirect.known_masters {
-            if self.masters.len() >= MAX_MASTERS {
-                break;
-            }
-            if !self.masters.contains(address) {
-                self.masters.push(address.clone());
-            }
+            self.learn(address);
         }
         redirect
             .primary
@@ -128,7 +135,9 @@ mod tests {
 
     #[test]
     fn masters_are_tried_in_turn_at_most_once_a_second_each() {
-        let mut finder = PrimaryFinder::new(&[master(1), master(2), master(1)]).unwrap();
+        let mut finder = PrimaryFinder::new(&[master(1), master(2), master(1)])
+            .unwrap()
+            .with_retry_interval(1.0);
         assert_eq!(finder.masters(), [master(1), master(2)]);
         finder.schedule(None, 100.0);
         assert_eq!(finder.due(100.0), Some(master(1)));
@@ -140,13 +149,11 @@ mod tests {
         assert_eq!(finder.deadline(), Some(101.0));
         assert_eq!(finder.due(100.9), None);
         assert_eq!(finder.due(101.0), Some(master(1)));
-        let mut quick = PrimaryFinder::new(&[master(1)])
-            .unwrap()
-            .with_retry_interval(0.25);
+        let mut quick = PrimaryFinder::new(&[master(1)]).unwrap();
         quick.schedule(None, 0.0);
         assert_eq!(quick.due(0.0), Some(master(1)));
         quick.schedule(None, 0.0);
-        assert_eq!(quick.deadline(), Some(0.25));
+        assert_eq!(quick.deadline(), Some(RETRY_INTERVAL));
     }
 
     #[test]

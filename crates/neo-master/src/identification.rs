@@ -133,6 +133,9 @@ impl Master {
                 "address conflicts with this master",
             );
         }
+        if request.node_type == NodeType::Master && self.challenged(conn, &request) {
+            return;
+        }
         // Protect against cloned databases and buggy peers (§1.2).
         let taken_by_identified = |nid: NodeId| self.conn_of.contains_key(&nid);
         if let Some(address) = &request.address {
@@ -223,6 +226,14 @@ impl Master {
         ) else {
             return self.refuse(conn, msg_id, ErrorCode::ProtocolError, "no node id left");
         };
+        if request.node_type == NodeType::Storage
+            && request.nid != Some(nid)
+            && self.state == ClusterState::Recovering
+            && !self.election_settled()
+        {
+            // Another candidate could give the same id to another storage.
+            return self.refuse(conn, msg_id, ErrorCode::NotReady, "election in progress");
+        }
         let id_timestamp = self.timestamp(now);
         let node = Node {
             nid,
@@ -261,6 +272,7 @@ impl Master {
                 .filter(|node| node.nid != nid && Self::sees(request.node_type, node.node_type))
                 .map(Node::info),
         );
+        nodes.extend(self.unidentified_masters());
         let timestamp = self.timestamp(now);
         self.notify(conn, p::NotifyNodeInformation { timestamp, nodes });
         match request.node_type {
@@ -310,7 +322,9 @@ impl Master {
                 }
                 self.set_node_state(nid, NodeState::Unknown, now);
             }
-            NodeType::Admin | NodeType::Master => self.set_node_state(nid, NodeState::Unknown, now),
+            NodeType::Admin => self.set_node_state(nid, NodeState::Unknown, now),
+            // A secondary that went away is DOWN (it may come back).
+            NodeType::Master => self.set_node_state(nid, NodeState::Down, now),
             NodeType::Storage => self.storage_lost(nid, now),
         }
     }

@@ -21,6 +21,7 @@ use neo_proto::{
     Address, ClusterState, ErrorCode, NodeId, NodeType, Oid, Packet, Partition, Ptid, Tid,
 };
 
+use crate::election::Election;
 use crate::pack::PackManager;
 use crate::recovery::Recovery;
 use crate::transactions::TransactionManager;
@@ -39,6 +40,8 @@ pub struct MasterConfig {
     pub replicas: u32,
     /// Create a new cluster once this many storages are pending.
     pub autostart: Option<u32>,
+    /// The other masters, which elect one primary with this one (§2).
+    pub masters: Vec<Address>,
 }
 
 /// Why the master sent a request to a storage; the answer comes back with
@@ -117,13 +120,28 @@ pub struct Master {
     /// The TID range of the replica check asked of each partition, for
     /// the report of a corruption (§9.3).
     pub(crate) checks: BTreeMap<Partition, (Tid, Tid)>,
+    /// The election, while RECOVERING (§2.2).
+    pub(crate) election: Election,
     pub(crate) out: Outbox,
 }
 
 impl Master {
-    /// A master in RECOVERING with an empty table.
+    /// A master in RECOVERING with an empty table, playing the primary
+    /// role: it elects with the other masters of its configuration.
     pub fn new(config: MasterConfig) -> Result<Master, neo_cluster::PtError> {
         let nid = NodeId::new(NodeType::Master, 1).unwrap_or(NodeId(-0x0fff_ffff));
+        Master::with_nid(config, nid)
+    }
+
+    /// [`Master::new`] with the id a previous primary gave this master.
+    pub(crate) fn with_nid(
+        config: MasterConfig,
+        nid: NodeId,
+    ) -> Result<Master, neo_cluster::PtError> {
+        let mut election = Election::default();
+        for master in &config.masters {
+            election.learn(master, &config.address);
+        }
         let mut nodes = NodeTable::new();
         nodes.insert(neo_cluster::Node {
             nid,
@@ -156,6 +174,7 @@ impl Master {
             devpaths: BTreeMap::new(),
             truncate_tid: None,
             checks: BTreeMap::new(),
+            election,
             out: Outbox::default(),
         })
     }
@@ -356,6 +375,11 @@ impl Master {
 
     /// Moves the cluster forward when the conditions of the current state hold.
     fn progress(&mut self, now: UnixTime) {
+        if self.state == ClusterState::Recovering {
+            self.challenge_masters(now);
+        } else if !self.election.challenges.is_empty() || !self.election.dialing.is_empty() {
+            self.end_election();
+        }
         match self.state {
             ClusterState::Recovering => self.try_leave_recovery(now),
             ClusterState::Verifying => self.continue_verification(),
@@ -372,27 +396,59 @@ impl Master {
 impl Node for Master {
     fn handle(&mut self, input: Input, now: UnixTime) {
         match input {
+            Input::Start => {
+                if self.election.started.is_none() {
+                    self.election.started = Some(self.timestamp(now));
+                }
+            }
             // Nothing the master asks is answered in parts.
-            Input::Start | Input::Timeout | Input::AnswerPart { .. } => {}
+            Input::Timeout | Input::AnswerPart { .. } => {}
             Input::Accepted { conn } => {
                 self.peers.insert(conn, Peer::default());
             }
-            // The master makes no connections of its own (yet).
-            Input::Connected { conn, .. } => self.out.close(conn),
-            Input::ConnectFailed { .. } => {}
+            // The master connects only to challenge other masters.
+            Input::Connected { conn, token } => self.on_connected(conn, token),
+            Input::ConnectFailed { token } => self.on_connect_failed(token),
             Input::Packet {
                 conn,
                 msg_id,
                 packet,
-            } => self.on_packet(conn, msg_id, packet, now),
+            } => {
+                if self.is_challenge(conn) {
+                    match packet {
+                        Packet::Ping(_) => self.answer(conn, msg_id, p::Pong {}),
+                        // A secondary's redirection is a notification.
+                        packet @ Packet::NotPrimaryMaster(_) => {
+                            self.on_challenge_answer(conn, packet)
+                        }
+                        _ => {}
+                    }
+                } else {
+                    self.on_packet(conn, msg_id, packet, now);
+                }
+            }
             Input::Answer {
                 conn,
                 token,
                 packet,
-            } => self.on_answer(conn, token, packet, now),
-            Input::Closed { conn } => self.on_closed(conn, now),
+            } => {
+                if self.is_challenge(conn) {
+                    self.on_challenge_answer(conn, packet);
+                } else {
+                    self.on_answer(conn, token, packet, now);
+                }
+            }
+            Input::Closed { conn } => {
+                if self.is_challenge(conn) {
+                    self.on_challenge_closed(conn);
+                } else {
+                    self.on_closed(conn, now);
+                }
+            }
         }
-        self.progress(now);
+        if self.election.lost_to.is_none() {
+            self.progress(now);
+        }
     }
 
     fn poll_output(&mut self) -> Vec<Output> {
@@ -400,6 +456,6 @@ impl Node for Master {
     }
 
     fn poll_timeout(&self) -> Option<UnixTime> {
-        None
+        self.next_challenge()
     }
 }

@@ -5,7 +5,8 @@ use std::future::Future;
 
 use neo_net::{Listener, ShellConfig, ShellError};
 
-use crate::master::{Master, MasterConfig};
+use crate::master::MasterConfig;
+use crate::roles::MasterNode;
 
 /// Why the master stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -18,14 +19,14 @@ pub enum RunError {
     Shell(#[from] ShellError),
 }
 
-/// Runs a primary master on `listener` until the cluster is stopped
+/// Runs a master (primary or secondary, as elected) on `listener` until the cluster is stopped
 /// (`neoctl set cluster STOPPING`) or `shutdown` completes.
 pub async fn run(
     config: MasterConfig,
     listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let mut master = Master::new(config)?;
+    let mut master = MasterNode::new(config)?;
     neo_net::shell::run(
         &mut master,
         Some(listener),

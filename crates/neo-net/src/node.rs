@@ -37,6 +37,17 @@ impl std::fmt::Display for ConnId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Token(pub u64);
 
+impl Token {
+    /// A token unique in the process, for what outlives the state that
+    /// chose it (a master's connection attempt whose outcome may come
+    /// after the master changed role). Far above [`Requests`]' tokens,
+    /// which count from 1 per node.
+    pub fn unique() -> Token {
+        static NEXT: AtomicU64 = AtomicU64::new(1 << 48);
+        Token(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// What happened, as a node is told.
 #[derive(Debug)]
 pub enum Input {

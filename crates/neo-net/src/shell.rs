@@ -49,7 +49,7 @@ impl Default for ShellConfig {
     fn default() -> Self {
         ShellConfig {
             max_connections: MAX_CONNECTIONS,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(10),
             connection: ConnectionConfig::default(),

@@ -318,17 +318,7 @@ impl Client {
         dynamic_master_list: Option<String>,
         tls: Option<(String, String, String)>,
     ) -> PyResult<Client> {
-        let mut masters = parse_masters(master_nodes)?;
-        if let Some(path) = dynamic_master_list {
-            // Masters learnt earlier (operations.md §2.3), if the file exists.
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                for address in parse_masters(&text).unwrap_or_default() {
-                    if !masters.contains(&address) {
-                        masters.push(address);
-                    }
-                }
-            }
-        }
+        let masters = parse_masters(master_nodes)?;
         if name.is_empty() {
             return Err(PyValueError::new_err("the cluster name is empty"));
         }
@@ -341,6 +331,8 @@ impl Client {
         config.read_only = read_only;
         config.compress = compress;
         config.ready_timeout = Duration::from_secs_f64(ready_timeout);
+        // Read at start, kept current (operations.md §2.3).
+        config.dynamic_master_list = dynamic_master_list.map(Into::into);
         if let Some((ca, cert, key)) = tls {
             let loaded = Tls::load(ca.as_ref(), cert.as_ref(), key.as_ref());
             config.connection.tls =

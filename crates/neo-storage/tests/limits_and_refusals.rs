@@ -260,9 +260,10 @@ fn the_primary_is_found_again_and_redirections_are_followed() {
     let mut harness = Harness::new();
     let outputs = harness.input(Input::Closed { conn: MASTER });
     assert_eq!(outputs, [Output::Close { conn: CLIENT }]);
-    // Tried a moment ago: again once a second has passed.
-    assert_eq!(harness.storage.poll_timeout(), Some(2.0));
-    harness.now = 2.0;
+    // Tried a moment ago: again once the retry interval has passed.
+    let again = 1.0 + neo_cluster::RETRY_INTERVAL;
+    assert_eq!(harness.storage.poll_timeout(), Some(again));
+    harness.now = again;
     let outputs = harness.input(Input::Timeout);
     let [Output::Connect { token, address }] = outputs.as_slice() else {
         panic!("expected a new attempt: {outputs:?}");

@@ -1,6 +1,7 @@
-//! A cluster of our processes spread over [`Net`] hosts: the master and
-//! admin on the bridge, each storage on a host of its own (so its network
-//! can be held or cut alone), and `neo-load` client processes.
+//! A cluster of our processes spread over [`Net`] hosts: the admin on the
+//! bridge, each storage on a host of its own (so its network can be held
+//! or cut alone), one master on the bridge or several each on a host of
+//! its own, and `neo-load` client processes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -22,7 +23,12 @@ pub struct NetCluster {
     /// Where neomaster, neostorage, neoadmin, neoctl and neo-load are.
     bin: PathBuf,
     storages: usize,
+    /// Number of masters: one runs on the bridge, several each on a host
+    /// after the storages'.
+    masters: usize,
     children: Vec<(String, Child)>,
+    /// Every node ever started, for the logs (also once stopped).
+    labels: Vec<String>,
     loads: Vec<(usize, Child)>,
 }
 
@@ -30,20 +36,81 @@ impl NetCluster {
     /// A network of `storages` hosts and nothing running yet. `bin` holds
     /// the programs (the test's `target/<profile>`).
     pub fn new(name: &str, storages: usize, bin: &Path) -> Result<NetCluster, String> {
-        let net = Net::new(storages).map_err(|e| format!("network namespaces: {e}"))?;
+        NetCluster::with_masters(name, storages, 1, bin)
+    }
+
+    /// [`NetCluster::new`] with `masters` masters, each on a host of its
+    /// own when there are several.
+    pub fn with_masters(
+        name: &str,
+        storages: usize,
+        masters: usize,
+        bin: &Path,
+    ) -> Result<NetCluster, String> {
+        let hosts = if masters > 1 {
+            storages + masters
+        } else {
+            storages
+        };
+        let net = Net::new(hosts).map_err(|e| format!("network namespaces: {e}"))?;
         Ok(NetCluster {
             net,
             name: name.to_owned(),
             dir: tempfile::tempdir().map_err(|e| e.to_string())?,
             bin: bin.to_owned(),
             storages,
+            masters,
             children: Vec::new(),
+            labels: Vec::new(),
             loads: Vec::new(),
         })
     }
 
+    /// Every master's address, as `-m` takes them.
     pub fn master(&self) -> String {
-        format!("{}:{MASTER_PORT}", self.net.gateway())
+        (0..self.masters)
+            .map(|index| self.master_address(index))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The address of master `index`.
+    pub fn master_address(&self, index: usize) -> String {
+        match self.master_host(index) {
+            Some(host) => format!("{}:{MASTER_PORT}", self.net.address(host)),
+            None => format!("{}:{MASTER_PORT}", self.net.gateway()),
+        }
+    }
+
+    /// The host of master `index` (none: the bridge).
+    pub fn master_host(&self, index: usize) -> Option<usize> {
+        (self.masters > 1).then_some(self.storages + index)
+    }
+
+    /// The process label of master `index`.
+    pub fn master_label(&self, index: usize) -> String {
+        if self.masters > 1 {
+            format!("master{index}")
+        } else {
+            "master".to_owned()
+        }
+    }
+
+    /// Which master is the primary, as the admin says (`print primary`
+    /// names it, `print node` gives its address); `None` if no answer.
+    pub fn primary(&self) -> Option<usize> {
+        let nid = self.neoctl_stdout("print primary").trim().to_owned();
+        if nid.is_empty() {
+            return None;
+        }
+        let nodes = self.neoctl_stdout("print node");
+        let address = nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split('|').map(str::trim).collect();
+            (fields.first() == Some(&nid.as_str()) && fields.get(1) == Some(&"MASTER"))
+                .then(|| fields.get(2).map(|a| (*a).to_owned()))
+                .flatten()
+        })?;
+        (0..self.masters).find(|index| self.master_address(*index) == address)
     }
 
     pub fn admin(&self) -> String {
@@ -71,16 +138,47 @@ impl NetCluster {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
         self.children.push((label.to_owned(), child));
+        if !self.labels.iter().any(|l| l == label) {
+            self.labels.push(label.to_owned());
+        }
     }
 
-    /// The master, creating the cluster once every storage is pending.
+    /// The masters, creating the cluster once every storage is pending.
     pub fn start_master(&mut self, partitions: u32, replicas: u32) {
-        let mut command = Command::new(self.program("neomaster"));
+        for index in 0..self.masters {
+            self.start_master_index(index, partitions, replicas);
+        }
+    }
+
+    /// Master `index` (on its host when there are several).
+    pub fn start_master_index(&mut self, index: usize, partitions: u32, replicas: u32) {
+        let program = self.program("neomaster");
+        let mut command = match self.master_host(index) {
+            Some(host) => self.net.command(host, &program),
+            None => Command::new(program),
+        };
         let (partitions, replicas) = (partitions.to_string(), replicas.to_string());
         let autostart = self.storages.to_string();
-        command.args(["-c", &self.name, "-b", &self.master(), "-p", &partitions]);
-        command.args(["-r", &replicas, "--autostart", &autostart]);
-        self.spawn("master", command);
+        let bind = self.master_address(index);
+        command.args(["-c", &self.name, "-b", &bind, "-m", &self.master()]);
+        command.args([
+            "-p",
+            &partitions,
+            "-r",
+            &replicas,
+            "--autostart",
+            &autostart,
+        ]);
+        let label = self.master_label(index);
+        self.spawn(&label, command);
+    }
+
+    /// The process id of a node, to signal it.
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, child)| child.id())
     }
 
     pub fn database(&self, index: usize) -> PathBuf {
@@ -166,12 +264,22 @@ impl NetCluster {
         started.elapsed()
     }
 
+    /// A client of this cluster, in this process.
+    pub fn client(&self) -> neo_client::BlockingClient {
+        let masters = self
+            .master()
+            .split_whitespace()
+            .map(|address| neo_proto::Address::parse(address, 0).expect("master address"))
+            .collect();
+        let mut config = neo_client::ClientConfig::new(masters, self.name.clone());
+        config.ready_timeout = Duration::from_secs(30);
+        neo_client::BlockingClient::connect(config).expect("a client")
+    }
+
     /// Creates `count` counters at value 0 with a client of this
     /// process; returns their oids.
     pub fn create_counters(&self, count: usize) -> Vec<neo_proto::Oid> {
-        let master = neo_proto::Address::parse(&self.master(), 0).expect("master address");
-        let config = neo_client::ClientConfig::new(vec![master], self.name.clone());
-        let client = neo_client::BlockingClient::connect(config).expect("a client");
+        let client = self.client();
         let mut txn = client.begin(None).expect("begin");
         let mut oids = Vec::new();
         let mut writes = Vec::new();
@@ -290,13 +398,29 @@ impl NetCluster {
 
     pub fn logs(&self) -> String {
         let mut all = String::new();
-        let mut labels: Vec<&str> = self.children.iter().map(|(l, _)| l.as_str()).collect();
-        labels.push("master");
-        labels.dedup();
+        let mut labels = self.labels.clone();
+        let mut loads: Vec<String> = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter_map(|name| Some(name.strip_prefix("load")?.strip_suffix(".log")?.to_owned()))
+            .map(|index| format!("load{index}"))
+            .collect();
+        loads.sort();
+        labels.extend(loads);
+        // NEO_FULL_LOGS=1: whole logs, to study a failure.
+        let lines = if std::env::var_os("NEO_FULL_LOGS").is_some() {
+            usize::MAX
+        } else {
+            40
+        };
         for label in labels {
-            let log = std::fs::read_to_string(self.dir.path().join(format!("{label}.log")));
-            let log = log.unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let Ok(log) = std::fs::read_to_string(self.dir.path().join(format!("{label}.log")))
+            else {
+                continue;
+            };
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
             all += &format!("--- {label}\n");
             for line in tail.into_iter().rev() {
                 all += line;

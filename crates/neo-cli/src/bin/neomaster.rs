@@ -30,21 +30,14 @@ fn main() -> ExitCode {
             listener.local_address().clone(),
             options.common.bind.clone(),
         ];
-        let others = other_masters(&options.common.masters, &own).await;
-        if !others.is_empty() {
-            // Two masters that do not elect one primary would both act as
-            // one: a split brain. Refuse until election exists.
-            return Err(format!(
-                "several masters are not supported yet (-m/--masters names {}): run one master",
-                others.join(", ")
-            ));
-        }
+        let masters = other_masters(&options.common.masters, &own).await;
         let config = MasterConfig {
             cluster: options.common.cluster.clone(),
             address: listener.local_address().clone(),
             partitions: options.partitions,
             replicas: options.replicas,
             autostart: options.autostart,
+            masters,
         };
         tracing::info!(address = %config.address, cluster = %config.cluster, tls = listener.tls().is_some(), "master listening");
         neo_master::run(config, listener, shutdown_signal())
@@ -55,7 +48,7 @@ fn main() -> ExitCode {
 
 /// The masters of `masters` that are not this one (listening on `own`),
 /// comparing resolved addresses so `localhost:10000` is `127.0.0.1:10000`.
-async fn other_masters(masters: &[Address], own: &[Address]) -> Vec<String> {
+async fn other_masters(masters: &[Address], own: &[Address]) -> Vec<Address> {
     let mut own_resolved = Vec::new();
     for address in own {
         own_resolved.push(resolve(address).await.ok());
@@ -66,7 +59,7 @@ async fn other_masters(masters: &[Address], own: &[Address]) -> Vec<String> {
         let is_own =
             own.contains(master) || (resolved.is_some() && own_resolved.contains(&resolved));
         if !is_own {
-            others.push(master.to_string());
+            others.push(master.clone());
         }
     }
     others

@@ -10,5 +10,16 @@ const PROGRAM: &str = "neosimple";
 
 fn main() -> ExitCode {
     let options = SimpleOptions::parse();
-    serve(PROGRAM, None, run(options, shutdown_signal()))
+    let logfile = options.logfile();
+    if logfile.is_some() {
+        // The log goes in the data directory, which `run` would create.
+        if let Err(error) = std::fs::create_dir_all(&options.temp_dir) {
+            eprintln!(
+                "{PROGRAM}: cannot create {}: {error}",
+                options.temp_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    serve(PROGRAM, logfile.as_deref(), run(options, shutdown_signal()))
 }

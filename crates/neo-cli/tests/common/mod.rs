@@ -14,6 +14,7 @@ pub const NEOMASTER: &str = env!("CARGO_BIN_EXE_neomaster");
 pub const NEOSTORAGE: &str = env!("CARGO_BIN_EXE_neostorage");
 pub const NEOADMIN: &str = env!("CARGO_BIN_EXE_neoadmin");
 pub const NEOCTL: &str = env!("CARGO_BIN_EXE_neoctl");
+pub const NEOSIMPLE: &str = env!("CARGO_BIN_EXE_neosimple");
 
 /// Runs a program that must fail at once with one line on stderr.
 pub fn one_line_error(program: &str, args: &[&str]) -> String {
@@ -323,8 +324,12 @@ impl Cluster {
 
     /// A client of this cluster.
     pub fn client(&self) -> neo_client::BlockingClient {
-        let master = neo_proto::Address::parse(&self.master, 0).unwrap();
-        let mut config = neo_client::ClientConfig::new(vec![master], self.name.clone());
+        let masters = self
+            .master
+            .split_whitespace()
+            .map(|master| neo_proto::Address::parse(master, 0).unwrap())
+            .collect();
+        let mut config = neo_client::ClientConfig::new(masters, self.name.clone());
         config.connection.tls = self.pki.as_ref().map(|pki| pki.node.load().unwrap());
         neo_client::BlockingClient::connect(config).unwrap()
     }

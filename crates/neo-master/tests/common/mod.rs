@@ -30,6 +30,7 @@ impl Sim {
             partitions,
             replicas,
             autostart,
+            masters: Vec::new(),
         };
         Sim {
             master: Master::new(config).unwrap(),

@@ -328,6 +328,7 @@ impl World {
                 partitions: self.config.partitions,
                 replicas: self.config.replicas,
                 autostart: Some(storages as u32),
+                masters: Vec::new(),
             };
             let master = Master::new(config).unwrap_or_else(|e| panic!("no master: {e}"));
             return Role::Master(Box::new(master));
