@@ -277,6 +277,16 @@ pub struct CommonOptions {
     pub nid: Option<NodeId>,
 }
 
+impl CommonOptions {
+    /// `-m`, then the masters of the `-D` file (created with them if
+    /// missing, operations.md §2.3).
+    pub fn all_masters(&self) -> Vec<Address> {
+        let list =
+            neo_net::master_list::MasterList::new(&self.masters, self.dynamic_master_list.clone());
+        list.known().to_vec()
+    }
+}
+
 /// Options of `neomaster` (operations.md §1.1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MasterOptions {

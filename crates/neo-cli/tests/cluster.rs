@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, one_line_error, Cluster, NEOADMIN, NEOMASTER, NEOSTORAGE};
+use common::{one_line_error, Cluster, NEOADMIN, NEOMASTER, NEOSTORAGE};
 
 #[test]
 fn a_new_cluster_runs_after_neoctl_start_and_stops_cleanly() {
@@ -160,19 +160,10 @@ fn bad_configuration_gets_a_one_line_error() {
     assert!(error.contains("/nonexistent/dir/db.sqlite"), "{error}");
 }
 
-/// Until masters elect a primary, a second master would be a second
-/// primary (split brain): `neomaster` naming another master refuses to
-/// start, while naming itself (NEO/py's usual `masters` line) is fine.
+/// NEO/py's usual `masters` line names the master itself too: a master
+/// alone in its list is the primary.
 #[test]
-fn a_master_given_other_masters_refuses_to_start() {
-    let own = format!("127.0.0.1:{}", free_port());
-    let other = format!("127.0.0.1:{}", free_port());
-    let masters = format!("{own} {other}");
-    let error = one_line_error(NEOMASTER, &["-c", "x", "-b", &own, "-m", &masters]);
-    assert!(
-        error.contains("several masters are not supported yet") && error.contains(&other),
-        "{error}"
-    );
+fn a_master_naming_itself_in_its_masters_is_alone() {
     let mut cluster = Cluster::new("alone");
     let own = cluster.master.clone();
     cluster.start_master(&["-m", &own, "--autostart", "1"]);

@@ -134,14 +134,26 @@ fn a_secondary_master_sends_every_node_to_the_primary() {
             "{nodes}"
         );
     }
-    // A client given only one master finds the primary too.
-    let client = cluster.client();
+    // A client given only one master finds the primary too, and keeps
+    // every master in its dynamic master list for its next start.
+    let list = cluster.dir.path().join("masters.json");
+    let mut config = neo_client::ClientConfig::new(
+        vec![neo_proto::Address::parse(&addresses[1], 0).unwrap()],
+        cluster.name.clone(),
+    );
+    config.dynamic_master_list = Some(list.clone());
+    let client = neo_client::BlockingClient::connect(config).unwrap();
     let oid = client.new_oid().unwrap();
     let mut txn = client.begin(None).unwrap();
     txn.store(oid, neo_proto::Tid::ZERO, b"x".to_vec().into())
         .unwrap();
     txn.vote(&neo_client::TxnMeta::default()).unwrap();
     txn.finish().unwrap();
+    let known = neo_net::master_list::read(&list).unwrap().unwrap();
+    for address in &addresses {
+        let address = neo_proto::Address::parse(address, 0).unwrap();
+        assert!(known.contains(&address), "{known:?}");
+    }
     cluster.stop();
 }
 

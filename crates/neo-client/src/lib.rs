@@ -26,7 +26,6 @@ mod config;
 pub mod data;
 mod error;
 mod master;
-mod master_list;
 mod storage;
 mod txn;
 mod util;

@@ -23,10 +23,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{ClientConfig, Invalidation};
 use crate::error::ClientError;
-use crate::master_list::MasterList;
 use crate::storage::{Routes, StoragePool};
 use crate::txn::TxnShared;
 use crate::util::{lock, next_token};
+use neo_net::master_list::MasterList;
 
 /// Called with the final TID when `AnswerTransactionFinished` is processed,
 /// in order with invalidations.

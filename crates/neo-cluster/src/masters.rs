@@ -8,14 +8,10 @@
 use std::collections::HashMap;
 
 use neo_proto::packets::NotPrimaryMaster;
-use neo_proto::{Address, UnixTime};
+use neo_proto::{Address, UnixTime, MAX_MASTERS};
 
 /// At most one connection attempt per master address per this interval.
 pub const RETRY_INTERVAL: f64 = 0.25;
-
-/// Largest number of master addresses remembered: `NotPrimaryMaster` lists
-/// come from the network and must not grow the list without bound.
-pub const MAX_MASTERS: usize = 64;
 
 /// The masters known and the next connection attempt.
 #[derive(Debug, Clone)]

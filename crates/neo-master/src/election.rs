@@ -17,17 +17,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use neo_cluster::UnixTime;
 use neo_net::{ConnId, Token};
 use neo_proto::packets as p;
-use neo_proto::{Address, ClusterState, Map, NodeId, NodeState, NodeType, Packet};
+use neo_proto::{Address, ClusterState, Map, NodeId, NodeState, NodeType, Packet, MAX_MASTERS};
 
 use crate::master::Master;
 
 /// At most one connection attempt per master address per this many
 /// seconds: the same limit as every node's search for the primary.
 pub(crate) use neo_cluster::RETRY_INTERVAL;
-
-/// Largest number of masters known: `NotPrimaryMaster` lists come from the
-/// network and must not grow the list without bound.
-pub(crate) const MAX_MASTERS: usize = 64;
 
 /// Who won against this master.
 #[derive(Clone, Debug, PartialEq)]

@@ -8,9 +8,11 @@ use std::collections::{BTreeSet, HashMap};
 use neo_cluster::UnixTime;
 use neo_net::{ConnId, Input, Outbox, Output, Token};
 use neo_proto::packets as p;
-use neo_proto::{Address, ClusterState, ErrorCode, Map, NodeId, NodeState, NodeType, Packet};
+use neo_proto::{
+    Address, ClusterState, ErrorCode, Map, NodeId, NodeState, NodeType, Packet, MAX_MASTERS,
+};
 
-use crate::election::{Elected, MAX_MASTERS, RETRY_INTERVAL};
+use crate::election::{Elected, RETRY_INTERVAL};
 use crate::master::MasterConfig;
 
 /// Our link to the presumed primary.

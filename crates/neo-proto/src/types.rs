@@ -11,6 +11,11 @@ pub const RESPONSE_MASK: u16 = 0x8000;
 /// Partition number meaning "all partitions" in `AskTIDs`.
 pub const INVALID_PARTITION: u32 = u32::MAX;
 
+/// Largest number of master addresses a node remembers: lists of masters
+/// come from the network (`NotPrimaryMaster`, node notifications) and from
+/// files, and must not grow without bound.
+pub const MAX_MASTERS: usize = 64;
+
 macro_rules! id64 {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*

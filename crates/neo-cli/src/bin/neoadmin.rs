@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             .with_tls(tls);
         let config = AdminConfig {
             cluster: options.common.cluster.clone(),
-            masters: options.common.masters.clone(),
+            masters: options.common.all_masters(),
             bind: listener.local_address().clone(),
             monitor_backup: options.monitor_backup.clone(),
         };

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             listener.local_address().clone(),
             options.common.bind.clone(),
         ];
-        let masters = other_masters(&options.common.masters, &own).await;
+        let masters = other_masters(&options.common.all_masters(), &own).await;
         let config = MasterConfig {
             cluster: options.common.cluster.clone(),
             address: listener.local_address().clone(),

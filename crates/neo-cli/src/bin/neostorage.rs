@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         let config = StorageConfig {
             cluster: options.common.cluster.clone(),
             address: listener.local_address().clone(),
-            masters: options.common.masters.clone(),
+            masters: options.common.all_masters(),
             limits: Limits::default(),
             devpath: db.topology_path(),
         };

@@ -1,13 +1,13 @@
-//! The masters a client knows, and NEO's "dynamic master list" file
+//! The masters a node knows, and NEO's "dynamic master list" file
 //! (operations.md §2.3): a JSON array of `[host, port]` pairs, read at
 //! start and rewritten (to `«path»#neo#`, then renamed) whenever a master
 //! is learnt, so the next start finds the cluster even if the configured
-//! masters are gone.
+//! masters are gone. Used by the client, which keeps it current, and by
+//! the daemons' `-D`, read and completed at start.
 
 use std::path::{Path, PathBuf};
 
-use neo_cluster::masters::MAX_MASTERS;
-use neo_proto::Address;
+use neo_proto::{Address, MAX_MASTERS};
 
 /// Largest dynamic master list file read: `MAX_MASTERS` entries are a few
 /// kilobytes.
@@ -15,7 +15,7 @@ const MAX_FILE_SIZE: u64 = 1 << 20;
 
 /// The masters known, and where to keep them.
 #[derive(Debug)]
-pub(crate) struct MasterList {
+pub struct MasterList {
     known: Vec<Address>,
     file: Option<PathBuf>,
 }
@@ -38,6 +38,10 @@ impl MasterList {
                         list.add(address);
                     }
                     list.file = Some(path);
+                    if list.known != addresses {
+                        // Completed with the configured masters.
+                        list.save();
+                    }
                 }
                 Ok(None) => {
                     list.file = Some(path);
