@@ -49,6 +49,8 @@ pub struct AdminConfig {
     /// Names of the backup clusters this admin monitors (`--monitor-backup`),
     /// announced to the master at identification.
     pub monitor_backup: Vec<String>,
+    /// The id to propose to the master first (`-i`, for tests).
+    pub nid: Option<NodeId>,
 }
 
 /// Why a configuration cannot run an admin node.
@@ -133,11 +135,12 @@ impl Admin {
             return Err(ConfigError::EmptyCluster);
         }
         let finder = PrimaryFinder::new(&config.masters).ok_or(ConfigError::NoMaster)?;
+        let nid = config.nid;
         Ok(Admin {
             config,
             finder,
             link: Link::Idle,
-            nid: None,
+            nid,
             primary: None,
             cluster_state: None,
             nodes: NodeTable::new(),

@@ -47,6 +47,7 @@ async fn start_admin(masters: Vec<Address>) -> AdminNode {
         masters,
         bind: address.clone(),
         monitor_backup: vec!["bk1".into()],
+        nid: None,
     };
     let (shutdown, stop) = oneshot::channel::<()>();
     let task = tokio::spawn(run(config, listener, async move {

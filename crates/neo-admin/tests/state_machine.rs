@@ -30,6 +30,7 @@ fn config(masters: &[u16]) -> AdminConfig {
             .collect(),
         bind: Address::new("127.0.0.1", 9999),
         monitor_backup: vec!["bk".into()],
+        nid: None,
     }
 }
 

@@ -169,6 +169,7 @@ pub async fn run(
             replicas: options.replicas,
             autostart: Some(options.db.len() as u32),
             masters: masters.clone(),
+            nid: None,
         };
         nodes.push(tokio::spawn(async move {
             neo_master::run(master, listener, std::future::pending())
@@ -214,6 +215,7 @@ pub async fn run(
         masters: masters.clone(),
         bind: admin_address.clone(),
         monitor_backup: Vec::new(),
+        nid: None,
     };
     nodes.push(tokio::spawn(async move {
         neo_admin::run(admin, admin_listener, std::future::pending())

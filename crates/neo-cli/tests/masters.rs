@@ -222,3 +222,48 @@ fn interrupt(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// `-i` (NEO/py's `--nid`, which its neosimple passes to every node): the
+/// master's id, the id a new storage proposes (an id its database already
+/// has wins), the admin's.
+#[test]
+fn each_daemon_takes_its_id_from_dash_i() {
+    let mut cluster = Cluster::new("nids");
+    let master = cluster.master.clone();
+    let name = cluster.name.clone();
+    let args = [
+        "-c",
+        &name,
+        "-b",
+        &master,
+        "-p",
+        "2",
+        "--autostart",
+        "1",
+        "-i",
+        "-268435453",
+    ];
+    cluster.spawn("master", NEOMASTER, &args);
+    cluster.start_storage_with(0, &["-i", "7"]);
+    let admin = cluster.admin.clone();
+    let args = ["-c", &name, "-m", &master, "-b", &admin, "-i", "-805306363"];
+    cluster.spawn("admin", NEOADMIN, &args);
+    cluster.wait_state("RUNNING");
+    let nodes = cluster.neoctl_stdout("print node");
+    for id in ["M3 ", "S7 ", "A5 "] {
+        assert!(nodes.lines().any(|l| l.starts_with(id)), "{id}: {nodes}");
+    }
+    cluster.stop();
+    // Restarted with another -i, the storage keeps the id of its database.
+    cluster.spawn("master", NEOMASTER, &args_master(&name, &master));
+    cluster.start_storage_with(0, &["-i", "9"]);
+    cluster.start_admin();
+    cluster.wait_state("RUNNING");
+    let nodes = cluster.neoctl_stdout("print node");
+    assert!(nodes.lines().any(|l| l.starts_with("S7 ")), "{nodes}");
+    cluster.stop();
+}
+
+fn args_master<'a>(name: &'a str, master: &'a str) -> [&'a str; 6] {
+    ["-c", name, "-b", master, "-p", "2"]
+}

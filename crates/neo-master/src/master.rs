@@ -42,6 +42,9 @@ pub struct MasterConfig {
     pub autostart: Option<u32>,
     /// The other masters, which elect one primary with this one (§2).
     pub masters: Vec<Address>,
+    /// This master's id until a primary gives it another (`-i`, for
+    /// tests); `M1` by default.
+    pub nid: Option<NodeId>,
 }
 
 /// Why the master sent a request to a storage; the answer comes back with
@@ -129,7 +132,8 @@ impl Master {
     /// A master in RECOVERING with an empty table, playing the primary
     /// role: it elects with the other masters of its configuration.
     pub fn new(config: MasterConfig) -> Result<Master, neo_cluster::PtError> {
-        let nid = NodeId::new(NodeType::Master, 1).unwrap_or(NodeId(-0x0fff_ffff));
+        let first = NodeId::new(NodeType::Master, 1).unwrap_or(NodeId(-0x0fff_ffff));
+        let nid = config.nid.unwrap_or(first);
         Master::with_nid(config, nid)
     }
 

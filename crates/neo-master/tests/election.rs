@@ -25,6 +25,7 @@ fn config(index: usize, count: usize) -> MasterConfig {
         replicas: 1,
         autostart: None,
         masters: (0..count).map(address).collect(),
+        nid: None,
     }
 }
 

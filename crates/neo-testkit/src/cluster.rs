@@ -66,6 +66,19 @@ impl NetCluster {
         })
     }
 
+    /// Keeps the test directory (databases, records, logs) after the test,
+    /// to study a failure; returns where it is.
+    pub fn keep(&self) -> PathBuf {
+        let kept =
+            std::env::temp_dir().join(format!("neo-kept-{}-{}", self.name, std::process::id()));
+        let _ = Command::new("cp")
+            .arg("-a")
+            .arg(self.dir.path())
+            .arg(&kept)
+            .status();
+        kept
+    }
+
     /// Every master's address, as `-m` takes them.
     pub fn master(&self) -> String {
         (0..self.masters)

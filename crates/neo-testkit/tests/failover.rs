@@ -111,8 +111,14 @@ fn heal_and_verify(mut cluster: NetCluster, fault: &str) {
     let databases = cluster.databases();
     let paths: Vec<&Path> = databases.iter().map(PathBuf::as_path).collect();
     let records = cluster.records();
-    let report = record::verify(&records, &paths)
-        .unwrap_or_else(|error| panic!("{fault}: {error}\n{}", cluster.logs()));
+    let report = record::verify(&records, &paths).unwrap_or_else(|error| {
+        let kept = cluster.keep();
+        panic!(
+            "{fault}: {error} (kept in {})\n{}",
+            kept.display(),
+            cluster.logs()
+        )
+    });
     eprintln!(
         "{fault}: {} acknowledged, {} replicas compared, {} increments; clients: {}",
         report.acknowledged,

@@ -72,7 +72,12 @@ fn heal_and_verify(mut cluster: NetCluster, fault: &str) {
     let paths: Vec<&Path> = databases.iter().map(PathBuf::as_path).collect();
     let records = cluster.records();
     let report = record::verify(&records, &paths).unwrap_or_else(|error| {
-        panic!("{fault}: {error}\n{}", cluster.logs());
+        let kept = cluster.keep();
+        panic!(
+            "{fault}: {error} (kept in {})\n{}",
+            kept.display(),
+            cluster.logs()
+        );
     });
     eprintln!(
         "{fault}: UP_TO_DATE {:.2} s after healing; {} acknowledged, {} replicas compared, \

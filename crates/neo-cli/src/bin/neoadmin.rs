@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         let config = AdminConfig {
             cluster: options.common.cluster.clone(),
             masters: options.common.all_masters(),
+            nid: options.common.nid,
             bind: listener.local_address().clone(),
             monitor_backup: options.monitor_backup.clone(),
         };

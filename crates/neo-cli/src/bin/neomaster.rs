@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             replicas: options.replicas,
             autostart: options.autostart,
             masters,
+            nid: options.common.nid,
         };
         tracing::info!(address = %config.address, cluster = %config.cluster, tls = listener.tls().is_some(), "master listening");
         neo_master::run(config, listener, shutdown_signal())

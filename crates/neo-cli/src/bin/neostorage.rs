@@ -42,6 +42,13 @@ fn main() -> ExitCode {
             return Ok(());
         }
         let mut db = Database::new(backend).map_err(|e| e.to_string())?;
+        if let Some(nid) = options.common.nid {
+            // As NEO/py: an id the database already has takes precedence.
+            if db.nid().map_err(|e| e.to_string())?.is_none() {
+                db.set_nid(nid).map_err(|e| e.to_string())?;
+                db.commit().map_err(|e| e.to_string())?;
+            }
+        }
         let listener = Listener::bind(&options.common.bind)
             .await
             .map_err(|e| e.to_string())?

@@ -594,6 +594,14 @@ impl ClientTxn {
         next_token: &mut impl FnMut() -> Token,
     ) -> Result<Vec<Outgoing>, ClientError> {
         self.check_open()?;
+        if !self.pending.is_empty() {
+            // A relock asked after the stores were answered still holds
+            // the oid's lock in question: voting now would commit a store
+            // whose lock the storage gave up, unchecked (a lost update).
+            return Err(ClientError::InvalidUse(
+                "vote while stores or relocks are unanswered".into(),
+            ));
+        }
         if let Some(oid) = self.order.iter().find(|oid| {
             self.objects
                 .get(oid)

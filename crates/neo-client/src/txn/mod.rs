@@ -361,11 +361,24 @@ impl Transaction {
     /// [`ClientError::Conflicts`]: store the resolved data, vote again.
     pub async fn vote(&mut self, meta: &TxnMeta) -> Result<(), ClientError> {
         self.check_open()?;
-        let conflicts = self.wait_stores().await?;
-        if !conflicts.is_empty() {
-            return Err(ClientError::Conflicts(conflicts));
-        }
-        let requests = self.decide(|machine, pt, _| machine.vote(pt, meta, &mut next_token))?;
+        let requests = loop {
+            let conflicts = self.wait_stores().await?;
+            if !conflicts.is_empty() {
+                return Err(ClientError::Conflicts(conflicts));
+            }
+            // A `NotifyDeadlock` may come between the last answer and the
+            // vote: its relock must be answered (maybe with a conflict)
+            // first. Checked under the lock that deadlocks are handled with.
+            let requests = self.decide(|machine, pt, _| {
+                if !machine.all_answered() {
+                    return Ok(None);
+                }
+                machine.vote(pt, meta, &mut next_token).map(Some)
+            })?;
+            if let Some(requests) = requests {
+                break requests;
+            }
+        };
         self.send(requests).await;
         self.wait_until(ClientTxn::all_answered).await?;
         let failed_vote =

@@ -31,6 +31,7 @@ impl Sim {
             replicas,
             autostart,
             masters: Vec::new(),
+            nid: None,
         };
         Sim {
             master: Master::new(config).unwrap(),

@@ -283,6 +283,24 @@ fn relock_answers_with_data_become_conflicts() {
     assert!(txn.vote(&pt, &TxnMeta::default(), &mut next).is_err());
 }
 
+/// The lost update of the fault tests: every store answered, then a
+/// `NotifyDeadlock` makes the client give the lock up (relock); voting
+/// before the relock is answered would commit the store without its lock.
+#[test]
+fn no_vote_while_a_relock_is_unanswered() {
+    let pt = split();
+    let mut txn = stored_on(&pt, 0);
+    assert!(txn.all_answered());
+    let relock = txn.on_deadlock(Oid(0), NodeId(1), &mut next).unwrap();
+    assert!(!txn.all_answered());
+    assert!(txn.vote(&pt, &TxnMeta::default(), &mut next).is_err());
+    // The lock taken again without conflict: the vote may go.
+    let answer = packets::AnswerRelockObject { conflict: None };
+    assert!(txn.on_answer(relock.token, Some(answer.into())));
+    assert!(txn.all_answered());
+    assert!(txn.vote(&pt, &TxnMeta::default(), &mut next).is_ok());
+}
+
 #[test]
 fn deadlocks_are_ignored_once_voting() {
     let pt = split();

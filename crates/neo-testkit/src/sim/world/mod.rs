@@ -329,6 +329,7 @@ impl World {
                 replicas: self.config.replicas,
                 autostart: Some(storages as u32),
                 masters: Vec::new(),
+                nid: None,
             };
             let master = Master::new(config).unwrap_or_else(|e| panic!("no master: {e}"));
             return Role::Master(Box::new(master));
