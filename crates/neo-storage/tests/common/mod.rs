@@ -73,8 +73,11 @@ pub const NOTIFICATION: f64 = 3.0;
 /// A storage node with one partition of its own, operational, with one
 /// identified client on [`CLIENT`].
 pub struct Harness {
-    pub dir: tempfile::TempDir,
+    /// Declared before `dir`, so dropped first: the database's lock is
+    /// named after the file's inode, which a deleted directory frees for
+    /// another test's new database while the lock would still be held.
     pub storage: Storage,
+    pub dir: tempfile::TempDir,
     pub next_msg_id: u32,
     /// The time given with every input.
     pub now: f64,
