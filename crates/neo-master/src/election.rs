@@ -119,43 +119,9 @@ impl Master {
         true
     }
 
-    /// While electing, challenges every known master not connected yet, at
-    /// most once a second each.
-    pub(crate) fn challenge_masters(&mut self, now: UnixTime) {
-        if self.election_key().is_none() || self.election.lost_to.is_some() {
-            return;
-        }
-        let secondaries = self.secondaries();
-        let busy: BTreeSet<&Address> = self
-            .election
-            .dialing
-            .values()
-            .chain(self.election.challenges.values())
-            .collect();
-        let due: Vec<Address> = self
-            .election
-            .masters
-            .iter()
-            .filter(|master| !secondaries.contains(*master) && !busy.contains(master))
-            .filter(|master| {
-                self.election
-                    .last_attempt
-                    .get(*master)
-                    .is_none_or(|last| now >= last + RETRY_INTERVAL)
-            })
-            .cloned()
-            .collect();
-        for master in due {
-            let token = Token::unique();
-            self.election.last_attempt.insert(master.clone(), now);
-            self.election.dialing.insert(token, master.clone());
-            self.out.connect(token, master);
-        }
-    }
-
-    /// When the next challenge is due, if one waits.
-    pub(crate) fn next_challenge(&self) -> Option<UnixTime> {
-        self.election_key()?;
+    /// Known masters to challenge, with when each may be tried next: not
+    /// our secondaries, not being dialed or challenged already.
+    fn to_challenge(&self) -> Vec<(Address, UnixTime)> {
         let secondaries = self.secondaries();
         let busy: BTreeSet<&Address> = self
             .election
@@ -168,11 +134,39 @@ impl Master {
             .iter()
             .filter(|master| !secondaries.contains(*master) && !busy.contains(master))
             .map(|master| {
-                self.election
+                let due = self
+                    .election
                     .last_attempt
                     .get(master)
-                    .map_or(0.0, |last| last + RETRY_INTERVAL)
+                    .map_or(0.0, |last| last + RETRY_INTERVAL);
+                (master.clone(), due)
             })
+            .collect()
+    }
+
+    /// While electing, challenges every known master not connected yet, at
+    /// most once per [`RETRY_INTERVAL`] each.
+    pub(crate) fn challenge_masters(&mut self, now: UnixTime) {
+        if self.election_key().is_none() || self.election.lost_to.is_some() {
+            return;
+        }
+        for (master, due) in self.to_challenge() {
+            if due > now {
+                continue;
+            }
+            let token = Token::unique();
+            self.election.last_attempt.insert(master.clone(), now);
+            self.election.dialing.insert(token, master.clone());
+            self.out.connect(token, master);
+        }
+    }
+
+    /// When the next challenge is due, if one waits.
+    pub(crate) fn next_challenge(&self) -> Option<UnixTime> {
+        self.election_key()?;
+        self.to_challenge()
+            .into_iter()
+            .map(|(_, due)| due)
             .min_by(f64::total_cmp)
     }
 

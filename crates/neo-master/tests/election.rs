@@ -266,6 +266,17 @@ impl Net {
     }
 }
 
+/// Three masters started together, settled: the network and its primary.
+fn three_elected() -> (Net, usize) {
+    let mut net = Net::new(3);
+    for index in 0..3 {
+        net.start(index);
+    }
+    net.run(3.0);
+    let primary = net.one_primary();
+    (net, primary)
+}
+
 /// A tiny deterministic generator for start times.
 fn lcg(seed: &mut u64) -> u64 {
     *seed = seed
@@ -305,12 +316,7 @@ fn the_oldest_candidate_wins() {
 
 #[test]
 fn a_spare_takes_over_when_the_primary_dies_and_the_old_one_comes_back_as_secondary() {
-    let mut net = Net::new(3);
-    for index in 0..3 {
-        net.start(index);
-    }
-    net.run(3.0);
-    let first = net.one_primary();
+    let (mut net, first) = three_elected();
     net.kill(first);
     net.run(3.0);
     let second = net.one_primary();
@@ -326,12 +332,7 @@ fn a_spare_takes_over_when_the_primary_dies_and_the_old_one_comes_back_as_second
 
 #[test]
 fn every_master_dies_but_one_which_becomes_primary() {
-    let mut net = Net::new(3);
-    for index in 0..3 {
-        net.start(index);
-    }
-    net.run(3.0);
-    let first = net.one_primary();
+    let (mut net, first) = three_elected();
     let survivor = (first + 1) % 3;
     for index in 0..3 {
         if index != survivor {
@@ -344,18 +345,13 @@ fn every_master_dies_but_one_which_becomes_primary() {
 
 #[test]
 fn a_master_cut_from_the_others_is_not_followed_by_them() {
-    let mut net = Net::new(3);
-    for index in 0..3 {
-        net.start(index);
-    }
-    net.run(3.0);
-    let first = net.one_primary();
+    let (mut net, first) = three_elected();
     net.isolate(first);
     net.run(5.0);
     // The two others elect one of them; the cut one keeps playing the
     // primary role on its side, which is why a new primary waits for
-    // every storage of the table before starting (§2.5, tested with
-    // storages in neo-cli's tests).
+    // every storage of the table before starting (§2.5, tested in
+    // state_machine.rs: a_restarted_master_waits_for_every_storage_of_the_table).
     let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
     let primaries: Vec<usize> = net
         .primaries()
@@ -423,12 +419,7 @@ fn storage_request(nid: Option<neo_proto::NodeId>) -> p::RequestIdentification {
 
 #[test]
 fn a_secondary_redirects_every_node_to_the_primary() {
-    let mut net = Net::new(3);
-    for index in 0..3 {
-        net.start(index);
-    }
-    net.run(3.0);
-    let primary = net.one_primary();
+    let (mut net, primary) = three_elected();
     let secondary = (primary + 1) % 3;
     let answers = identify_to(&mut net, secondary, storage_request(None));
     let [Packet::NotPrimaryMaster(redirect)] = answers.as_slice() else {

@@ -289,6 +289,46 @@ impl NetCluster {
         neo_client::BlockingClient::connect(config).expect("a client")
     }
 
+    /// Waits until `more` more transactions were acknowledged.
+    pub fn wait_for_commits(&self, more: usize) {
+        let target = self.acknowledged() + more;
+        self.wait_for("more commits", |cluster| cluster.acknowledged() >= target);
+    }
+
+    /// The end of every fault test: clients still commit, every cell comes
+    /// back UP_TO_DATE, the replicas are equal (`neoctl check`: any
+    /// difference would turn a cell CORRUPTED), the cluster stops, and
+    /// every acknowledged transaction is in every replica with its exact
+    /// data (the directory is kept if not). Returns the check's report,
+    /// how long the cells took to be UP_TO_DATE, and the clients' stats.
+    pub fn heal_and_verify(&mut self, fault: &str) -> (record::Report, Duration, Vec<String>) {
+        self.wait_for_commits(20);
+        let back = self.wait_for("every cell UP_TO_DATE", NetCluster::all_up_to_date);
+        let stats = self.stop_loads();
+        let check = self.neoctl("check :");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        // The check runs in the background; nothing may turn CORRUPTED.
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(self.all_up_to_date(), "{}", self.neoctl_stdout("print pt"));
+        self.stop();
+        let databases = self.databases();
+        let paths: Vec<&Path> = databases.iter().map(PathBuf::as_path).collect();
+        let report = record::verify(&self.records(), &paths).unwrap_or_else(|error| {
+            let kept = self.keep();
+            panic!(
+                "{fault}: {error} (kept in {})\n{}",
+                kept.display(),
+                self.logs()
+            )
+        });
+        assert!(report.acknowledged > 40, "{report:?}");
+        (report, back, stats)
+    }
+
     /// Creates `count` counters at value 0 with a client of this
     /// process; returns their oids.
     pub fn create_counters(&self, count: usize) -> Vec<neo_proto::Oid> {
