@@ -241,6 +241,12 @@ impl Admin {
             Packet::NotPrimaryMaster(redirect) if !ready => self.redirect(conn, redirect, now),
             Packet::Ping(_) => self.answer(conn, msg_id, p::Pong {}),
             Packet::NotifyNodeInformation(notification) if ready => {
+                // Every master the primary knows: a failover may need them.
+                for node in &notification.nodes {
+                    if let (NodeType::Master, Some(address)) = (node.node_type, &node.address) {
+                        self.finder.learn(address);
+                    }
+                }
                 self.on_node_information(notification.timestamp, &notification.nodes)
             }
             Packet::SendPartitionTable(table) if ready => {

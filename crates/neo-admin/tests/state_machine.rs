@@ -103,7 +103,11 @@ impl Sim {
             timestamp: T0,
             nodes: vec![
                 node(NodeType::Admin, admin_nid(), NodeState::Running),
-                node(NodeType::Master, master_nid(), NodeState::Running),
+                // The primary, at the address the admin reached it.
+                NodeInfo {
+                    address: Some(Address::new("127.0.0.1", 10000)),
+                    ..node(NodeType::Master, master_nid(), NodeState::Running)
+                },
                 node(NodeType::Storage, NodeId(1), NodeState::Running),
                 node(NodeType::Storage, NodeId(2), NodeState::Running),
             ],
@@ -652,4 +656,33 @@ fn a_silent_master_is_dropped_after_the_monitoring_timeout() {
     // Closed once, not at every later wake-up.
     assert_eq!(sim.admin.poll_timeout(), None);
     assert!(sim.input(Input::Timeout).is_empty());
+}
+
+/// An admin given one master learns the others from the primary's node
+/// notifications: when the primary is lost, a spare is tried next.
+#[test]
+fn masters_learnt_from_notifications_are_tried_after_a_loss() {
+    let mut sim = Sim::new(&[10000]);
+    sim.connected();
+    let spare = Address::new("127.0.0.1", 10001);
+    sim.master_says(p::NotifyNodeInformation {
+        timestamp: T0 + 100.0,
+        nodes: vec![p::NodeInfo {
+            node_type: NodeType::Master,
+            address: Some(spare.clone()),
+            nid: None,
+            state: NodeState::Down,
+            id_timestamp: None,
+        }],
+    });
+    sim.now += 5.0;
+    let outputs = sim.input(Input::Closed { conn: MASTER_CONN });
+    // The masters in turn: the spare is tried first or right after.
+    let (token, address) = connect(&outputs);
+    let address = if address == spare {
+        address
+    } else {
+        connect(&sim.input(Input::ConnectFailed { token })).1
+    };
+    assert_eq!(address, spare);
 }

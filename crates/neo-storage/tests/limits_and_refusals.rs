@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use neo_net::{ConnId, Input, Node, Output};
 use neo_proto::packets as p;
-use neo_proto::{Address, CellState, ErrorCode, Map, NodeType, Oid, Packet, Tid};
+use neo_proto::{Address, CellState, ErrorCode, Map, NodeState, NodeType, Oid, Packet, Tid};
 use neo_storage::node::{Limits, MAX_LIST_LENGTH};
 
 /// The error answered to `msg_id` among `outputs`, if any.
@@ -296,4 +296,34 @@ fn the_primary_is_found_again_and_redirections_are_followed() {
         panic!("expected a connection to the primary: {outputs:?}");
     };
     assert_eq!((*conn, address), (secondary, &primary));
+}
+
+/// A storage given one master learns the others from the primary's node
+/// notifications: when the primary is lost, a spare is tried next.
+#[test]
+fn masters_learnt_from_notifications_are_tried_after_a_loss() {
+    let mut harness = Harness::new();
+    let spare = Address::new("127.0.0.1", 10001);
+    harness.master_sends(p::NotifyNodeInformation {
+        timestamp: 1e9,
+        nodes: vec![p::NodeInfo {
+            node_type: NodeType::Master,
+            address: Some(spare.clone()),
+            nid: None,
+            state: NodeState::Down,
+            id_timestamp: None,
+        }],
+    });
+    harness.input(Input::Closed { conn: MASTER });
+    harness.now += 10.0;
+    let outputs = harness.input(Input::Timeout);
+    let [Output::Connect { token, address }] = outputs.as_slice() else {
+        panic!("expected an attempt: {outputs:?}");
+    };
+    assert_eq!(address.port, 10000, "the same master first");
+    let outputs = harness.input(Input::ConnectFailed { token: *token });
+    let [Output::Connect { address, .. }] = outputs.as_slice() else {
+        panic!("expected an attempt at the spare: {outputs:?}");
+    };
+    assert_eq!(*address, spare);
 }

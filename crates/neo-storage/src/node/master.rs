@@ -327,6 +327,10 @@ impl Storage {
     fn on_nodes(&mut self, notification: p::NotifyNodeInformation) -> Handled {
         self.last_notification = notification.timestamp;
         for info in &notification.nodes {
+            // Every master the primary knows: a failover may need them.
+            if let (NodeType::Master, Some(address)) = (info.node_type, &info.address) {
+                self.finder.learn(address);
+            }
             if info.nid.is_some() && info.nid == self.nid {
                 self.id_timestamp = info.id_timestamp;
                 match info.state {
