@@ -203,3 +203,38 @@ class TestRecoveryTwoStoragesReplicatedTLS(RecoverySuites, NEOTestBase):
     storages = 2
     replicas = 1
     tls = True
+
+
+# ZODB's DB-level tests (export/import, savepoints, failing commits,
+# several undos in one transaction...) through ZODB.DB on a NEO storage.
+from ZODB.tests import testZODB  # noqa: E402
+
+
+class _ZODBTestsOnNEO(testZODB.ZODBTests):
+    storages = 1
+    replicas = 0
+
+    def setUp(self):
+        # ZODB's TestCase setUp (a temporary directory), not ZODBTests'
+        # (which opens a FileStorage).
+        testZODB.ZODB.tests.util.TestCase.setUp(self)
+        self._cluster = Cluster(self.storages, self.replicas).start()
+        self._storage = self._cluster.storage()
+        self._storage.wait_for_pack = True
+        self._db = testZODB.ZODB.DB(self._storage)
+
+    def tearDown(self):
+        try:
+            super().tearDown()
+        finally:
+            self._cluster.stop()
+
+
+class TestZODBOneStorage(_ZODBTestsOnNEO):
+    """ZODBTests, one storage node."""
+
+
+class TestZODBTwoStoragesReplicated(_ZODBTestsOnNEO):
+    """ZODBTests, two storage nodes with replicas=1."""
+    storages = 2
+    replicas = 1
