@@ -243,7 +243,8 @@ impl Client {
             (None, Some(before)) => format!("before {before}"),
             (None, None) => "at all".to_owned(),
         };
-        let mut bad_checksum = None;
+        // The first answer whose data does not match its checksum.
+        let mut bad_checksum: Option<packets::AnswerObject> = None;
         let request = packets::AskObject { oid, at, before };
         let result = ask_readable(
             self.shared(),
@@ -279,7 +280,7 @@ impl Client {
                     }),
                     Err(DecodeError::Checksum) => {
                         tracing::warn!(%nid, %oid, serial = %answer.serial, "checksum mismatch");
-                        bad_checksum = Some(answer.serial);
+                        bad_checksum.get_or_insert(answer);
                         Next::Another("checksum mismatch".into())
                     }
                     Err(error) => Next::Fail(ClientError::BadData {
@@ -291,8 +292,24 @@ impl Client {
         )
         .await;
         match (result, bad_checksum) {
-            (Err(ClientError::NoStorage(_)), Some(serial)) => {
-                Err(ClientError::ChecksumMismatch { oid, serial })
+            (Err(ClientError::NoStorage(_)), Some(answer)) => {
+                if !self.shared().config.ignore_wrong_checksum {
+                    return Err(ClientError::ChecksumMismatch {
+                        oid,
+                        serial: answer.serial,
+                    });
+                }
+                tracing::warn!(%oid, serial = %answer.serial,
+                    "every replica has a wrong checksum: returning the data (ignore_wrong_checksum)");
+                let data = data::decompress(answer.compression, &answer.data, max_size)
+                    .unwrap_or_default();
+                Ok(Record {
+                    oid,
+                    serial: answer.serial,
+                    next_serial: answer.next_serial,
+                    data: Some(data),
+                    data_serial: answer.data_serial,
+                })
             }
             (result, _) => result,
         }

@@ -61,6 +61,11 @@ pub struct ClientConfig {
     pub connection: ConnectionConfig,
     /// Who gets invalidations, if anyone.
     pub invalidation_listener: Option<InvalidationListener>,
+    /// When every readable cell sends an object whose data does not match
+    /// its checksum: return that data anyway (decompressed, or empty if it
+    /// cannot be) instead of failing with `ChecksumMismatch`, as NEO/py's
+    /// `ignore_wrong_checksum` does — to salvage a damaged database.
+    pub ignore_wrong_checksum: bool,
     /// NEO's dynamic master list file: its masters are tried after
     /// `masters`, and it is kept current with the masters learnt.
     pub dynamic_master_list: Option<std::path::PathBuf>,
@@ -95,6 +100,7 @@ impl ClientConfig {
             connection: ConnectionConfig::default(),
             invalidation_listener: None,
             dynamic_master_list: None,
+            ignore_wrong_checksum: false,
         }
     }
 

@@ -149,10 +149,19 @@ pub fn decode(
     if checksum(data) != *sum {
         return Err(DecodeError::Checksum);
     }
+    decompress(compression, data, max_size).map(Some)
+}
+
+/// Decompresses data whose checksum was not (or could not be) verified.
+pub fn decompress(
+    compression: Option<u8>,
+    data: &Bytes,
+    max_size: usize,
+) -> Result<Bytes, DecodeError> {
     match compression.unwrap_or(RAW) {
-        RAW => Ok(Some(data.clone())),
+        RAW => Ok(data.clone()),
         // The limit guards against a decompression bomb from a peer.
-        ZLIB => inflate(data, max_size).map(|out| Some(Bytes::from(out))),
+        ZLIB => inflate(data, max_size).map(Bytes::from),
         other => Err(DecodeError::Compression(other)),
     }
 }

@@ -178,6 +178,11 @@ async fn checksum_mismatch_is_detected() {
         client.load(Oid(0)).await,
         Err(ClientError::ChecksumMismatch { oid: Oid(0), .. })
     ));
+    // NEO/py's ignore_wrong_checksum: the data anyway, to salvage it.
+    let mut config = cluster.config();
+    config.ignore_wrong_checksum = true;
+    let salvaging = Client::connect(config).await.unwrap();
+    assert_eq!(&salvaging.load(Oid(0)).await.unwrap().data[..], b"data");
 }
 
 fn stores(packets: &[Packet]) -> Vec<packets::AskStoreObject> {

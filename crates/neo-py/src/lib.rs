@@ -306,7 +306,7 @@ impl Client {
     /// the primary master to accept us.
     #[new]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
-    #[pyo3(signature = (master_nodes, name, read_only=false, compress=true, cache_size=20<<20, ready_timeout=10.0, dynamic_master_list=None, tls=None))]
+    #[pyo3(signature = (master_nodes, name, read_only=false, compress=true, cache_size=20<<20, ready_timeout=10.0, dynamic_master_list=None, tls=None, ignore_wrong_checksum=false))]
     fn new(
         py: Python<'_>,
         master_nodes: &str,
@@ -317,6 +317,7 @@ impl Client {
         ready_timeout: f64,
         dynamic_master_list: Option<String>,
         tls: Option<(String, String, String)>,
+        ignore_wrong_checksum: bool,
     ) -> PyResult<Client> {
         let masters = parse_masters(master_nodes)?;
         if name.is_empty() {
@@ -333,6 +334,7 @@ impl Client {
         config.ready_timeout = Duration::from_secs_f64(ready_timeout);
         // Read at start, kept current (operations.md §2.3).
         config.dynamic_master_list = dynamic_master_list.map(Into::into);
+        config.ignore_wrong_checksum = ignore_wrong_checksum;
         if let Some((ca, cert, key)) = tls {
             let loaded = Tls::load(ca.as_ref(), cert.as_ref(), key.as_ref());
             config.connection.tls =

@@ -104,7 +104,8 @@ class Cluster:
         """The TLS options of a neo:// URI."""
         return ''.join('&%s=%s' % item for item in sorted(self.tls.items()))
 
-    def stop(self):
+    def stop(self, keep=False):
+        """Stops neosimple; `keep` keeps the databases for a new start."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -117,4 +118,9 @@ class Cluster:
             process.stdout.close()
         if getattr(self, 'log', None):
             self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def database(self, index=0):
+        """The SQLite file of storage `index`."""
+        return os.path.join(self.dir, 'data', 's%d.sqlite' % index)

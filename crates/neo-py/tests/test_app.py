@@ -439,3 +439,47 @@ def test_interpreter_exit_is_clean(cluster):
             capture_output=True, timeout=60)
         assert result.returncode == 0, (mode, result.returncode,
                                         result.stderr.decode()[-2000:])
+
+
+def test_wrong_checksums_fail_unless_ignored():
+    """Data whose checksum does not match is refused; with
+    ``ignore_wrong_checksum`` (NEO/py's option, to salvage a damaged
+    database) it is returned anyway."""
+    cluster = Cluster().start()
+    try:
+        db = ZODB.DB(cluster.storage())
+        conn = db.open()
+        conn.root()['salvage'] = 'precious ' * 10
+        transaction.commit()
+        db.close()
+        cluster.stop(keep=True)
+        import sqlite3
+        with sqlite3.connect(cluster.database()) as sql:
+            changed = sql.execute(
+                "UPDATE data SET hash = X'%s'" % ('01' * 20)).rowcount
+        assert changed > 0
+        cluster.start()
+        storage = cluster.storage()
+        try:
+            with pytest.raises(Exception, match='checksum'):
+                storage.load(z64)
+        finally:
+            storage.close()
+        storage = cluster.storage(ignore_wrong_checksum=True)
+        try:
+            data, _ = storage.load(z64)
+            assert b'precious' in data
+        finally:
+            storage.close()
+    finally:
+        cluster.stop()
+
+
+def test_sort_keys_are_unique_per_storage_instance(cluster):
+    first, second = cluster.storage(), cluster.storage()
+    try:
+        assert first.sortKey() != second.sortKey()
+        assert first.sortKey() == first.sortKey()
+    finally:
+        first.close()
+        second.close()

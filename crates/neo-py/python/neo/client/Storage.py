@@ -14,6 +14,7 @@ in order and before ``lastTransaction()`` returns their TID.
 """
 
 import atexit
+import itertools
 import logging
 import os
 import threading
@@ -35,6 +36,10 @@ from .. import _neo
 from .exception import (
     NEOPrimaryMasterLost, NEOStorageClosedError, NEOStorageConnectionError,
     NEOStorageError)
+
+
+# Numbers the Storage instances of this process (sortKey).
+_instance_numbers = itertools.count()
 
 logger = logging.getLogger('neo.client')
 
@@ -197,6 +202,10 @@ class Storage(ConflictResolvingStorage):
             _setup_logfile(logfile)
         self._name = name
         self.__name__ = 'NEOStorage(%s)' % (name,)
+        # ZODB orders the storages of a transaction by sortKey(): two
+        # instances (of one cluster, even) must never share one.
+        self._sort_key = '%s:%s#%d' % (self.__name__, master_nodes,
+                                       next(_instance_numbers))
         self._is_read_only = bool(read_only)
         self._closed = False
         self._db = None
@@ -211,7 +220,8 @@ class Storage(ConflictResolvingStorage):
                 compress=_compress_option(compress),
                 cache_size=int(cache_size or 0),
                 ready_timeout=float(_ready_timeout),
-                dynamic_master_list=dynamic_master_list, tls=tls)
+                dynamic_master_list=dynamic_master_list, tls=tls,
+                ignore_wrong_checksum=bool(ignore_wrong_checksum))
         except _neo.NeoError as e:
             raise _error(e) from None
         self._ltid = self._call(self._client.last_tid)
@@ -299,7 +309,7 @@ class Storage(ConflictResolvingStorage):
         return self.__name__
 
     def sortKey(self):
-        return self.__name__
+        return self._sort_key
 
     def getSize(self):
         # Not tracked by NEO; the interface only wants something printable.
