@@ -185,7 +185,7 @@ fn neosimple_runs_several_masters_with_neo_py_options() {
             "db2",
         ])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
         .spawn()
         .unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
@@ -211,7 +211,14 @@ fn neosimple_runs_several_masters_with_neo_py_options() {
     );
     assert!(dir.path().join("neosimple.log").exists());
     interrupt(child.id());
-    assert!(child.wait().unwrap().success());
+    let status = child.wait().unwrap();
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    assert!(
+        status.success(),
+        "{status}: {}\n{}",
+        log("stderr"),
+        log("neosimple.log")
+    );
 }
 
 /// SIGINT, as an operator's Ctrl-C.

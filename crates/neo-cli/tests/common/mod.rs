@@ -26,13 +26,29 @@ pub fn one_line_error(program: &str, args: &[&str]) -> String {
     stderr.trim().to_owned()
 }
 
-/// A port nobody listens on right now.
+/// A free port on 127.0.0.1, for a node to bind a moment later. Taken
+/// below Linux's ephemeral range (32768 and up): the kernel gives those to
+/// outgoing connections, which could take a port between this check and
+/// the node's bind (an admin once failed so, under load). Each test process
+/// starts at its own offset and hands the ports out in turn.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u16 = 20000;
+    const LAST: u16 = 32000;
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap();
+    let offset = (std::process::id() % 100) as u16 * 120;
+    let port = next.get_or_insert(FIRST + offset);
+    loop {
+        let candidate = *port;
+        *port = if candidate >= LAST {
+            FIRST
+        } else {
+            candidate + 1
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            return candidate;
+        }
+    }
 }
 
 /// Where the storages of a cluster keep their data.
