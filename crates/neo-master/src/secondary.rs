@@ -200,31 +200,13 @@ impl Secondary {
         }
         self.accepted.remove(&conn);
         let Packet::RequestIdentification(request) = packet else {
-            self.out.answer(
-                conn,
-                msg_id,
-                p::Error::new(ErrorCode::ProtocolError, "not identified"),
-            );
-            return self.out.close(conn);
+            return self.refuse(conn, msg_id, "not identified");
         };
         if request.cluster != self.config.cluster {
-            self.out.answer(
-                conn,
-                msg_id,
-                p::Error::new(ErrorCode::ProtocolError, "invalid cluster name"),
-            );
-            return self.out.close(conn);
+            return self.refuse(conn, msg_id, "invalid cluster name");
         }
         if request.address.as_ref() == Some(&self.config.address) {
-            self.out.answer(
-                conn,
-                msg_id,
-                p::Error::new(
-                    ErrorCode::ProtocolError,
-                    "address conflicts with this master",
-                ),
-            );
-            return self.out.close(conn);
+            return self.refuse(conn, msg_id, "address conflicts with this master");
         }
         let mut primary = Some(self.primary.clone());
         if request.address.as_ref() == Some(&self.primary) {
@@ -249,6 +231,16 @@ impl Secondary {
                 primary: index.map(|i| i as u32),
                 known_masters: known,
             },
+        );
+        self.out.close(conn);
+    }
+
+    /// Answers a protocol error and closes, as NEO does.
+    fn refuse(&mut self, conn: ConnId, msg_id: u32, message: &str) {
+        self.out.answer(
+            conn,
+            msg_id,
+            p::Error::new(ErrorCode::ProtocolError, message),
         );
         self.out.close(conn);
     }

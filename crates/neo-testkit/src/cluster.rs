@@ -32,6 +32,14 @@ pub struct NetCluster {
     loads: Vec<(usize, Child)>,
 }
 
+/// Where the programs are for a test of this package: beside the test
+/// binary's `deps` directory (`target/<profile>`).
+pub fn test_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let deps = exe.parent().expect("the test binary's directory");
+    deps.parent().unwrap_or(deps).to_owned()
+}
+
 impl NetCluster {
     /// A network of `storages` hosts and nothing running yet. `bin` holds
     /// the programs (the test's `target/<profile>`).

@@ -11,10 +11,9 @@
 //! Needs root and iproute2 (network namespaces), as CI has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use neo_testkit::cluster::NetCluster;
+use neo_testkit::cluster::{test_bin_dir, NetCluster};
 use neo_testkit::record;
 
 const MASTERS: usize = 3;
@@ -22,13 +21,6 @@ const STORAGES: usize = 2;
 const CLIENTS: usize = 3;
 const COUNTERS: usize = 3;
 const PARTITIONS: u32 = 12;
-
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_neo-load"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
 
 fn now() -> f64 {
     SystemTime::now()
@@ -39,7 +31,7 @@ fn now() -> f64 {
 
 /// A running cluster of 3 masters with load clients committing.
 fn loaded_cluster(name: &str) -> NetCluster {
-    let mut cluster = NetCluster::with_masters(name, STORAGES, MASTERS, &bin_dir()).unwrap();
+    let mut cluster = NetCluster::with_masters(name, STORAGES, MASTERS, &test_bin_dir()).unwrap();
     cluster.start(PARTITIONS, 1);
     let counters = cluster.create_counters(COUNTERS);
     cluster.start_loads(CLIENTS, &counters);
@@ -172,7 +164,8 @@ fn the_primary_killed_several_times_in_a_row() {
 /// new primary never saw. Ours aborts harmlessly and commits again.
 #[test]
 fn a_client_whose_transaction_failed_with_the_primary_goes_on_committing() {
-    let mut cluster = NetCluster::with_masters("abort", STORAGES, MASTERS, &bin_dir()).unwrap();
+    let mut cluster =
+        NetCluster::with_masters("abort", STORAGES, MASTERS, &test_bin_dir()).unwrap();
     cluster.start(PARTITIONS, 1);
     let client = cluster.client();
     let oid = client.new_oid().unwrap();

@@ -12,25 +12,17 @@
 //! tests need root and iproute2, as CI has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use neo_testkit::cluster::NetCluster;
+use neo_testkit::cluster::{test_bin_dir, NetCluster};
 
 const STORAGES: usize = 3;
 const CLIENTS: usize = 4;
 const COUNTERS: usize = 3;
 
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_neo-load"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
 /// A running cluster with load clients committing.
 fn loaded_cluster(name: &str) -> NetCluster {
-    let mut cluster = NetCluster::new(name, STORAGES, &bin_dir()).unwrap();
+    let mut cluster = NetCluster::new(name, STORAGES, &test_bin_dir()).unwrap();
     cluster.start(12, 1);
     let counters = cluster.create_counters(COUNTERS);
     cluster.start_loads(CLIENTS, &counters);
