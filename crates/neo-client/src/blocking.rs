@@ -214,6 +214,14 @@ impl BlockingClient {
         self.driver.run(self.client.wait_for_pack(pack_id))
     }
 
+    /// See [`Client::pack_orders`].
+    pub fn pack_orders(
+        &self,
+        min_id: Tid,
+    ) -> Result<Vec<neo_proto::packets::PackOrder>, ClientError> {
+        self.driver.run(self.client.pack_orders(min_id))
+    }
+
     /// See [`Client::begin`].
     pub fn begin(&self, tid: Option<Tid>) -> Result<BlockingTransaction, ClientError> {
         let txn = self.driver.run(self.client.begin(tid))?;

@@ -552,6 +552,19 @@ impl Client {
         Ok(())
     }
 
+    /// Every pack order with an id `>= min_id` (`AskPackOrders`, §11.3),
+    /// completed ones included (the master collects those from the
+    /// storages): what the undo log needs to hide what pack removed.
+    pub async fn pack_orders(&self, min_id: Tid) -> Result<Vec<packets::PackOrder>, ClientError> {
+        let session = self.shared().session().await?;
+        let answer = session
+            .master
+            .ask(packets::AskPackOrders { min_id })
+            .await
+            .map_err(|e| ClientError::from_ask("AskPackOrders", e))?;
+        Ok(answer.orders)
+    }
+
     /// The readable storages of every partition, for diagnostics.
     pub fn readable_cells(&self) -> HashMap<Partition, Vec<NodeId>> {
         let mut cells = HashMap::new();

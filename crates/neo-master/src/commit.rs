@@ -11,7 +11,7 @@ use neo_proto::packets as p;
 use neo_proto::{ClusterState, ErrorCode, NodeId, NodeType, Packet, Tid};
 
 use crate::master::{Asked, Master};
-use crate::pack::PackWait;
+use crate::pack::{OrdersQuery, PackWait};
 use crate::transactions::Finish;
 
 /// Largest `AskNewOIDs` count served, so a client cannot make us allocate
@@ -67,10 +67,7 @@ impl Master {
                     }
                 }
             },
-            Packet::AskPackOrders(request) => {
-                let orders = self.packs.orders_from(request.min_id);
-                self.answer(conn, msg_id, p::AnswerPackOrders { orders })
-            }
+            Packet::AskPackOrders(request) => self.client_pack_orders(conn, msg_id, request.min_id),
             Packet::WaitForPack(request) => match self.packs.wait(request.pack_id, conn, msg_id) {
                 PackWait::Done => self.answer(conn, msg_id, p::WaitedForPack {}),
                 PackWait::Held => {}
@@ -80,6 +77,27 @@ impl Master {
                 let message = format!("unexpected packet {} from a client", packet.name());
                 self.refuse(conn, msg_id, ErrorCode::ProtocolError, &message);
             }
+        }
+    }
+
+    /// A client's `AskPackOrders` (§11.3): from memory, or collected from
+    /// the storages when completed orders may be wanted.
+    fn client_pack_orders(&mut self, conn: ConnId, msg_id: u32, min_id: Tid) {
+        let readable: BTreeSet<NodeId> = self
+            .readable_nodes()
+            .into_iter()
+            .filter(|nid| self.conn_of.contains_key(nid))
+            .collect();
+        match self.packs.query_orders(conn, msg_id, min_id, readable) {
+            OrdersQuery::Answer(orders) => {
+                self.answer(conn, msg_id, p::AnswerPackOrders { orders })
+            }
+            OrdersQuery::AskStorages(id, storages) => {
+                for nid in storages {
+                    self.ask_node(nid, Asked::OldPackOrders(id), p::AskPackOrders { min_id });
+                }
+            }
+            OrdersQuery::TooMany => self.busy(conn, msg_id, "too many AskPackOrders in progress"),
         }
     }
 

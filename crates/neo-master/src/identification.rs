@@ -325,7 +325,12 @@ impl Master {
             NodeType::Admin => self.set_node_state(nid, NodeState::Unknown, now),
             // A secondary that went away is DOWN (it may come back).
             NodeType::Master => self.set_node_state(nid, NodeState::Down, now),
-            NodeType::Storage => self.storage_lost(nid, now),
+            NodeType::Storage => {
+                self.storage_lost(nid, now);
+                for (client, msg_id, orders) in self.packs.old_orders_storage_lost(nid) {
+                    self.answer(client, msg_id, p::AnswerPackOrders { orders });
+                }
+            }
         }
     }
 

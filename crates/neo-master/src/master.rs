@@ -68,6 +68,8 @@ pub(crate) enum Asked {
     PackOrders,
     /// `AskLockInformation` of a transaction in `tpc_finish` (§6.9).
     Lock(Tid),
+    /// `AskPackOrders` for a client's request of completed orders (§11.3).
+    OldPackOrders(u64),
 }
 
 /// A connected peer.
@@ -358,6 +360,13 @@ impl Master {
             (Asked::PackOrders, Packet::AnswerPackOrders(answer)) => {
                 for order in answer.orders {
                     self.packs.add(order);
+                }
+            }
+            (Asked::OldPackOrders(id), Packet::AnswerPackOrders(answer)) => {
+                if let Some((client, msg_id, orders)) =
+                    self.packs.old_orders_answered(id, nid, answer.orders)
+                {
+                    self.answer(client, msg_id, p::AnswerPackOrders { orders });
                 }
             }
             (Asked::Lock(ttid), Packet::AnswerInformationLocked(answer)) => {

@@ -1,6 +1,7 @@
 //! The master's pack orders (architecture.md §11.3): orders registered at
 //! `tpc_finish`, their signature, what each storage reports as completed,
-//! and the clients waiting for a pack to finish.
+//! the clients waiting for a pack to finish, and the clients asking for
+//! orders the master forgot (completed ones), collected from the storages.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,6 +11,35 @@ use neo_proto::{NodeId, Tid};
 
 /// Most `WaitForPack` requests held at once.
 pub const MAX_PACK_WAITERS: usize = 4096;
+
+/// Most client `AskPackOrders` collecting completed orders from the
+/// storages at once.
+pub const MAX_OLD_ORDER_REQUESTS: usize = 64;
+
+/// What to do with a client's `AskPackOrders`.
+#[derive(Debug, PartialEq)]
+pub enum OrdersQuery {
+    /// Every order asked for is known here: answer these.
+    Answer(Vec<PackOrder>),
+    /// Some were forgotten: ask these storages, with the request's id
+    /// (see [`PackManager::old_orders_answered`]).
+    AskStorages(u64, BTreeSet<NodeId>),
+    /// Refused: too many collections are in progress already.
+    TooMany,
+}
+
+/// A client's `AskPackOrders` waiting for the storages' orders.
+#[derive(Debug)]
+struct OldOrders {
+    client: ConnId,
+    msg_id: u32,
+    min_id: Tid,
+    waiting: BTreeSet<NodeId>,
+    orders: BTreeMap<Tid, PackOrder>,
+}
+
+/// An answer to a client: connection, message id, orders.
+pub type OrdersAnswer = (ConnId, u32, Vec<PackOrder>);
 
 /// What to do with a `WaitForPack` request.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,6 +63,9 @@ pub struct PackManager {
     reported: BTreeMap<NodeId, Tid>,
     /// Greatest id known to be completed by the whole cluster.
     max_completed: Option<Tid>,
+    /// Client requests for completed orders, by request id.
+    old: BTreeMap<u64, OldOrders>,
+    next_old: u64,
 }
 
 impl PackManager {
@@ -109,8 +142,93 @@ impl PackManager {
             .collect()
     }
 
-    /// `AskPackOrders` from a client: every known order with an id
-    /// `>= min_id`.
+    /// `AskPackOrders(min_id)` from a client, which wants every order with
+    /// an id `>= min_id` (to tell which transactions pack made
+    /// unreachable). Completed orders are forgotten here but kept by the
+    /// storages with the transactions that carried them: when some may be
+    /// wanted, they are collected from `readable` (the storages owning
+    /// readable cells), as NEO/py's master does.
+    pub fn query_orders(
+        &mut self,
+        client: ConnId,
+        msg_id: u32,
+        min_id: Tid,
+        readable: BTreeSet<NodeId>,
+    ) -> OrdersQuery {
+        if self.max_completed.is_none_or(|done| done < min_id) || readable.is_empty() {
+            return OrdersQuery::Answer(self.orders_from(min_id));
+        }
+        if self.old.len() >= MAX_OLD_ORDER_REQUESTS {
+            return OrdersQuery::TooMany;
+        }
+        let id = self.next_old;
+        self.next_old += 1;
+        let request = OldOrders {
+            client,
+            msg_id,
+            min_id,
+            waiting: readable.clone(),
+            orders: BTreeMap::new(),
+        };
+        self.old.insert(id, request);
+        OrdersQuery::AskStorages(id, readable)
+    }
+
+    /// A storage's orders for request `id`; the answer to the client once
+    /// every storage asked answered (or was lost).
+    pub fn old_orders_answered(
+        &mut self,
+        id: u64,
+        storage: NodeId,
+        orders: Vec<PackOrder>,
+    ) -> Option<OrdersAnswer> {
+        let request = self.old.get_mut(&id)?;
+        if !request.waiting.remove(&storage) {
+            return None;
+        }
+        for order in orders {
+            if order.id >= request.min_id {
+                request.orders.entry(order.id).or_insert(order);
+            }
+        }
+        if !request.waiting.is_empty() {
+            return None;
+        }
+        let request = self.old.remove(&id)?;
+        Some(self.complete_old(request))
+    }
+
+    /// A storage is gone: the collections that waited only for it end.
+    pub fn old_orders_storage_lost(&mut self, storage: NodeId) -> Vec<OrdersAnswer> {
+        for request in self.old.values_mut() {
+            request.waiting.remove(&storage);
+        }
+        let done: Vec<u64> = self
+            .old
+            .iter()
+            .filter(|(_, request)| request.waiting.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut answers = Vec::new();
+        for id in done {
+            if let Some(request) = self.old.remove(&id) {
+                answers.push(self.complete_old(request));
+            }
+        }
+        answers
+    }
+
+    /// The storages' orders, completed by what is known here (which has
+    /// the latest signatures).
+    fn complete_old(&self, mut request: OldOrders) -> OrdersAnswer {
+        for order in self.orders_from(request.min_id) {
+            request.orders.insert(order.id, order);
+        }
+        let orders = request.orders.into_values().collect();
+        (request.client, request.msg_id, orders)
+    }
+
+    /// Every order known here (not completed yet) with an id `>= min_id`.
     pub fn orders_from(&self, min_id: Tid) -> Vec<PackOrder> {
         self.orders
             .range(min_id..)
@@ -187,11 +305,36 @@ impl PackManager {
         PackWait::Held
     }
 
-    /// A client is gone: forget its waits.
+    /// A client is gone: forget its waits and requests.
     pub fn client_lost(&mut self, conn: ConnId) {
+        self.old.retain(|_, request| request.client != conn);
         for waiting in self.waiters.values_mut() {
             waiting.retain(|(c, _)| *c != conn);
         }
         self.waiters.retain(|_, waiting| !waiting.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collections_of_completed_orders_are_bounded() {
+        let mut packs = PackManager::default();
+        packs.max_completed = Some(Tid(10));
+        let storages = BTreeSet::from([NodeId(1)]);
+        for msg_id in 0..MAX_OLD_ORDER_REQUESTS as u32 {
+            let query = packs.query_orders(ConnId(1), msg_id, Tid::ZERO, storages.clone());
+            assert!(matches!(query, OrdersQuery::AskStorages(..)));
+        }
+        let query = packs.query_orders(ConnId(1), 99, Tid::ZERO, storages.clone());
+        assert_eq!(query, OrdersQuery::TooMany);
+        // Orders not completed yet need no collection.
+        let query = packs.query_orders(ConnId(1), 100, Tid(11), storages);
+        assert_eq!(query, OrdersQuery::Answer(vec![]));
+        // The client's requests go with it.
+        packs.client_lost(ConnId(1));
+        assert!(packs.old.is_empty());
     }
 }

@@ -512,6 +512,31 @@ fn a_pack_order_is_checked_approved_signed_and_waited_for() {
         to(&outputs, client),
         [&Packet::WaitedForPack(p::WaitedForPack {})]
     );
+    // The client's undo log needs the completed orders too: every storage
+    // with readable cells is asked; one lost meanwhile does not hold the
+    // answer.
+    let outputs = sim.send(client, 23, p::AskPackOrders { min_id: Tid::ZERO });
+    assert!(to(&outputs, client).is_empty());
+    for &storage in &storages {
+        assert_eq!(
+            to(&outputs, storage),
+            [&Packet::AskPackOrders(p::AskPackOrders {
+                min_id: Tid::ZERO
+            })]
+        );
+    }
+    let answer = p::AnswerPackOrders {
+        orders: vec![order.clone()],
+    };
+    let outputs = sim.reply(storages[0], p::AskPackOrders::CODE, answer);
+    assert!(to(&outputs, client).is_empty(), "S2 did not answer yet");
+    let outputs = sim.close(storages[1]);
+    assert_eq!(
+        to(&outputs, client).last(),
+        Some(&&Packet::AnswerPackOrders(p::AnswerPackOrders {
+            orders: vec![order]
+        }))
+    );
 }
 
 #[test]
@@ -616,7 +641,7 @@ fn verification_reloads_orders_and_an_unsigned_one_blocks_approval() {
     assert!(!approved);
     assert!(!names(&to(&outputs, storage)).contains(&"NotifyPackSigned"));
     // Clients see every order.
-    let outputs = sim.send(client, 30, p::AskPackOrders { min_id: Tid::ZERO });
+    let outputs = sim.send(client, 30, p::AskPackOrders { min_id: Tid(6) });
     let Packet::AnswerPackOrders(answer) = to(&outputs, client)[0] else {
         panic!("{outputs:?}")
     };
@@ -637,4 +662,27 @@ fn verification_reloads_orders_and_an_unsigned_one_blocks_approval() {
         .map(|order| order.id)
         .collect();
     assert_eq!(ids, [Tid(12), Tid(20), pack_id]);
+    // Completed orders, which the master forgot, come from the storages
+    // (whose signatures may be older: the master's win).
+    let outputs = sim.send(client, 32, p::AskPackOrders { min_id: Tid::ZERO });
+    assert!(to(&outputs, client).is_empty());
+    assert_eq!(
+        to(&outputs, storage),
+        [&Packet::AskPackOrders(p::AskPackOrders {
+            min_id: Tid::ZERO
+        })]
+    );
+    let stored = vec![order(3, Some(true)), order(10, Some(true)), order(12, None)];
+    let outputs = sim.reply(
+        storage,
+        p::AskPackOrders::CODE,
+        p::AnswerPackOrders { orders: stored },
+    );
+    let Packet::AnswerPackOrders(answer) = to(&outputs, client)[0] else {
+        panic!("{outputs:?}")
+    };
+    let ids: Vec<Tid> = answer.orders.iter().map(|order| order.id).collect();
+    assert_eq!(ids, [Tid(3), Tid(10), Tid(12), Tid(20), pack_id]);
+    assert_eq!(answer.orders[3].approved, None);
+    assert_eq!(answer.orders[2].approved, Some(false));
 }

@@ -662,6 +662,31 @@ impl Client {
         nogil(py, || self.get()?.wait_for_pack(pack_id))
     }
 
+    /// Every pack order, oldest first:
+    /// `[(id, approved or None, partial, pack_tid)]`.
+    fn pack_orders<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let orders = nogil(py, || self.get()?.pack_orders(Tid::ZERO))?;
+        let items = orders
+            .iter()
+            .map(|order| {
+                let approved = match order.approved {
+                    Some(approved) => approved.into_pyobject(py)?.to_owned().into_any(),
+                    None => py.None().into_bound(py),
+                };
+                PyTuple::new(
+                    py,
+                    [
+                        py_id(py, order.id.0).into_any(),
+                        approved,
+                        order.partial.into_pyobject(py)?.to_owned().into_any(),
+                        py_id(py, order.pack_tid.0).into_any(),
+                    ],
+                )
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
+    }
+
     /// Cache counters: hits, misses, entries, size, budget.
     fn cache_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = self.cache.stats();

@@ -85,8 +85,13 @@ def test_pack_collects_garbage(cluster):
         for obj in (root, a, c, g, h):
             storage.load(obj._p_oid)
         assert len(storage) == len_before - 2
+        # The undo log shows neither pack's own transactions (the order,
+        # the deletions) nor what precedes the pack time.
+        log = storage.undoLog(0, 100)
+        assert [d['description'] for d in log] == [b''] * len(log)
+        assert len(log) == 1 and log[0]['time'] > pack_time
         # Unlinked after the pack time: still there for an undo.
-        undo_id = storage.undoLog(0, 10, lambda d: d['description'] != b'IStorage.pack')[0]['id']
+        undo_id = log[0]['id']
         db.undo(undo_id, tm.get())
         tm.commit()
         conn.sync()

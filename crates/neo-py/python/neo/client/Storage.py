@@ -45,6 +45,9 @@ logger = logging.getLogger('neo.client')
 
 MAX_TID = b'\x7f\xff\xff\xff\xff\xff\xff\xff'
 
+# The description of the transactions pack commits (orders, GC deletions).
+_PACK_DESCRIPTION = b'IStorage.pack'
+
 _log_handler = None
 
 # NEO/py's message when only some of ca, cert, key are given.
@@ -674,7 +677,7 @@ class Storage(ConflictResolvingStorage):
             conflicts.extend(self._call(native.wait_stores))
             if conflicts:
                 raise _GCRetry('%s modified meanwhile' % conflicts[0][0].hex())
-            if self._call(native.vote, b'', b'IStorage.pack', b''):
+            if self._call(native.vote, b'', _PACK_DESCRIPTION, b''):
                 raise _GCRetry('conflicts at vote')
             # Our deletions are locked now: did a commit since our snapshot
             # write or reference again one of these objects?
@@ -786,25 +789,48 @@ class Storage(ConflictResolvingStorage):
                 pass
         return d
 
+    def _pack_horizon(self):
+        """``(boundary, orders, partial)`` for the undo log, from the pack
+        orders: transactions at or before `boundary` (the newest pack time
+        of an approved full pack) lost the history an undo needs, as in a
+        packed FileStorage; `orders` are the transactions that carry a pack
+        order and `partial` the pack times of partial packs, which are the
+        deletions of pack's garbage collection: pack's own work, not
+        undoable user transactions."""
+        boundary = z64
+        orders, partial = set(), set()
+        for pack_id, approved, is_partial, pack_tid in self._call(
+                self._client.pack_orders):
+            orders.add(pack_id)
+            if approved is False:
+                continue
+            if is_partial:
+                partial.add(pack_tid)
+            elif approved and pack_tid > boundary:
+                boundary = pack_tid
+        return boundary, orders, partial
+
     def undoLog(self, first=0, last=-20, filter=None):
         if last < 0:
             last = first - last
         if last <= first:
             return []
-        if filter is None:
-            tids = self._call(self._client.undo_log_tids, first, last)
-            skip = 0
-        else:
-            tids = None
-            skip = first
-        result = []
-        window = last
+        boundary, orders, partial = self._pack_horizon()
+        # The storages list TIDs newest first by position; entries this log
+        # does not show (hidden, filtered out) make it look further back.
+        window = last + 10
         while True:
-            if tids is None:
-                tids = self._call(self._client.undo_log_tids, 0, window)
+            tids = self._call(self._client.undo_log_tids, 0, window)
+            result, skip = [], first
             for tid in tids:
+                if tid <= boundary:
+                    return result
+                if tid in orders:
+                    continue
                 info = self._transaction_info(tid)
                 if info is None:
+                    continue
+                if tid in partial and info[1] == _PACK_DESCRIPTION:
                     continue
                 d = self._txn_description(tid, info)
                 if filter is not None and not filter(d):
@@ -815,11 +841,9 @@ class Storage(ConflictResolvingStorage):
                 result.append(d)
                 if len(result) >= last - first:
                     return result
-            if filter is None or len(tids) < window:
+            if len(tids) < window:
                 return result
-            # Not enough matches in this window: look further back.
-            window *= 5
-            tids, skip, result = None, first, []
+            window *= 4
 
     def undoInfo(self, first=0, last=-20, specification=None):
         if specification:
