@@ -321,8 +321,10 @@ mod tests {
 
     #[test]
     fn collections_of_completed_orders_are_bounded() {
-        let mut packs = PackManager::default();
-        packs.max_completed = Some(Tid(10));
+        let mut packs = PackManager {
+            max_completed: Some(Tid(10)),
+            ..PackManager::default()
+        };
         let storages = BTreeSet::from([NodeId(1)]);
         for msg_id in 0..MAX_OLD_ORDER_REQUESTS as u32 {
             let query = packs.query_orders(ConnId(1), msg_id, Tid::ZERO, storages.clone());
