@@ -1,17 +1,20 @@
 """Garbage collection by ``Storage.pack(t, referencesf)``: what is
 unreachable from the root at the pack time goes, everything else stays."""
 
+import random
+import threading
 import time
 
 import pytest
 import transaction
 import ZODB
 from persistent.mapping import PersistentMapping
-from ZODB.POSException import POSKeyError
+from ZODB.POSException import ConflictError, POSKeyError, ReadConflictError
 from ZODB.serialize import referencesf
 from ZODB.utils import p64, u64
 
 from neo import _neo
+from neo.client.Storage import _oid_references
 from neocluster import Cluster
 
 
@@ -128,11 +131,14 @@ def test_pack_without_gc_keeps_garbage(cluster):
 
 
 def test_pack_gc_sees_garbage_linked_again(cluster):
-    """A client holding an unlinked object links it again while pack is
-    about to delete it: GC starts over and keeps it."""
+    """A client that does not check what it links (as NEO/py's) links an
+    unlinked object again while pack is about to delete it: GC's re-read
+    after its deletions are voted sees it, starts over and keeps it."""
     storage = _storage(cluster)
     db = ZODB.DB(storage)
-    other = ZODB.DB(cluster.storage())
+    unchecked = cluster.storage()
+    unchecked._check_new_references = lambda ctx: None
+    other = ZODB.DB(unchecked)
     try:
         tm = transaction.TransactionManager()
         conn = db.open(tm)
@@ -176,3 +182,255 @@ def test_pack_gc_sees_garbage_linked_again(cluster):
     finally:
         other.close()
         db.close()
+
+
+def test_a_link_waiting_for_the_deletion_fails_when_gc_commits(cluster):
+    """A client links again an object that pack's deletions, voted, hold:
+    its check waits for them, and fails once they are committed."""
+    storage = _storage(cluster)
+    db = ZODB.DB(storage)
+    other = ZODB.DB(cluster.storage())
+    try:
+        tm = transaction.TransactionManager()
+        root = db.open(tm).root()
+        root['a'] = PersistentMapping()
+        root['d'] = PersistentMapping()
+        tm.commit()
+        tm2 = transaction.TransactionManager()
+        conn2 = other.open(tm2)
+        tm2.begin()
+        d2 = conn2.root()['d']
+        a2 = conn2.root()['a']
+        d2._p_activate()
+        a2._p_activate()
+        del root['d']
+        tm.commit()
+        _pause()
+        pack_time = time.time()
+        outcome = []
+
+        def link():
+            a2['d'] = d2
+            try:
+                tm2.commit()
+                outcome.append('committed')
+            except ReadConflictError:
+                tm2.abort()
+                outcome.append('read conflict')
+
+        # The third sync of pack is after the deletions are voted.
+        calls = []
+        sync = storage.sync
+        linker = threading.Thread(target=link)
+
+        def sync_and_link(*args, **kw):
+            calls.append(None)
+            if len(calls) == 3:
+                linker.start()
+                linker.join(1.0)
+                assert linker.is_alive(), 'the link did not wait: %s' % outcome
+            return sync(*args, **kw)
+        storage.sync = sync_and_link
+        try:
+            db.pack(pack_time)
+        finally:
+            del storage.sync
+        linker.join(30)
+        assert outcome == ['read conflict']
+        assert len(calls) == 3  # GC did not start over
+        with pytest.raises(POSKeyError):
+            storage.load(d2._p_oid)
+        assert _dangling(storage) == []
+        conn2.close()
+    finally:
+        other.close()
+        db.close()
+
+
+def test_a_stale_transaction_cannot_link_collected_garbage(cluster):
+    """A transaction whose snapshot still shows an object that pack then
+    collected cannot commit a new link to it: it fails with a read
+    conflict, instead of leaving a reference to a deleted object."""
+    storage = _storage(cluster)
+    db = ZODB.DB(storage)
+    other = ZODB.DB(cluster.storage())
+    try:
+        tm = transaction.TransactionManager()
+        root = db.open(tm).root()
+        root['mine'] = PersistentMapping()
+        root['d'] = PersistentMapping()
+        root['d']['child'] = PersistentMapping()
+        tm.commit()
+        # The other client's transaction sees d, then d is unlinked and
+        # collected (its deletion purged) before that transaction commits.
+        tm2 = transaction.TransactionManager()
+        conn2 = other.open(tm2)
+        tm2.begin()
+        d2 = conn2.root()['d']
+        mine2 = conn2.root()['mine']
+        d2._p_activate()
+        del root['d']
+        tm.commit()
+        _pause()
+        db.pack(time.time())
+        with pytest.raises(POSKeyError):
+            storage.load(d2._p_oid)
+        mine2['d'] = d2
+        with pytest.raises(ReadConflictError):
+            tm2.commit()
+        tm2.abort()
+        conn2.close()
+        # Nothing was committed: every record's references load.
+        assert _dangling(storage) == []
+    finally:
+        other.close()
+        db.close()
+
+
+def _dangling(storage):
+    """``[(oid, missing oid)]`` for the references of current records that
+    do not load."""
+    storage.sync()
+    last = storage.lastTransaction()
+    missing = []
+    for oid in storage._client.oids_at(last):
+        data = storage.load(oid)[0]
+        for ref in _oid_references(data):
+            try:
+                storage.load(ref)
+            except POSKeyError:
+                missing.append((oid, ref))
+    return missing
+
+
+def test_gc_races_with_clients_linking_objects_it_is_collecting(cluster):
+    """Clients keep unlinking objects, creating new ones, and linking again
+    objects they saw in older snapshots, while pack with garbage collection
+    runs again and again: no committed record is ever left with a
+    reference to a collected object."""
+    duration = 15.0
+    setup = ZODB.DB(cluster.storage())
+    tm = transaction.TransactionManager()
+    root = setup.open(tm).root()
+    shared = ['bin%d' % i for i in range(3)]
+    for name in shared:
+        root[name] = PersistentMapping()
+        for key in range(15):
+            root[name][key] = _subtree()
+    for i in range(2):
+        root['own%d' % i] = PersistentMapping()
+    tm.commit()
+    setup.close()
+
+    stop = threading.Event()
+    counts = {'created': 3 * 15 * 2, 'relinked': 0, 'conflicts': 0,
+              'read conflicts': 0, 'packs': 0}
+    errors = []
+    lock = threading.Lock()
+
+    def count(key, n=1):
+        with lock:
+            counts[key] += n
+
+    def client(work, seed):
+        rng = random.Random(seed)
+        db = ZODB.DB(cluster.storage())
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        try:
+            while not stop.is_set():
+                try:
+                    tm.begin()
+                    done = work(rng, conn.root())
+                    tm.commit()
+                    if done:
+                        count(*done)
+                except ReadConflictError:
+                    # Among them, links refused by the reference check.
+                    tm.abort()
+                    count('read conflicts')
+                except ConflictError:
+                    tm.abort()
+                    count('conflicts')
+        except Exception as e:
+            errors.append(e)
+            raise
+        finally:
+            tm.abort()
+            conn.close()
+            db.close()
+
+    def mutate(rng, root):
+        bin_ = root[rng.choice(shared)]
+        if len(bin_) > 5 and rng.random() < 0.6:
+            del bin_[rng.choice(list(bin_))]
+            return None
+        bin_[rng.randrange(10 ** 9)] = _subtree()
+        return 'created', 2
+
+    def relink(own):
+        def work(rng, root):
+            bin_ = root[rng.choice(shared)]
+            if not bin_:
+                return None
+            obj = bin_[rng.choice(list(bin_))]
+            obj['child']._p_activate()
+            # Meanwhile, others may unlink it and pack may collect it (a
+            # pass of pack takes about half a second here).
+            time.sleep(rng.random() * 1.5)
+            mine = root[own]
+            mine[rng.randrange(10 ** 9)] = obj
+            if len(mine) > 10:
+                del mine[rng.choice(list(mine))]
+            return 'relinked', 1
+        return work
+
+    def pack():
+        storage = _storage(cluster)
+        db = ZODB.DB(storage)
+        try:
+            while not stop.is_set():
+                db.pack(time.time())
+                count('packs')
+        except Exception as e:
+            errors.append(e)
+            raise
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=client, args=(mutate, i))
+               for i in range(2)]
+    threads += [threading.Thread(target=client,
+                                 args=(relink('own%d' % i), 10 + i))
+                for i in range(2)]
+    threads.append(threading.Thread(target=pack))
+    for thread in threads:
+        thread.start()
+    time.sleep(duration)
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+
+    storage = _storage(cluster)
+    try:
+        # One last collection, with nothing running.
+        storage.pack(time.time(), referencesf)
+        assert _dangling(storage) == []
+        existing = len(storage._client.oids_at(storage.lastTransaction()))
+        collected = counts['created'] + len(shared) + 3 - existing
+        print(counts, 'existing', existing, 'collected', collected)
+        # The race was run: packs collected objects while clients linked
+        # objects they had seen in older snapshots.
+        assert counts['packs'] >= 3, counts
+        assert counts['relinked'] >= 10, counts
+        assert collected > 0, counts
+    finally:
+        storage.close()
+
+
+def _subtree():
+    """An object with a child only it references."""
+    obj = PersistentMapping()
+    obj['child'] = PersistentMapping()
+    return obj

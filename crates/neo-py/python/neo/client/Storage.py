@@ -28,6 +28,7 @@ from ZODB.ConflictResolution import ConflictResolvingStorage
 from ZODB.POSException import (
     ConflictError, POSKeyError, ReadConflictError, ReadOnlyError,
     StorageTransactionError, UndoError)
+from ZODB.serialize import referencesf as _referencesf
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64, z64
 from zope.interface import implementer
@@ -37,6 +38,11 @@ from .exception import (
     NEOPrimaryMasterLost, NEOStorageClosedError, NEOStorageConnectionError,
     NEOStorageError)
 
+
+# How many oids allocated and not seen committed a Storage remembers: a
+# record may reference those before they are stored (see
+# _check_new_references). Beyond, the oldest count as any other.
+_MAX_ALLOCATED = 100000
 
 # Numbers the Storage instances of this process (sortKey).
 _instance_numbers = itertools.count()
@@ -97,6 +103,15 @@ def _error(e, oid=None):
     return NEOStorageError(message)
 
 
+def _oid_references(data):
+    """The oids a ZODB record references (none if it is not one)."""
+    try:
+        refs = _referencesf(data)
+    except Exception:
+        return set()
+    return {ref for ref in refs if isinstance(ref, bytes) and len(ref) == 8}
+
+
 def _compress_option(compress):
     """``True``/``False``/``None``/``(0, level)``/``'zlib'``/``'zlib=N'``."""
     if compress is None:
@@ -125,7 +140,8 @@ class _Context:
     """What a storage knows of one transaction between tpc_begin and
     tpc_finish/tpc_abort."""
 
-    __slots__ = ('native', 'resolved', 'preindex', 'voted', 'stores')
+    __slots__ = ('native', 'resolved', 'preindex', 'voted', 'stores',
+                 'referenced')
 
     def __init__(self, native):
         self.native = native
@@ -135,6 +151,8 @@ class _Context:
         self.resolved = {}
         # oid -> revision restored in this transaction (restore)
         self.preindex = {}
+        # oids newly referenced by what it stores, checked current
+        self.referenced = set()
         self.voted = False
 
 
@@ -182,6 +200,7 @@ def _deliver_forever(ref):
 
 @implementer(
     ZODB.interfaces.IStorage,
+    ZODB.interfaces.IPrefetchStorage,
     ZODB.interfaces.IStorageRestoreable,
     ZODB.interfaces.IStorageIteration,
     ZODB.interfaces.IStorageUndoable,
@@ -216,6 +235,9 @@ class Storage(ConflictResolvingStorage):
         self._deliver_lock = threading.RLock()
         self._txns = {}
         self._callbacks = {}
+        # oids from new_oid() not seen committed yet, oldest first (see
+        # _check_new_references), at most _MAX_ALLOCATED.
+        self._allocated = {}
         self._thread = None
         try:
             self._client = _neo.Client(
@@ -251,6 +273,8 @@ class Storage(ConflictResolvingStorage):
             for event in events:
                 kind, tid = event[0], event[1]
                 if kind == 'objects':
+                    for oid in event[2]:
+                        self._allocated.pop(oid, None)
                     db = self._db
                     if db is not None:
                         try:
@@ -364,7 +388,12 @@ class Storage(ConflictResolvingStorage):
     def new_oid(self):
         if self._is_read_only:
             raise ReadOnlyError()
-        return self._call(self._client.new_oid)
+        oid = self._call(self._client.new_oid)
+        allocated = self._allocated
+        allocated[oid] = None
+        if len(allocated) > _MAX_ALLOCATED:
+            allocated.pop(next(iter(allocated)), None)
+        return oid
 
     def load(self, oid, version=''):
         r = self.loadBefore(oid, p64(u64(self.lastTransaction()) + 1))
@@ -374,6 +403,12 @@ class Storage(ConflictResolvingStorage):
 
     def loadBefore(self, oid, tid):
         return self._call(self._client.load_before, oid, tid, oid=oid)
+
+    def prefetch(self, oids, tid):
+        """IPrefetchStorage: loads the revisions of `oids` current before
+        `tid` into the cache, all requests in flight at once (a hint:
+        failures are left to the loads that follow)."""
+        self._client.prefetch(list(oids), tid)
 
     def loadSerial(self, oid, serial):
         return self._call(self._client.load_serial, oid, serial, oid=oid)
@@ -483,13 +518,77 @@ class Storage(ConflictResolvingStorage):
         if isinstance(description, str):
             description = description.encode('utf-8')
         while True:
+            self._check_new_references(ctx)
             conflicts = self._call(native.vote, user, description, extension)
             if not conflicts:
                 break
             self._resolve(ctx, conflicts)
             self._resolve(ctx, self._call(native.wait_stores))
+        self._verify_referenced(ctx)
         ctx.voted = True
         return list(ctx.resolved) or None
+
+    def _check_new_references(self, ctx):
+        """Checks current (read-locks until the end of the commit) every
+        existing object that a record stored by this transaction references
+        and the revision it is based on did not: a garbage collection can
+        then never delete an object this transaction links again without
+        one of them failing (ARCHITECTURE.md, "Pack's garbage
+        collection"). Restored records copy history and are not checked."""
+        new = set()
+        for oid, (serial, data) in ctx.stores.items():
+            if data is None or oid in ctx.preindex:
+                continue
+            refs = _oid_references(data)
+            if refs and serial != z64:
+                try:
+                    base = self._client.load_serial(oid, serial)
+                except _neo.NeoError:
+                    base = None  # every reference counts as new
+                if base is not None:
+                    refs -= _oid_references(base)
+            new |= refs
+        new -= ctx.stores.keys()
+        new -= ctx.referenced
+        # Allocated here and not committed yet: no collection can have
+        # deleted them (the storage API allows storing them later).
+        new.difference_update(self._allocated)
+        if not new:
+            return
+        before = p64(u64(self._call(self._client.last_tid)) + 1)
+        for ref in sorted(new):
+            try:
+                current = self._client.load_before(ref, before)
+            except _neo.NeoError as e:
+                if e.args[0] not in ('no_data', 'oid_does_not_exist',
+                                     'oid_not_found'):
+                    raise _error(e, ref) from None
+                current = None
+            if current is None:
+                raise ReadConflictError(
+                    'a stored record references %s, which no longer exists'
+                    % ref.hex(), oid=ref)
+            ctx.referenced.add(ref)
+            self._resolve(ctx, self._call(
+                ctx.native.check_current, ref, current[1], oid=ref))
+
+    def _verify_referenced(self, ctx):
+        """Once the checks of `_check_new_references` hold their locks:
+        each object checked must still exist. A storage does not report a
+        conflict for an object that has no record at all, which is what a
+        garbage collection's purge leaves; under the lock, the object can
+        no longer be deleted, and after a sync every deletion committed
+        before the lock was taken is visible to a read."""
+        if not ctx.referenced:
+            return
+        self._call(self._client.sync)
+        before = p64(u64(self._call(self._client.last_tid)) + 1)
+        for ref in sorted(ctx.referenced):
+            record = self._record(ref, before=before)
+            if record is None or record[2] is None:
+                raise ReadConflictError(
+                    'a stored record references %s, which no longer exists'
+                    % ref.hex(), oid=ref)
 
     def tpc_finish(self, transaction, f=None):
         ctx = self._context(transaction)
@@ -505,6 +604,8 @@ class Storage(ConflictResolvingStorage):
             raise
         with self._lock:
             self._txns.pop(transaction, None)
+        for oid in ctx.stores:
+            self._allocated.pop(oid, None)
         # Runs our callback (and earlier invalidations) in commit order.
         self._deliver()
         return tid
