@@ -1105,3 +1105,29 @@ fn main() -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start-up figures reach the printed table, NEO ÷ ZEO included.
+    #[test]
+    fn zodb_table_shows_the_start_up() {
+        let plan = json!({"objects": 10, "app_items": 20, "app_batch": 5,
+                          "app_lookups": 4, "app_startup_lookups": 8});
+        let app = |cold: f64, warm: f64| json!({"plan": plan, "app": {"startup_cold_ms": cold, "startup_warm_ms": warm}});
+        let zodb = json!({"neo": app(1400.0, 130.0), "zeo": app(3500.0, 200.0),
+                          "filestorage": {"plan": plan, "app": {}}});
+        let table = zodb_markdown(&json!({}), &zodb);
+        assert!(table.contains("the first 8 lookups"), "{table}");
+        assert!(
+            table.contains("| app: start-up, cold client cache | 1400 ms | 3500 ms | – | 0.40 |"),
+            "{table}"
+        );
+        assert!(
+            table
+                .contains("| app: start-up, warm persistent cache⁴ | 130 ms | 200 ms | – | 0.65 |"),
+            "{table}"
+        );
+    }
+}
