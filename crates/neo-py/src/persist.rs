@@ -30,8 +30,10 @@
 //!   cluster, unreadable or corrupt is dropped (deleted), with a log line.
 //! - **Writing** is done by a thread of its own, never by the application:
 //!   every `interval` if the cache changed, and at `close()`. The snapshot
-//!   shares the cached data (no copy under the lock); the file holds at
-//!   most the cache's budget, so one write costs at most that. It goes to a
+//!   shares the cached data (no copy under the lock; data evicted during
+//!   a write lives until it ends, so at most twice the budget briefly);
+//!   the file holds at most the cache's budget, so one write costs at most
+//!   that. It goes to a
 //!   temporary file, fsynced, then renamed over the previous one: a client
 //!   killed at any moment leaves the previous complete file or none, and
 //!   the file's checksum catches the rest (`cache_file.rs`).
@@ -44,10 +46,11 @@
 //!   the same file waste each other's writes, and a torn result is dropped
 //!   by its checksum, never served.
 //!
-//! With a NEO/py storage node, a listing asked just as a transaction is
-//! being unlocked may miss it (ours waits for the unlock): the client's
-//! last TID at start is read after connecting, so only a transaction
-//! committed in that instant could be missed.
+//! The check relies on the storages listing every transaction up to the
+//! client's last TID: ours delay a listing that covers a transaction still
+//! being unlocked (`neo-storage` `reads.rs`, `read_waits`). A storage that
+//! did not could only miss a transaction committed in the very instant of
+//! the check.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
