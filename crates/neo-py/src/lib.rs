@@ -320,10 +320,11 @@ impl Client {
     /// Connects to the cluster, waiting at most `ready_timeout` seconds for
     /// the primary master to accept us. With `cache_file`, the cache is
     /// restored from that file (what is still valid) before this returns,
-    /// and saved to it every `cache_save_interval` seconds and at close.
+    /// and saved to it every `cache_save_interval` seconds and at close; a
+    /// file more than `cache_check_limit` transactions old is dropped.
     #[new]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
-    #[pyo3(signature = (master_nodes, name, read_only=false, compress=true, cache_size=20<<20, ready_timeout=10.0, dynamic_master_list=None, tls=None, ignore_wrong_checksum=false, cache_file=None, cache_save_interval=30.0))]
+    #[pyo3(signature = (master_nodes, name, read_only=false, compress=true, cache_size=20<<20, ready_timeout=10.0, dynamic_master_list=None, tls=None, ignore_wrong_checksum=false, cache_file=None, cache_save_interval=30.0, cache_check_limit=persist::MAX_CHECKED_TRANSACTIONS))]
     fn new(
         py: Python<'_>,
         master_nodes: &str,
@@ -337,6 +338,7 @@ impl Client {
         ignore_wrong_checksum: bool,
         cache_file: Option<PathBuf>,
         cache_save_interval: f64,
+        cache_check_limit: usize,
     ) -> PyResult<Client> {
         let masters = parse_masters(master_nodes)?;
         if name.is_empty() {
@@ -383,7 +385,7 @@ impl Client {
         // No cache, nothing to keep.
         let persist = cache_file.filter(|_| cache_size > 0).map(|path| {
             let interval = Duration::from_secs_f64(cache_save_interval.min(1e6));
-            Arc::new(Persistence::new(path, name, interval))
+            Arc::new(Persistence::new(path, name, interval, cache_check_limit))
         });
         if let Some(persist) = &persist {
             nogil(py, || {

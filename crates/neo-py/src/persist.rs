@@ -64,7 +64,8 @@ use neo_proto::{Oid, Tid};
 use crate::cache::{Cache, Saved};
 use crate::cache_file::{self, FileError, Header};
 
-/// The most transactions checked at start; older files are dropped.
+/// The most transactions checked at start by default; older files are
+/// dropped.
 pub const MAX_CHECKED_TRANSACTIONS: usize = 10_000;
 /// TIDs asked per `iterate_tids` call at start.
 const TIDS_PER_REQUEST: u32 = 1000;
@@ -109,8 +110,8 @@ enum Dropped {
     Ahead { file: Tid, last: Tid },
     #[error("its TID {0} is not a transaction of this cluster (another cluster, or truncated)")]
     UnknownTid(Tid),
-    #[error("too old: more than {MAX_CHECKED_TRANSACTIONS} transactions since its TID {0}")]
-    TooOld(Tid),
+    #[error("too old: more than {limit} transactions since its TID {tid}")]
+    TooOld { tid: Tid, limit: usize },
     #[error("the cluster kept committing faster than the check could follow")]
     Busy,
     #[error("cannot check it against the cluster: {0}")]
@@ -174,6 +175,8 @@ pub struct Persistence {
     path: PathBuf,
     cluster: String,
     interval: Duration,
+    /// The most transactions checked at start.
+    check_limit: usize,
     /// The cluster's first TID, once known.
     first_tid: Mutex<Option<Tid>>,
     control: Mutex<Control>,
@@ -187,11 +190,17 @@ pub struct Persistence {
 }
 
 impl Persistence {
-    pub fn new(path: PathBuf, cluster: &str, interval: Duration) -> Persistence {
+    pub fn new(
+        path: PathBuf,
+        cluster: &str,
+        interval: Duration,
+        check_limit: usize,
+    ) -> Persistence {
         Persistence {
             path,
             cluster: cluster.to_owned(),
             interval,
+            check_limit,
             first_tid: Mutex::new(None),
             control: Mutex::new(Control::default()),
             wake: Condvar::new(),
@@ -316,8 +325,11 @@ impl Persistence {
                     break;
                 };
                 count += tids.len();
-                if count > MAX_CHECKED_TRANSACTIONS {
-                    return Err(Dropped::TooOld(file.cache_tid));
+                if count > self.check_limit {
+                    return Err(Dropped::TooOld {
+                        tid: file.cache_tid,
+                        limit: self.check_limit,
+                    });
                 }
                 for tid in tids {
                     let info = client.transaction_info(tid)?;

@@ -166,6 +166,73 @@ def test_changes_while_closed_are_not_served(cluster, tmp_path, caplog):
                % (len(ends), len(ends)) in m for m in messages(caplog))
 
 
+def test_file_within_the_budget(cluster, tmp_path, caplog):
+    """The file never holds more than cache_size; reopened with a smaller
+    cache_size, the most recently used revisions are kept."""
+    path = str(tmp_path / 'cache')
+    budget = 60000
+    storage = cluster.storage(cache_file=path, cache_size=budget)
+    try:
+        serials = create(storage, 100, size=2000)
+        oids = sorted(serials)
+        for oid in oids:
+            read(storage, oid)
+        kept = stats(storage)['entries']
+    finally:
+        storage.close()
+    # Each record takes 28 bytes beyond its data on disk, the cache counts
+    # 80: the file stays under the budget (plus its header).
+    assert 0 < os.path.getsize(path) <= budget + 100
+    expected = truth(cluster, oids)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        storage = cluster.storage(cache_file=path, cache_size=budget // 2)
+    try:
+        restored = stats(storage)['restored']
+        assert 0 < restored < kept
+        # The last ones loaded were the most recently used.
+        hits = stats(storage)['hits']
+        for oid in oids[-restored:]:
+            assert read(storage, oid) == expected[oid]
+        assert stats(storage)['hits'] == hits + restored
+    finally:
+        storage.close()
+    assert any('left out, over cache_size' in m for m in messages(caplog))
+
+
+def test_too_old(cluster, tmp_path, caplog):
+    """More transactions since the file than may be checked: dropped."""
+    path = str(tmp_path / 'cache')
+    storage = cluster.storage(cache_file=path)
+    try:
+        serials = create(storage, 10)
+    finally:
+        storage.close()
+    other = cluster.storage()
+    try:
+        for version in range(1, 5):
+            commit(other, {oid: payload(oid, version)
+                           for oid in list(serials)[:2]}, serials)
+    finally:
+        other.close()
+    expected = truth(cluster, serials)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        storage = cluster.storage(cache_file=path, _cache_check_limit=3)
+    try:
+        assert stats(storage)['restored'] == 0
+        assert {oid: read(storage, oid) for oid in serials} == expected
+    finally:
+        storage.close()
+    assert any('too old: more than 3 transactions' in m
+               for m in messages(caplog)), messages(caplog)
+    # The file written at that close is recent: reused.
+    storage = cluster.storage(cache_file=path, _cache_check_limit=3)
+    try:
+        assert stats(storage)['restored'] > 0
+    finally:
+        storage.close()
+
+
 def check_dropped(cluster, path, oids, reason, caplog):
     """Opens with `path`: the file must be dropped saying `reason`, and
     every load must be the truth."""

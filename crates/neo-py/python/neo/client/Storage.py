@@ -197,7 +197,8 @@ class Storage(ConflictResolvingStorage):
                  read_only=False, cache_size=20 * 1024 * 1024,
                  dynamic_master_list=None, ignore_wrong_checksum=False,
                  ca=None, cert=None, key=None, cache_file=None,
-                 _ready_timeout=10.0, _cache_save_interval=30.0):
+                 _ready_timeout=10.0, _cache_save_interval=30.0,
+                 _cache_check_limit=None):
         tls = None
         if ca or cert or key:
             if not (ca and cert and key):
@@ -220,6 +221,11 @@ class Storage(ConflictResolvingStorage):
         self._txns = {}
         self._callbacks = {}
         self._thread = None
+        # Tests only: how often the persistent cache is written, and how
+        # many transactions since it was may be checked at start.
+        persist = {'cache_save_interval': float(_cache_save_interval)}
+        if _cache_check_limit is not None:
+            persist['cache_check_limit'] = int(_cache_check_limit)
         try:
             self._client = _neo.Client(
                 master_nodes, name, read_only=self._is_read_only,
@@ -230,7 +236,7 @@ class Storage(ConflictResolvingStorage):
                 ignore_wrong_checksum=bool(ignore_wrong_checksum),
                 cache_file=(os.path.expanduser(str(cache_file))
                             if cache_file else None),
-                cache_save_interval=float(_cache_save_interval))
+                **persist)
         except _neo.NeoError as e:
             raise _error(e) from None
         self._log_cache_file()
