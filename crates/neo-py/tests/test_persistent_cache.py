@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 
 import pytest
 import ZODB.config
@@ -347,9 +348,13 @@ def test_cluster_restored_from_a_backup(tmp_path, caplog):
 
 
 @pytest.mark.parametrize('damage', [
-    'truncated', 'flipped', 'version', 'empty', 'garbage', 'trailing'])
+    'truncated', 'flipped', 'version', 'empty', 'garbage', 'trailing',
+    'renamed'])
 def test_damaged_file(cluster, tmp_path, caplog, damage):
-    """Damaged files are dropped with a log line, never served."""
+    """Damaged files are dropped with a log line, never served; so is a
+    file of another cluster name (checksum recomputed: the header is
+    ``NEOcache``, version u32, name length u16, name, ...; the trailer the
+    CRC-32 of all before it, big-endian)."""
     path = str(tmp_path / 'cache')
     storage = cluster.storage(cache_file=path)
     try:
@@ -368,13 +373,19 @@ def test_damaged_file(cluster, tmp_path, caplog, damage):
         content = b''
     elif damage == 'garbage':
         content = os.urandom(5000)
+    elif damage == 'renamed':
+        size = int.from_bytes(content[12:14], 'big')
+        assert content[14:14 + size] == cluster.name.encode()
+        content[14:14 + size] = b'X' * size
+        content[-4:] = zlib.crc32(content[:-4]).to_bytes(4, 'big')
     else:
         content += b'\0'
     with open(path, 'wb') as f:
         f.write(content)
     reason = {'truncated': 'truncated', 'flipped': 'dropped',
               'version': 'format version', 'empty': 'not a cache file',
-              'garbage': 'not a cache file', 'trailing': 'after the end'}
+              'garbage': 'not a cache file', 'trailing': 'after the end',
+              'renamed': 'written for cluster'}
     check_dropped(cluster, path, list(serials), reason[damage], caplog)
 
 
