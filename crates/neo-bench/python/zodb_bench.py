@@ -8,7 +8,8 @@
 The plan (a JSON object, written by neobench so that the three storages of
 one run get the same sizes) holds: objects, load_clients, load_window,
 serial_commits, committers, commit_window, app_items, app_batch,
-app_lookups, phase_limit (seconds any one loop may take), seed.
+app_lookups, app_startup_lookups, phase_limit (seconds any one loop may
+take), seed.
 
 `--server-pid PID` (repeatable) names server processes whose CPU time
 (/proc) is reported per cold load and per commit.
@@ -35,17 +36,21 @@ def log(message):
     print("zodb_bench:", message, file=sys.stderr, flush=True)
 
 
-def open_storage(spec, read_only=False):
+def open_storage(spec, read_only=False, cache_dir=None):
+    """`cache_dir`: keep the client cache there across restarts (NEO's
+    cache_file, ZEO's persistent client cache); FileStorage has none."""
     kind = spec["kind"]
     if kind == "neo":
         from neo.client.Storage import Storage
+        cache_file = cache_dir and os.path.join(cache_dir, "neo.cache")
         return Storage(master_nodes=spec["master"], name=spec["name"],
-                       read_only=read_only)
+                       read_only=read_only, cache_file=cache_file)
     if kind == "zeo":
         from ZEO.ClientStorage import ClientStorage
         host, port = spec["address"].rsplit(":", 1)
+        persistent = {"client": "bench", "var": cache_dir} if cache_dir else {}
         return ClientStorage((host, int(port)), wait_timeout=30,
-                             read_only=read_only)
+                             read_only=read_only, **persistent)
     if kind == "filestorage":
         from ZODB.FileStorage import FileStorage
         return FileStorage(spec["path"], read_only=read_only)
@@ -261,7 +266,57 @@ def app_workload(spec, plan, limit):
                    complete_scan=scanned == len(keys))
     connection.close()
     db.close()
+    if spec["kind"] != "filestorage":
+        figures.update(app_startup(spec, plan, keys, limit))
     return figures
+
+
+def app_startup(spec, plan, keys, limit):
+    """The application's start-up: opening the storage and a new DB, then
+    the first lookups (the same keys each time), with the client cache cold
+    and with a persistent client cache that a previous run (the same
+    lookups) left. Nothing is committed in between: the warm start checks
+    the cache against the cluster (NEO) or server (ZEO) and finds nothing
+    changed."""
+    import shutil
+    import tempfile
+    import transaction
+    import ZODB
+    rng = random.Random(plan["seed"] + 11)
+    wanted = rng.sample(keys, min(plan["app_startup_lookups"], len(keys)))
+    cache_dir = tempfile.mkdtemp(prefix="zodb-bench-cache-")
+
+    def start_up(persistent):
+        began = time.perf_counter()
+        db = ZODB.DB(open_storage(spec, cache_dir=persistent and cache_dir))
+        connection = db.open(transaction.TransactionManager())
+        tree = connection.root()["neobench"]
+        opened = time.perf_counter() - began
+        done = 0
+        for key in wanted:
+            if time.perf_counter() - began > limit:
+                break
+            assert tree[key].key == key
+            done += 1
+        elapsed = time.perf_counter() - began
+        connection.close()
+        db.close()  # NEO and ZEO write their persistent cache
+        return opened, elapsed, done
+
+    try:
+        start_up(True)  # leaves the persistent cache
+        cold_open, cold, cold_done = start_up(False)
+        warm_open, warm, warm_done = start_up(True)
+        size = sum(os.path.getsize(os.path.join(cache_dir, name))
+                   for name in os.listdir(cache_dir))
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    return {"startup_lookups": len(wanted),
+            "startup_cold_ms": cold * 1e3, "startup_cold_done": cold_done,
+            "startup_cold_open_ms": cold_open * 1e3,
+            "startup_warm_ms": warm * 1e3, "startup_warm_done": warm_done,
+            "startup_warm_open_ms": warm_open * 1e3,
+            "startup_cache_file_bytes": size}
 
 
 # -- the storage-level workloads ---------------------------------------------

@@ -15,9 +15,12 @@
 //! Ids cross the boundary as ZODB does: 8-byte big-endian `bytes`.
 
 mod cache;
+mod cache_file;
+mod persist;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,6 +36,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::cache::Cache;
+use crate::persist::Persistence;
 
 create_exception!(
     _neo,
@@ -226,6 +230,17 @@ struct Client {
     client: Mutex<Option<BlockingClient>>,
     cache: Arc<Cache>,
     events: Arc<Events>,
+    /// The persistent cache (`cache_file`), if any.
+    persist: Option<Arc<Persistence>>,
+}
+
+impl Drop for Client {
+    /// Not closed: the writer still saves once, then lets the client go.
+    fn drop(&mut self) {
+        if let Some(persist) = &self.persist {
+            persist.stop(false);
+        }
+    }
 }
 
 impl Client {
@@ -303,10 +318,13 @@ impl Client {
 #[pymethods]
 impl Client {
     /// Connects to the cluster, waiting at most `ready_timeout` seconds for
-    /// the primary master to accept us.
+    /// the primary master to accept us. With `cache_file`, the cache is
+    /// restored from that file (what is still valid) before this returns,
+    /// and saved to it every `cache_save_interval` seconds and at close; a
+    /// file more than `cache_check_limit` transactions old is dropped.
     #[new]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
-    #[pyo3(signature = (master_nodes, name, read_only=false, compress=true, cache_size=20<<20, ready_timeout=10.0, dynamic_master_list=None, tls=None, ignore_wrong_checksum=false))]
+    #[pyo3(signature = (master_nodes, name, read_only=false, compress=true, cache_size=20<<20, ready_timeout=10.0, dynamic_master_list=None, tls=None, ignore_wrong_checksum=false, cache_file=None, cache_save_interval=30.0, cache_check_limit=persist::MAX_CHECKED_TRANSACTIONS))]
     fn new(
         py: Python<'_>,
         master_nodes: &str,
@@ -318,6 +336,9 @@ impl Client {
         dynamic_master_list: Option<String>,
         tls: Option<(String, String, String)>,
         ignore_wrong_checksum: bool,
+        cache_file: Option<PathBuf>,
+        cache_save_interval: f64,
+        cache_check_limit: usize,
     ) -> PyResult<Client> {
         let masters = parse_masters(master_nodes)?;
         if name.is_empty() {
@@ -325,6 +346,11 @@ impl Client {
         }
         if !(ready_timeout.is_finite() && ready_timeout > 0.0) {
             return Err(PyValueError::new_err("ready_timeout must be positive"));
+        }
+        if !(cache_save_interval.is_finite() && cache_save_interval > 0.0) {
+            return Err(PyValueError::new_err(
+                "cache_save_interval must be positive",
+            ));
         }
         let cache = Arc::new(Cache::new(cache_size));
         let events = Arc::new(Events::default());
@@ -356,16 +382,36 @@ impl Client {
             }
         });
         let client = nogil(py, move || BlockingClient::connect(config))?;
+        // No cache, nothing to keep.
+        let persist = cache_file.filter(|_| cache_size > 0).map(|path| {
+            let interval = Duration::from_secs_f64(cache_save_interval.min(1e6));
+            Arc::new(Persistence::new(path, name, interval, cache_check_limit))
+        });
+        if let Some(persist) = &persist {
+            nogil(py, || {
+                persist.restore(&client, &cache);
+                persist.start(client.clone(), cache.clone());
+                Ok(())
+            })?;
+        }
         Ok(Client {
             client: Mutex::new(Some(client)),
             cache,
             events,
+            persist,
         })
     }
 
     /// Closes the connections; later calls raise `NeoError("closed")`.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let client = lock(&self.client).take();
+        if let Some(persist) = &self.persist {
+            // Its last write, before the cache is emptied.
+            nogil(py, || {
+                persist.stop(true);
+                Ok(())
+            })?;
+        }
         self.cache.clear();
         self.events.ready.notify_all();
         if let Some(client) = client {
@@ -696,7 +742,27 @@ impl Client {
         dict.set_item("entries", stats.entries)?;
         dict.set_item("size", stats.size)?;
         dict.set_item("budget", stats.budget)?;
+        if let Some(persist) = &self.persist {
+            dict.set_item("restored", persist.restored())?;
+            dict.set_item("saves", persist.saves())?;
+        }
         Ok(dict)
+    }
+
+    /// Log lines of the persistent cache since the last call:
+    /// `[(level, message)]`, level "info" or "warning".
+    fn cache_file_log<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let lines = self
+            .persist
+            .as_ref()
+            .map(|persist| persist.drain_log())
+            .unwrap_or_default();
+        PyList::new(
+            py,
+            lines
+                .iter()
+                .map(|(level, message)| (level.name(), message.as_str())),
+        )
     }
 
     /// Empties the cache.

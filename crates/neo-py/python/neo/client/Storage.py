@@ -11,6 +11,11 @@ by whichever Python thread drains the queue first -- a background thread,
 or any call that needs an up-to-date view (``lastTransaction``, ``sync``,
 ``load``, ``tpc_finish``) -- under one lock, so that ZODB always sees them
 in order and before ``lastTransaction()`` returns their TID.
+
+With ``cache_file``, the object cache persists across restarts: the native
+module restores what is still valid of that file when the storage opens
+(after asking the cluster what changed since it was written) and rewrites
+it from a background thread and at ``close()``; see its ``persist.rs``.
 """
 
 import atexit
@@ -213,7 +218,9 @@ class Storage(ConflictResolvingStorage):
     def __init__(self, master_nodes, name, compress=None, logfile=None,
                  read_only=False, cache_size=20 * 1024 * 1024,
                  dynamic_master_list=None, ignore_wrong_checksum=False,
-                 ca=None, cert=None, key=None, _ready_timeout=10.0):
+                 ca=None, cert=None, key=None, cache_file=None,
+                 _ready_timeout=10.0, _cache_save_interval=30.0,
+                 _cache_check_limit=None):
         tls = None
         if ca or cert or key:
             if not (ca and cert and key):
@@ -239,6 +246,11 @@ class Storage(ConflictResolvingStorage):
         # _check_new_references), at most _MAX_ALLOCATED.
         self._allocated = {}
         self._thread = None
+        # Tests only: how often the persistent cache is written, and how
+        # many transactions since it was may be checked at start.
+        persist = {'cache_save_interval': float(_cache_save_interval)}
+        if _cache_check_limit is not None:
+            persist['cache_check_limit'] = int(_cache_check_limit)
         try:
             self._client = _neo.Client(
                 master_nodes, name, read_only=self._is_read_only,
@@ -246,12 +258,25 @@ class Storage(ConflictResolvingStorage):
                 cache_size=int(cache_size or 0),
                 ready_timeout=float(_ready_timeout),
                 dynamic_master_list=dynamic_master_list, tls=tls,
-                ignore_wrong_checksum=bool(ignore_wrong_checksum))
+                ignore_wrong_checksum=bool(ignore_wrong_checksum),
+                cache_file=(os.path.expanduser(str(cache_file))
+                            if cache_file else None),
+                **persist)
         except _neo.NeoError as e:
             raise _error(e) from None
+        self._log_cache_file()
         self._ltid = self._call(self._client.last_tid)
 
     # -- helpers ------------------------------------------------------------
+
+    def _log_cache_file(self):
+        """Logs what the persistent cache did (restored, dropped, write
+        errors) since the last call."""
+        for level, message in self._client.cache_file_log():
+            if level == 'warning':
+                logger.warning('%s', message)
+            else:
+                logger.info('%s', message)
 
     def _call(self, method, *args, oid=None):
         try:
@@ -376,6 +401,7 @@ class Storage(ConflictResolvingStorage):
             self._client.close()
         except _neo.NeoError:
             pass
+        self._log_cache_file()
 
     def lastTransaction(self):
         self._deliver()

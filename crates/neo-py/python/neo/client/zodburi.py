@@ -10,8 +10,8 @@ from ZODB.config import getDbSchema
 
 # Keys of the <NEOStorage> section that a URI may set.
 _STORAGE_KEYS = (
-    'compress', 'read-only', 'logfile', 'cache-size', 'dynamic_master_list',
-    'ignore-wrong-checksum', 'ca', 'cert', 'key',
+    'compress', 'read-only', 'logfile', 'cache-size', 'cache-file',
+    'dynamic_master_list', 'ignore-wrong-checksum', 'ca', 'cert', 'key',
 )
 
 
