@@ -20,6 +20,22 @@ use crate::config::ClientConfig;
 use crate::error::{ClientError, Conflict};
 use crate::txn::{Transaction, TxnMeta};
 
+/// Most loads [`BlockingClient::objects_before`] has in flight at once.
+pub const MAX_OBJECTS_IN_FLIGHT: usize = 256;
+
+type ObjectResult = (Oid, Result<Record, ClientError>);
+
+fn deliver(
+    done: Result<ObjectResult, tokio::task::JoinError>,
+    each: &mut impl FnMut(Oid, Result<Record, ClientError>),
+) {
+    match done {
+        Ok((oid, result)) => each(oid, result),
+        // A load's task cannot be cancelled here; a panic is a bug, said.
+        Err(error) => tracing::error!("a load of objects_before failed: {error}"),
+    }
+}
+
 /// Owns the runtime; shuts it down without waiting when the last handle
 /// goes (dropping a runtime must not block, nor happen inside another).
 struct RuntimeOwner(Option<Runtime>);
@@ -159,6 +175,34 @@ impl BlockingClient {
         before: Option<Tid>,
     ) -> Result<Record, ClientError> {
         self.driver.run(self.client.object(oid, at, before))
+    }
+
+    /// [`Client::object`] of many oids at once (`before`): at most
+    /// [`MAX_OBJECTS_IN_FLIGHT`] requests are in flight, spread over the
+    /// storages' connections, so many objects cost about one round trip.
+    /// `each` gets every result on the calling thread, in completion order.
+    pub fn objects_before(
+        &self,
+        oids: &[Oid],
+        before: Tid,
+        mut each: impl FnMut(Oid, Result<Record, ClientError>),
+    ) -> Result<(), ClientError> {
+        self.driver.run(async {
+            let mut in_flight = tokio::task::JoinSet::new();
+            for &oid in oids {
+                if in_flight.len() >= MAX_OBJECTS_IN_FLIGHT {
+                    if let Some(done) = in_flight.join_next().await {
+                        deliver(done, &mut each);
+                    }
+                }
+                let client = self.client.clone();
+                in_flight.spawn(async move { (oid, client.object(oid, None, Some(before)).await) });
+            }
+            while let Some(done) = in_flight.join_next().await {
+                deliver(done, &mut each);
+            }
+            Ok(())
+        })
     }
 
     /// See [`Client::transaction_info`].

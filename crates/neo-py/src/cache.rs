@@ -133,16 +133,13 @@ impl Cache {
     /// valid up to it.
     pub fn lookup_before(&self, oid: Oid, before: Tid, last: Tid) -> Option<Hit> {
         let mut inner = self.lock();
-        let found = inner.entries.get(&oid).and_then(|revisions| {
-            let index = revisions.iter().rposition(|e| e.tid < before)?;
-            let entry = &revisions[index];
-            let valid = match entry.next {
-                Some(next) => next >= before,
-                None => before.0 <= last.0.saturating_add(1),
-            };
-            valid.then_some(index)
-        });
+        let found = inner.find_before(oid, before, last);
         inner.record(oid, found)
+    }
+
+    /// Whether [`Cache::lookup_before`] would hit, without counting it.
+    pub fn has_before(&self, oid: Oid, before: Tid, last: Tid) -> bool {
+        self.lock().find_before(oid, before, last).is_some()
     }
 
     /// The revision written by `serial`, if cached.
@@ -336,6 +333,18 @@ impl Cache {
 
 impl Inner {
     /// Counts a lookup and marks the entry found as used.
+    /// Index of the revision of `oid` valid just before `before`.
+    fn find_before(&self, oid: Oid, before: Tid, last: Tid) -> Option<usize> {
+        let revisions = self.entries.get(&oid)?;
+        let index = revisions.iter().rposition(|e| e.tid < before)?;
+        let entry = &revisions[index];
+        let valid = match entry.next {
+            Some(next) => next >= before,
+            None => before.0 <= last.0.saturating_add(1),
+        };
+        valid.then_some(index)
+    }
+
     fn record(&mut self, oid: Oid, found: Option<usize>) -> Option<Hit> {
         let Some(index) = found else {
             self.misses += 1;

@@ -523,6 +523,46 @@ impl Client {
             .transpose()
     }
 
+    /// `prefetch(oids, before)`: loads into the cache the revisions current
+    /// before `before` of the oids not cached yet, every request in flight
+    /// at once; returns how many were loaded. A hint: what fails is left to
+    /// the loads that follow.
+    fn prefetch(&self, py: Python<'_>, oids: Vec<Vec<u8>>, before: &[u8]) -> PyResult<usize> {
+        let before = tid_of(before)?;
+        let oids = oids
+            .iter()
+            .map(|oid| oid_of(oid))
+            .collect::<PyResult<Vec<_>>>()?;
+        nogil(py, || {
+            let client = self.get()?;
+            let last = client.last_transaction().unwrap_or(Tid::ZERO);
+            let mut tokens = HashMap::new();
+            for &oid in &oids {
+                if !tokens.contains_key(&oid) && !self.cache.has_before(oid, before, last) {
+                    tokens.insert(oid, self.cache.begin_load(oid));
+                }
+            }
+            let wanted: Vec<Oid> = tokens.keys().copied().collect();
+            let mut loaded = 0;
+            let result = client.objects_before(&wanted, before, |oid, result| {
+                let Some(token) = tokens.remove(&oid) else {
+                    return;
+                };
+                let found = result.ok().and_then(|record| {
+                    let data = record.data?;
+                    Some((record.serial, record.next_serial, data))
+                });
+                loaded += usize::from(found.is_some());
+                self.cache.end_load(token, found);
+            });
+            // Loads that did not end (the client closed meanwhile).
+            for (_, token) in tokens {
+                self.cache.end_load(token, None);
+            }
+            result.map(|()| loaded)
+        })
+    }
+
     /// The data of revision `serial`.
     fn load_serial<'py>(
         &self,

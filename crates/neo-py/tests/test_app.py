@@ -178,6 +178,63 @@ def test_cache_avoids_network(cluster):
         storage.close()
 
 
+def test_prefetch_fills_the_cache(cluster):
+    """storage.prefetch(oids, tid) and Connection.prefetch: the revisions
+    current before tid come into the cache, so the loads that follow do not
+    go to the network; an older tid gets the older revisions."""
+    db = ZODB.DB(cluster.storage())
+    try:
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        root = conn.root()
+        root['prefetch'] = objects = [PersistentMapping({'v': i})
+                                      for i in range(300)]
+        tm.commit()
+        first = db.storage.lastTransaction()
+        for obj in objects:
+            obj['v'] += 1000
+        tm.commit()
+        oids = [obj._p_oid for obj in objects]
+        conn.close()
+
+        storage = cluster.storage()
+        try:
+            last = storage.lastTransaction()
+            assert storage._client.prefetch(oids, p64(int.from_bytes(
+                last, 'big') + 1)) == len(oids)
+            # Already cached: nothing to load again.
+            assert storage._client.prefetch(oids, p64(int.from_bytes(
+                last, 'big') + 1)) == 0
+            # The previous revisions, ending where the next begins.
+            storage.prefetch(iter(oids), p64(int.from_bytes(first, 'big') + 1))
+            stats = storage._client.cache_stats()
+            for i, oid in enumerate(oids):
+                data, serial = storage.load(oid)
+                assert serial == last
+                assert storage.loadBefore(oid, last)[1:] == (first, last)
+            after = storage._client.cache_stats()
+            assert after['misses'] == stats['misses']
+            assert after['hits'] - stats['hits'] == 2 * len(oids)
+        finally:
+            storage.close()
+
+        # Through ZODB: ghosts prefetched, then activated without a miss.
+        db2 = ZODB.DB(cluster.storage())
+        try:
+            conn2 = db2.open(transaction.TransactionManager())
+            ghosts = conn2.root()['prefetch']
+            client = db2.storage._client
+            conn2.prefetch(ghosts)
+            stats = client.cache_stats()
+            assert [g['v'] for g in ghosts] == [1000 + i for i in range(300)]
+            assert client.cache_stats()['misses'] == stats['misses']
+            conn2.close()
+        finally:
+            db2.close()
+    finally:
+        db.close()
+
+
 def test_zconfig(cluster):
     config = """
     %%import neo.client
