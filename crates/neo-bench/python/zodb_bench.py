@@ -8,7 +8,7 @@
 The plan (a JSON object, written by neobench so that the three storages of
 one run get the same sizes) holds: objects, load_clients, load_window,
 serial_commits, committers, commit_window, app_items, app_batch,
-app_lookups, app_startup_lookups, phase_limit (seconds any one loop may
+app_lookups, app_startup_lookups, app_prefetch_window, phase_limit (seconds any one loop may
 take), seed.
 
 `--server-pid PID` (repeatable) names server processes whose CPU time
@@ -264,6 +264,43 @@ def app_workload(spec, plan, limit):
     elapsed = time.perf_counter() - began
     figures.update(scanned=scanned, scan_items_per_s=scanned / elapsed,
                    complete_scan=scanned == len(keys))
+    connection.close()
+    db.close()
+
+    # The same scan by a new DB that prefetches, as a scan written for
+    # IPrefetchStorage does: the buckets of each level of the tree at once,
+    # then the items, a window at a time, before reading them.
+    db = ZODB.DB(open_storage(spec))
+    connection = db.open(transaction.TransactionManager())
+    tree = connection.root()["neobench"]
+    window = plan["app_prefetch_window"]
+    scanned = 0
+    began = time.perf_counter()
+    level = [tree]
+    while level:
+        children = []
+        for node in level:
+            state = node.__getstate__()
+            if state and len(state) == 2:  # (children and keys, first bucket)
+                children.extend(state[0][::2])
+        connection.prefetch(children)
+        level = [child for child in children if isinstance(child, OOBTree)]
+    batch = []
+    for _, item in tree.items():
+        batch.append(item)
+        if len(batch) == window:
+            connection.prefetch(batch)
+            scanned += sum(item.count + 1 for item in batch)
+            batch = []
+            if time.perf_counter() - began > limit:
+                break
+    else:
+        connection.prefetch(batch)
+        scanned += sum(item.count + 1 for item in batch)
+    elapsed = time.perf_counter() - began
+    figures.update(prefetch_scanned=scanned,
+                   prefetch_scan_items_per_s=scanned / elapsed,
+                   complete_prefetch_scan=scanned == len(keys))
     connection.close()
     db.close()
     if spec["kind"] != "filestorage":

@@ -682,15 +682,44 @@ impl Client {
         PyList::new(py, tids.iter().map(|t| py_id(py, t.0)))
     }
 
-    /// Number of objects existing at the last TID.
-    fn object_count(&self, py: Python<'_>) -> PyResult<u64> {
+    /// Number of objects existing at `tid` (every oid listed).
+    fn object_count_at(&self, py: Python<'_>, tid: &[u8]) -> PyResult<u64> {
+        let tid = tid_of(tid)?;
         nogil(py, || {
             let client = self.get()?;
-            let last = client.last_transaction().unwrap_or(Tid::ZERO);
             let mut count = 0u64;
-            self.each_oid_at(&client, last, |oids| count += oids.len() as u64)?;
+            self.each_oid_at(&client, tid, |oids| count += oids.len() as u64)?;
             Ok(count)
         })
+    }
+
+    /// One page of the oids of `partition` existing at `tid`, from
+    /// `min_oid`, ascending: `([oids], next min_oid or None at the end)`.
+    fn oids_page<'py>(
+        &self,
+        py: Python<'py>,
+        partition: u32,
+        min_oid: &[u8],
+        tid: &[u8],
+        length: u32,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (min_oid, tid) = (oid_of(min_oid)?, tid_of(tid)?);
+        let (oids, next) = nogil(py, || {
+            self.get()?
+                .oids_from(partition, length.clamp(1, 10_000), min_oid, tid)
+        })?;
+        let oids = PyList::new(py, oids.iter().map(|o| py_id(py, o.0)))?;
+        let next = match next {
+            Some(next) => py_id(py, next.0).into_any(),
+            None => py.None().into_bound(py),
+        };
+        PyTuple::new(py, [oids.into_any(), next])
+    }
+
+    /// Number of partitions of the cluster.
+    fn partition_count(&self) -> PyResult<u32> {
+        let client = self.get().map_err(|e| to_pyerr(e.into()))?;
+        Ok(client.client().readable_cells().len() as u32)
     }
 
     /// The oids existing at `tid` (their latest record at or before it has

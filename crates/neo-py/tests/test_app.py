@@ -235,6 +235,81 @@ def test_prefetch_fills_the_cache(cluster):
         db.close()
 
 
+def test_len_follows_commits_without_listing_every_oid(cluster):
+    """len(storage): exact, and after the first count brought up to date
+    from the transactions committed since (creations, deletions)."""
+    from ZODB.Connection import TransactionMetaData
+    storage = cluster.storage()
+    try:
+        def commit(stores):
+            t = TransactionMetaData()
+            storage.tpc_begin(t)
+            for oid, serial, data in stores:
+                if data is None:
+                    storage.deleteObject(oid, serial, t)
+                else:
+                    storage.store(oid, serial, data, '', t)
+            storage.tpc_vote(t)
+            return storage.tpc_finish(t)
+
+        base = len(storage)
+        counts = []
+        count_since = storage._count_since
+        storage._count_since = lambda *a: counts.append(count_since(*a)) \
+            or counts[-1]
+        oids = [storage.new_oid() for _ in range(5)]
+        tid = commit([(oid, z64, b'new') for oid in oids])
+        assert len(storage) == base + 5
+        commit([(oid, tid, None) for oid in oids[:2]]
+               + [(oids[2], tid, b'changed')])
+        assert len(storage) == base + 3
+        assert len(storage) == base + 3  # nothing new: no request at all
+        assert counts == [base + 5, base + 3]
+        # Too many objects written since: counted again, as exactly.
+        storage.len_increment_limit = 2
+        commit([(storage.new_oid(), z64, b'new') for _ in range(3)])
+        assert len(storage) == base + 6
+        assert counts[-1] is None
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize('page', [1000, 3])
+def test_record_iternext_lists_every_current_record(cluster, page):
+    """IStorageCurrentRecordIteration (zodbupdate's way through a
+    database): every existing object once, in oid order, with its current
+    record as of the first call, whatever the partitions' page size."""
+    from ZODB.Connection import TransactionMetaData
+    storage = cluster.storage()
+    try:
+        storage.record_page = page
+        t = TransactionMetaData()
+        storage.tpc_begin(t)
+        for i in range(40):
+            storage.store(storage.new_oid(), z64, b'record %d' % i, '', t)
+        storage.tpc_vote(t)
+        storage.tpc_finish(t)
+        expected = storage._client.oids_at(storage.lastTransaction())
+        seen = []
+        next_oid = None
+        while True:
+            oid, serial, data, next_oid = storage.record_iternext(next_oid)
+            if not seen:
+                # Committed after the start: not in this iteration.
+                t = TransactionMetaData()
+                storage.tpc_begin(t)
+                storage.store(storage.new_oid(), z64, b'later', '', t)
+                storage.tpc_vote(t)
+                storage.tpc_finish(t)
+            assert (data, serial) == storage.load(oid)
+            seen.append(oid)
+            if next_oid is None:
+                break
+        assert seen == expected
+    finally:
+        storage.close()
+
+
 def test_zconfig(cluster):
     config = """
     %%import neo.client

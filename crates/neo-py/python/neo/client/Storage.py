@@ -19,6 +19,7 @@ it from a background thread and at ``close()``; see its ``persist.rs``.
 """
 
 import atexit
+from bisect import bisect_left, bisect_right
 import itertools
 import logging
 import os
@@ -208,6 +209,7 @@ def _deliver_forever(ref):
     ZODB.interfaces.IPrefetchStorage,
     ZODB.interfaces.IStorageRestoreable,
     ZODB.interfaces.IStorageIteration,
+    ZODB.interfaces.IStorageCurrentRecordIteration,
     ZODB.interfaces.IStorageUndoable,
     ZODB.interfaces.IExternalGC,
     ZODB.interfaces.ReadVerifyingStorage,
@@ -364,11 +366,53 @@ class Storage(ConflictResolvingStorage):
         return self._sort_key
 
     def getSize(self):
-        # Not tracked by NEO; the interface only wants something printable.
+        # The storages know their databases' sizes but NEO's protocol has
+        # no request for it (NEO/py has none either), and summing every
+        # record's size would read the whole database: 0, as documented.
         return 0
 
+    # The most objects written since the last count that __len__ looks at
+    # one by one; beyond, counting again is cheaper.
+    len_increment_limit = 2000
+
     def __len__(self):
-        return self._call(self._client.object_count)
+        """The number of objects that exist at the last TID. Counted once
+        (every oid listed, partition by partition), then brought up to
+        date from the transactions committed since: each object they wrote
+        counts if it exists now and did not then. A pack in between may
+        have removed the history that tells, so then it counts again."""
+        with self._deliver_lock:
+            last = self._call(self._client.last_tid)
+            counted = getattr(self, '_counted', None)
+            if counted is not None and counted[0] == last:
+                return counted[1]
+            count = None
+            if counted is not None:
+                count = self._count_since(counted[0], counted[1], last)
+            if count is None:
+                count = self._call(self._client.object_count_at, last)
+            self._counted = last, count
+            return count
+
+    def _count_since(self, tid, count, last):
+        """`count` objects at `tid` brought up to `last`, or None."""
+        written = set()
+        for t, oids in self._written_between(p64(u64(tid) + 1), last):
+            if not oids:
+                info = self._transaction_info(t)
+                if info is not None and info[1] == _PACK_DESCRIPTION:
+                    return None
+            written.update(oids)
+            if len(written) > self.len_increment_limit:
+                return None
+        before_then = p64(u64(tid) + 1)
+        before_now = p64(u64(last) + 1)
+        for oid in written:
+            then = self._record(oid, before=before_then)
+            now = self._record(oid, before=before_now)
+            count += ((now is not None and now[2] is not None)
+                      - (then is not None and then[2] is not None))
+        return count
 
     def isReadOnly(self):
         return self._is_read_only
@@ -476,6 +520,51 @@ class Storage(ConflictResolvingStorage):
             if e.args[0] == 'tid_not_found':
                 return None
             raise _error(e) from None
+
+    # -- IStorageCurrentRecordIteration -------------------------------------
+
+    def record_iternext(self, next=None):
+        """``(oid, tid, data, next oid or None)`` of the object with the
+        smallest oid at or after `next` (from the start when None), current
+        at the TID of the call that started the iteration (a consistent
+        view, as tools such as zodbupdate expect). Oids come a window at a
+        time, merged from every partition."""
+        cursor = self._record_cursor
+        if next is None or cursor is None:
+            cursor = self._record_cursor = [self.lastTransaction(), []]
+            next = z64
+        tid, window = cursor
+        if not window or not window[0] <= next <= window[-1]:
+            window = cursor[1] = self._oids_window(next, tid)
+        i = bisect_left(window, next)
+        if i == len(window):
+            raise ValueError('no object at or after %s' % next.hex())
+        oid = window[i]
+        if i + 1 == len(window):
+            window = cursor[1] = self._oids_window(p64(u64(oid) + 1), tid)
+            i = -1
+        next_oid = window[i + 1] if i + 1 < len(window) else None
+        data, serial, _ = self.loadBefore(oid, p64(u64(tid) + 1))
+        return oid, serial, data, next_oid
+
+    _record_cursor = None
+    # Oids asked per partition at a time by record_iternext.
+    record_page = 1000
+
+    def _oids_window(self, start, tid):
+        """The oids existing at `tid` from `start`, ascending, as far as
+        every partition's page goes; empty past the last one."""
+        window, end = [], None
+        for partition in range(self._call(self._client.partition_count)):
+            oids, more = self._call(self._client.oids_page, partition,
+                                    start, tid, self.record_page)
+            window.extend(oids)
+            if more is not None and oids and (end is None or oids[-1] < end):
+                end = oids[-1]
+        window.sort()
+        if end is not None:
+            window = window[:bisect_right(window, end)]
+        return window
 
     # -- two-phase commit ---------------------------------------------------
 
