@@ -278,23 +278,13 @@ def test_other_cluster_with_the_same_name(tmp_path, caplog):
         second.stop()
 
 
-def copy_database(cluster, to):
-    """Copies (or restores, with `to` reversed) the storage's SQLite files."""
-    source = cluster.database()
+def copy_database(source, to):
+    """Copies a storage's SQLite files (the database and its WAL)."""
     for suffix in ('', '-wal', '-shm'):
         if os.path.exists(to + suffix):
             os.remove(to + suffix)
         if os.path.exists(source + suffix):
             shutil.copy(source + suffix, to + suffix)
-
-
-def restore_database(cluster, backup):
-    target = cluster.database()
-    for suffix in ('', '-wal', '-shm'):
-        if os.path.exists(target + suffix):
-            os.remove(target + suffix)
-        if os.path.exists(backup + suffix):
-            shutil.copy(backup + suffix, target + suffix)
 
 
 def test_cluster_restored_from_a_backup(tmp_path, caplog):
@@ -312,7 +302,7 @@ def test_cluster_restored_from_a_backup(tmp_path, caplog):
         finally:
             storage.close()
         cluster.stop(keep=True)
-        copy_database(cluster, backup)
+        copy_database(cluster.database(), backup)
         cluster.start()
         storage = cluster.storage(cache_file=path)
         try:
@@ -327,7 +317,7 @@ def test_cluster_restored_from_a_backup(tmp_path, caplog):
         saved = str(tmp_path / 'cache.saved')
         shutil.copy(path, saved)
         cluster.stop(keep=True)
-        restore_database(cluster, backup)
+        copy_database(backup, cluster.database())
         cluster.start()
         check_dropped(cluster, path, oids, 'ahead of the cluster', caplog)
         assert not os.path.exists(path + '.tmp')
