@@ -143,3 +143,20 @@ fn commit_load_and_invalidate_against_neo_py() {
     }
     println!("1000 loads in {:?}", started.elapsed());
 }
+
+#[test]
+#[ignore = "needs a NEO/py cluster"]
+fn pack_orders_are_read_from_neo_py_s_master() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let client = BlockingClient::connect(config()).unwrap();
+    // Completed orders come from NEO/py's storages, whose partial orders
+    // carry their oids as one bin (decoding it is the test).
+    let orders = client.pack_orders(Tid(1)).unwrap();
+    println!("{orders:?}");
+    assert!(orders.windows(2).all(|pair| pair[0].id < pair[1].id));
+    assert!(orders
+        .iter()
+        .all(|order| order.partial == order.oids.is_some()));
+}

@@ -20,9 +20,20 @@ macro_rules! count {
     ($head:ident $($tail:ident)*) => { 1usize + count!($($tail)*) };
 }
 
+/// How a record's field is decoded: as its type says, or by the function
+/// named after `=>` (for what NEO/py sends in more than one form).
+macro_rules! decoder {
+    ($ty:ty) => {
+        <$ty as Field>::decode
+    };
+    ($ty:ty, $decode:path) => {
+        $decode
+    };
+}
+
 /// A struct encoded as a fixed-size msgpack array of its fields.
 macro_rules! record {
-    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty $(=> $decode:path)?),* $(,)? }) => {
         $(#[$meta])*
         #[derive(Clone, Debug, PartialEq)]
         pub struct $name {
@@ -40,7 +51,7 @@ macro_rules! record {
                 reader: &mut Reader,
             ) -> Result<Self, (&'static str, FieldError)> {
                 $(
-                    let $field = <$ty as Field>::decode(reader)
+                    let $field = decoder!($ty $(, $decode)?)(reader)
                         .map_err(|error| (stringify!($field), error))?;
                 )*
                 Ok($name { $($field),* })
@@ -332,10 +343,51 @@ record!(
         /// Nil until signed; then approved or rejected.
         approved: Option<bool>,
         partial: bool,
-        oids: Option<Vec<Oid>>,
+        oids: Option<Vec<Oid>> => pack_order_oids,
         pack_tid: Tid,
     }
 );
+
+/// `PackOrder.oids`: a list of oids, as at `tpc_finish`, or (how NEO/py's
+/// storages send an order read back from their `pack` table, which NEO/py's
+/// own storages cannot use) one bin of concatenated 8-byte oids. Both are
+/// accepted; ours always send the list.
+fn pack_order_oids(reader: &mut Reader) -> Result<Option<Vec<Oid>>, FieldError> {
+    if reader.take_nil() {
+        return Ok(None);
+    }
+    match reader.token()? {
+        Token::Array(len) => {
+            let mut oids = reader.vec(len)?;
+            for index in 0..len {
+                oids.push(Oid::decode(reader).map_err(|e| e.at(index))?);
+            }
+            Ok(Some(oids))
+        }
+        Token::Bin(blob) => {
+            if blob.len() % 8 != 0 {
+                return Err(FieldError::Invalid(format!(
+                    "{} bytes of concatenated oids",
+                    blob.len()
+                )));
+            }
+            reader.charge(blob.len())?;
+            let oids = blob
+                .chunks_exact(8)
+                .map(|chunk| {
+                    let mut bytes = [0; 8];
+                    bytes.copy_from_slice(chunk);
+                    Oid::from_bytes(bytes)
+                })
+                .collect();
+            Ok(Some(oids))
+        }
+        other => Err(FieldError::Type {
+            expected: "array or bin",
+            found: other.type_name(),
+        }),
+    }
+}
 
 record!(
     /// A pack order without its id, as replicated with its transaction.
@@ -846,6 +898,49 @@ mod tests {
             .filter(|code| answer_code(**code) == Some(Error::CODE))
             .count();
         assert_eq!(error_answered, 8);
+    }
+
+    /// What NEO/py's storages send for an order read back from their
+    /// table: the oids as one bin of concatenated oids.
+    #[test]
+    fn pack_order_oids_come_as_a_list_or_as_concatenated_oids() {
+        let decode = |oids: &dyn Fn(&mut Vec<u8>)| {
+            let mut body = Vec::new();
+            value::write_array_len(&mut body, 1);
+            value::write_array_len(&mut body, 1);
+            value::write_array_len(&mut body, 5);
+            Tid(7).encode(&mut body);
+            value::write_nil(&mut body);
+            true.encode(&mut body);
+            oids(&mut body);
+            Tid(5).encode(&mut body);
+            Packet::decode(AnswerPackOrders::CODE, &mut Reader::new(Bytes::from(body)))
+        };
+        let expected = Packet::AnswerPackOrders(AnswerPackOrders {
+            orders: vec![PackOrder {
+                id: Tid(7),
+                approved: None,
+                partial: true,
+                oids: Some(vec![Oid(1), Oid(0x0203)]),
+                pack_tid: Tid(5),
+            }],
+        });
+        let blob = [Oid(1).to_bytes(), Oid(0x0203).to_bytes()].concat();
+        let list = decode(&|out| vec![Oid(1), Oid(0x0203)].encode(out)).unwrap();
+        assert_eq!(list, expected);
+        let concatenated = decode(&|out| value::write_bin(out, &blob)).unwrap();
+        assert_eq!(concatenated, expected);
+        // Ours send the list.
+        let mut args = Vec::new();
+        concatenated.encode_args(&mut args);
+        let mut listed = Vec::new();
+        list.encode_args(&mut listed);
+        assert_eq!(args, listed);
+        let error = decode(&|out| value::write_bin(out, &blob[..12])).unwrap_err();
+        assert!(
+            error.to_string().contains("12 bytes of concatenated oids"),
+            "{error}"
+        );
     }
 
     /// Every packet type survives encode → decode unchanged.

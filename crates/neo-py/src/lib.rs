@@ -780,7 +780,9 @@ impl Client {
     /// Every pack order, oldest first:
     /// `[(id, approved or None, partial, pack_tid)]`.
     fn pack_orders<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let orders = nogil(py, || self.get()?.pack_orders(Tid::ZERO))?;
+        // From TID 1, not ZERO_TID (no order has it): NEO/py's master
+        // computes `min_id - 1` when it collects old orders, and dies on 0.
+        let orders = nogil(py, || self.get()?.pack_orders(Tid(1)))?;
         let items = orders
             .iter()
             .map(|order| {
