@@ -563,6 +563,32 @@ impl Client {
         })
     }
 
+    /// Of `oids`, those without data just before `before` (deleted, never
+    /// created, or that could not be read), all asked at once.
+    fn missing<'py>(
+        &self,
+        py: Python<'py>,
+        oids: Vec<Vec<u8>>,
+        before: &[u8],
+    ) -> PyResult<Bound<'py, PyList>> {
+        let before = tid_of(before)?;
+        let oids = oids
+            .iter()
+            .map(|oid| oid_of(oid))
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut missing = nogil(py, || {
+            let mut missing = Vec::new();
+            self.get()?.objects_before(&oids, before, |oid, result| {
+                if !matches!(result, Ok(record) if record.data.is_some()) {
+                    missing.push(oid);
+                }
+            })?;
+            Ok(missing)
+        })?;
+        missing.sort_unstable();
+        PyList::new(py, missing.iter().map(|o| py_id(py, o.0)))
+    }
+
     /// The data of revision `serial`.
     fn load_serial<'py>(
         &self,

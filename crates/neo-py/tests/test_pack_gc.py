@@ -1,6 +1,7 @@
 """Garbage collection by ``Storage.pack(t, referencesf)``: what is
 unreachable from the root at the pack time goes, everything else stays."""
 
+import contextlib
 import random
 import threading
 import time
@@ -130,161 +131,125 @@ def test_pack_without_gc_keeps_garbage(cluster):
         db.close()
 
 
-def test_pack_gc_sees_garbage_linked_again(cluster):
-    """A client that does not check what it links (as NEO/py's) links an
-    unlinked object again while pack is about to delete it: GC's re-read
-    after its deletions are voted sees it, starts over and keeps it."""
+@contextlib.contextmanager
+def _unlinked_while_seen(cluster, checked=True):
+    """``root['d']`` (with a child) and ``root['target']`` are committed,
+    another client's transaction sees both, then ``d`` is unlinked. Yields
+    ``(storage, db, tm2, d2, target2)``: the first client's storage and DB,
+    the other's transaction manager and its view of ``d`` and ``target``.
+    `checked=False` makes the other client skip the reference check, as
+    NEO/py's client does."""
     storage = _storage(cluster)
     db = ZODB.DB(storage)
-    unchecked = cluster.storage()
-    unchecked._check_new_references = lambda ctx: None
-    other = ZODB.DB(unchecked)
+    second = cluster.storage()
+    if not checked:
+        second._check_new_references = lambda ctx: None
+    other = ZODB.DB(second)
     try:
         tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        root = conn.root()
-        root['a'] = PersistentMapping()
+        root = db.open(tm).root()
+        root['target'] = PersistentMapping()
         root['d'] = PersistentMapping()
+        root['d']['child'] = PersistentMapping()
         tm.commit()
-        # The other client loads d before it is unlinked.
         tm2 = transaction.TransactionManager()
         conn2 = other.open(tm2)
-        conn2.sync()
-        d2 = conn2.root()['d']
+        tm2.begin()
+        d2, target2 = conn2.root()['d'], conn2.root()['target']
         d2._p_activate()
-        a2 = conn2.root()['a']
+        target2._p_activate()
         del root['d']
         tm.commit()
         _pause()
-        pack_time = time.time()
-
-        # The third sync of pack is after the deletions are voted.
-        calls = []
-        sync = storage.sync
-
-        def sync_and_link(*args, **kw):
-            calls.append(None)
-            if len(calls) == 3:
-                a2['d'] = d2
-                tm2.commit()
-            return sync(*args, **kw)
-        storage.sync = sync_and_link
-        try:
-            db.pack(pack_time)
-        finally:
-            del storage.sync
-        assert len(calls) > 3  # started over
-        conn.sync()
-        assert root['a']['d'] is not None
-        storage.load(d2._p_oid)
+        yield storage, db, tm2, d2, target2
+        tm2.abort()
         conn2.close()
-        conn.close()
     finally:
         other.close()
         db.close()
 
 
+@contextlib.contextmanager
+def _on_third_sync(storage, action):
+    """Runs `action` at the third sync of `storage`, which in pack with GC
+    is the one after its deletions are voted; yields the list of syncs."""
+    calls = []
+    sync = storage.sync
+
+    def sync_and_act(*args, **kw):
+        calls.append(None)
+        if len(calls) == 3:
+            action()
+        return sync(*args, **kw)
+    storage.sync = sync_and_act
+    try:
+        yield calls
+    finally:
+        del storage.sync
+
+
+def test_pack_gc_sees_garbage_linked_again(cluster):
+    """A client that does not check what it links (as NEO/py's) links an
+    unlinked object again while pack is about to delete it: GC's re-read
+    after its deletions are voted sees it, starts over and keeps it."""
+    with _unlinked_while_seen(cluster, checked=False) as (
+            storage, db, tm2, d2, target2):
+        pack_time = time.time()
+
+        def link():
+            target2['d'] = d2
+            tm2.commit()
+        with _on_third_sync(storage, link) as calls:
+            db.pack(pack_time)
+        assert len(calls) > 3  # started over
+        storage.load(d2._p_oid)
+        assert _dangling(storage) == []
+
+
 def test_a_link_waiting_for_the_deletion_fails_when_gc_commits(cluster):
     """A client links again an object that pack's deletions, voted, hold:
     its check waits for them, and fails once they are committed."""
-    storage = _storage(cluster)
-    db = ZODB.DB(storage)
-    other = ZODB.DB(cluster.storage())
-    try:
-        tm = transaction.TransactionManager()
-        root = db.open(tm).root()
-        root['a'] = PersistentMapping()
-        root['d'] = PersistentMapping()
-        tm.commit()
-        tm2 = transaction.TransactionManager()
-        conn2 = other.open(tm2)
-        tm2.begin()
-        d2 = conn2.root()['d']
-        a2 = conn2.root()['a']
-        d2._p_activate()
-        a2._p_activate()
-        del root['d']
-        tm.commit()
-        _pause()
+    with _unlinked_while_seen(cluster) as (storage, db, tm2, d2, target2):
         pack_time = time.time()
         outcome = []
 
         def link():
-            a2['d'] = d2
+            target2['d'] = d2
             try:
                 tm2.commit()
                 outcome.append('committed')
             except ReadConflictError:
                 tm2.abort()
                 outcome.append('read conflict')
-
-        # The third sync of pack is after the deletions are voted.
-        calls = []
-        sync = storage.sync
         linker = threading.Thread(target=link)
 
-        def sync_and_link(*args, **kw):
-            calls.append(None)
-            if len(calls) == 3:
-                linker.start()
-                linker.join(1.0)
-                assert linker.is_alive(), 'the link did not wait: %s' % outcome
-            return sync(*args, **kw)
-        storage.sync = sync_and_link
-        try:
+        def start_linking():
+            linker.start()
+            linker.join(1.0)
+            assert linker.is_alive(), 'the link did not wait: %s' % outcome
+        with _on_third_sync(storage, start_linking) as calls:
             db.pack(pack_time)
-        finally:
-            del storage.sync
         linker.join(30)
         assert outcome == ['read conflict']
         assert len(calls) == 3  # GC did not start over
         with pytest.raises(POSKeyError):
             storage.load(d2._p_oid)
         assert _dangling(storage) == []
-        conn2.close()
-    finally:
-        other.close()
-        db.close()
 
 
 def test_a_stale_transaction_cannot_link_collected_garbage(cluster):
     """A transaction whose snapshot still shows an object that pack then
     collected cannot commit a new link to it: it fails with a read
     conflict, instead of leaving a reference to a deleted object."""
-    storage = _storage(cluster)
-    db = ZODB.DB(storage)
-    other = ZODB.DB(cluster.storage())
-    try:
-        tm = transaction.TransactionManager()
-        root = db.open(tm).root()
-        root['mine'] = PersistentMapping()
-        root['d'] = PersistentMapping()
-        root['d']['child'] = PersistentMapping()
-        tm.commit()
-        # The other client's transaction sees d, then d is unlinked and
-        # collected (its deletion purged) before that transaction commits.
-        tm2 = transaction.TransactionManager()
-        conn2 = other.open(tm2)
-        tm2.begin()
-        d2 = conn2.root()['d']
-        mine2 = conn2.root()['mine']
-        d2._p_activate()
-        del root['d']
-        tm.commit()
-        _pause()
+    with _unlinked_while_seen(cluster) as (storage, db, tm2, d2, target2):
         db.pack(time.time())
         with pytest.raises(POSKeyError):
             storage.load(d2._p_oid)
-        mine2['d'] = d2
+        target2['d'] = d2
         with pytest.raises(ReadConflictError):
             tm2.commit()
-        tm2.abort()
-        conn2.close()
         # Nothing was committed: every record's references load.
         assert _dangling(storage) == []
-    finally:
-        other.close()
-        db.close()
 
 
 def _dangling(storage):

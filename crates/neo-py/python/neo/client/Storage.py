@@ -109,8 +109,22 @@ def _error(e, oid=None):
     return NEOStorageError(message)
 
 
+# How ZODB's records begin: a protocol 2+ pickle (PROTO), or a protocol 1
+# one (the class: MARK or GLOBAL).
+_RECORD_STARTS = tuple(b'\x80' + bytes([v]) for v in range(1, 6)) + (b'(', b'c')
+
+
+def _is_record(data):
+    """Whether `data` may be a ZODB record: anything else is not parsed,
+    since arbitrary bytes can make the unpickler allocate gigabytes (a
+    memo index of 2**32) or spend seconds."""
+    return data.startswith(_RECORD_STARTS)
+
+
 def _oid_references(data):
     """The oids a ZODB record references (none if it is not one)."""
+    if not _is_record(data):
+        return set()
     try:
         refs = _referencesf(data)
     except Exception:
@@ -650,19 +664,21 @@ class Storage(ConflictResolvingStorage):
         then never delete an object this transaction links again without
         one of them failing (ARCHITECTURE.md, "Pack's garbage
         collection"). Restored records copy history and are not checked."""
-        new = set()
+        # A reference that the revision some stored record is based on has
+        # (an object moved from one container to another) is inherited.
+        new, inherited = set(), set()
         for oid, (serial, data) in ctx.stores.items():
             if data is None or oid in ctx.preindex:
                 continue
-            refs = _oid_references(data)
-            if refs and serial != z64:
+            new |= _oid_references(data)
+            if serial != z64:
                 try:
                     base = self._client.load_serial(oid, serial)
                 except _neo.NeoError:
-                    base = None  # every reference counts as new
+                    continue  # its references count as new
                 if base is not None:
-                    refs -= _oid_references(base)
-            new |= refs
+                    inherited |= _oid_references(base)
+        new -= inherited
         new -= ctx.stores.keys()
         new -= ctx.referenced
         # Allocated here and not committed yet: no collection can have
@@ -698,12 +714,12 @@ class Storage(ConflictResolvingStorage):
             return
         self._call(self._client.sync)
         before = p64(u64(self._call(self._client.last_tid)) + 1)
-        for ref in sorted(ctx.referenced):
-            record = self._record(ref, before=before)
-            if record is None or record[2] is None:
-                raise ReadConflictError(
-                    'a stored record references %s, which no longer exists'
-                    % ref.hex(), oid=ref)
+        missing = self._call(self._client.missing, sorted(ctx.referenced),
+                             before)
+        if missing:
+            raise ReadConflictError(
+                'a stored record references %s, which no longer exists'
+                % missing[0].hex(), oid=missing[0])
 
     def tpc_finish(self, transaction, f=None):
         ctx = self._context(transaction)
@@ -821,6 +837,8 @@ class Storage(ConflictResolvingStorage):
         return serial, next_serial, data
 
     def _references(self, referencesf, oid, data):
+        if not _is_record(data):
+            raise _GCImpossible('%s is not a ZODB record' % oid.hex())
         try:
             return referencesf(data)
         except Exception as e:
