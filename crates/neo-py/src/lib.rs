@@ -67,6 +67,10 @@ fn oid_of(bytes: &[u8]) -> PyResult<Oid> {
     to_u64("oid", bytes).map(Oid)
 }
 
+fn oids_of(oids: &[Vec<u8>]) -> PyResult<Vec<Oid>> {
+    oids.iter().map(|oid| oid_of(oid)).collect()
+}
+
 fn tid_of(bytes: &[u8]) -> PyResult<Tid> {
     to_u64("tid", bytes).map(Tid)
 }
@@ -529,10 +533,7 @@ impl Client {
     /// the loads that follow.
     fn prefetch(&self, py: Python<'_>, oids: Vec<Vec<u8>>, before: &[u8]) -> PyResult<usize> {
         let before = tid_of(before)?;
-        let oids = oids
-            .iter()
-            .map(|oid| oid_of(oid))
-            .collect::<PyResult<Vec<_>>>()?;
+        let oids = oids_of(&oids)?;
         nogil(py, || {
             let client = self.get()?;
             let last = client.last_transaction().unwrap_or(Tid::ZERO);
@@ -572,10 +573,7 @@ impl Client {
         before: &[u8],
     ) -> PyResult<Bound<'py, PyList>> {
         let before = tid_of(before)?;
-        let oids = oids
-            .iter()
-            .map(|oid| oid_of(oid))
-            .collect::<PyResult<Vec<_>>>()?;
+        let oids = oids_of(&oids)?;
         let mut missing = nogil(py, || {
             let mut missing = Vec::new();
             self.get()?.objects_before(&oids, before, |oid, result| {
@@ -790,9 +788,7 @@ impl Client {
         oids: Option<Vec<Vec<u8>>>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let pack_tid = tid_of(pack_tid)?;
-        let oids = oids
-            .map(|oids| oids.iter().map(|o| oid_of(o)).collect::<PyResult<Vec<_>>>())
-            .transpose()?;
+        let oids = oids.as_deref().map(oids_of).transpose()?;
         let pack_id = nogil(py, || self.get()?.pack(pack_tid, oids))?;
         Ok(pack_id.map(|tid| py_id(py, tid.0)))
     }
@@ -1040,10 +1036,7 @@ impl Txn {
         oids: Vec<Vec<u8>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let undone = tid_of(undone_tid)?;
-        let oids = oids
-            .iter()
-            .map(|o| oid_of(o))
-            .collect::<PyResult<Vec<_>>>()?;
+        let oids = oids_of(&oids)?;
         let serials = nogil(py, || self.with(|s| s.txn.undo_serials(undone, &oids)))?;
         let dict = PyDict::new(py);
         for (oid, serial) in serials {
