@@ -564,8 +564,8 @@ impl Client {
         })
     }
 
-    /// Of `oids`, those without data just before `before` (deleted, never
-    /// created, or that could not be read), all asked at once.
+    /// Of `oids`, those without data just before `before` (deleted or never
+    /// created), all asked at once; a failed read is an error.
     fn missing<'py>(
         &self,
         py: Python<'py>,
@@ -575,13 +575,22 @@ impl Client {
         let before = tid_of(before)?;
         let oids = oids_of(&oids)?;
         let mut missing = nogil(py, || {
-            let mut missing = Vec::new();
-            self.get()?.objects_before(&oids, before, |oid, result| {
-                if !matches!(result, Ok(record) if record.data.is_some()) {
-                    missing.push(oid);
-                }
-            })?;
-            Ok(missing)
+            let (mut missing, mut failure) = (Vec::new(), None);
+            self.get()?
+                .objects_before(&oids, before, |oid, result| match result {
+                    Ok(record) if record.data.is_some() => {}
+                    Ok(_)
+                    | Err(ClientError::OidNotFound { .. } | ClientError::OidDoesNotExist { .. }) => {
+                        missing.push(oid)
+                    }
+                    Err(error) => {
+                        failure.get_or_insert(error);
+                    }
+                })?;
+            match failure {
+                Some(error) => Err(error),
+                None => Ok(missing),
+            }
         })?;
         missing.sort_unstable();
         PyList::new(py, missing.iter().map(|o| py_id(py, o.0)))

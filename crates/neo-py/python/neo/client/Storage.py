@@ -411,22 +411,19 @@ class Storage(ConflictResolvingStorage):
     def _count_since(self, tid, count, last):
         """`count` objects at `tid` brought up to `last`, or None."""
         written = set()
-        for t, oids in self._written_between(p64(u64(tid) + 1), last):
-            if not oids:
-                info = self._transaction_info(t)
-                if info is not None and info[1] == _PACK_DESCRIPTION:
-                    return None
+        for _, info in self._written_between(p64(u64(tid) + 1), last):
+            oids = info[4]
+            if not oids and info[1] == _PACK_DESCRIPTION:
+                return None
             written.update(oids)
             if len(written) > self.len_increment_limit:
                 return None
-        before_then = p64(u64(tid) + 1)
-        before_now = p64(u64(last) + 1)
-        for oid in written:
-            then = self._record(oid, before=before_then)
-            now = self._record(oid, before=before_now)
-            count += ((now is not None and now[2] is not None)
-                      - (then is not None and then[2] is not None))
-        return count
+        written = sorted(written)
+        missing_then = set(self._call(self._client.missing, written,
+                                      p64(u64(tid) + 1)))
+        missing_now = set(self._call(self._client.missing, written,
+                                     p64(u64(last) + 1)))
+        return count + len(missing_then) - len(missing_now)
 
     def isReadOnly(self):
         return self._is_read_only
@@ -687,7 +684,9 @@ class Storage(ConflictResolvingStorage):
         if not new:
             return
         before = p64(u64(self._call(self._client.last_tid)) + 1)
-        for ref in sorted(new):
+        new = sorted(new)
+        self._client.prefetch(new, before)  # one round trip for all
+        for ref in new:
             try:
                 current = self._client.load_before(ref, before)
             except _neo.NeoError as e:
@@ -846,19 +845,18 @@ class Storage(ConflictResolvingStorage):
                                 % (oid.hex(), e)) from None
 
     def _written_between(self, first, last):
-        """``[(tid, [oids])]`` of the transactions in ``[first, last]``."""
-        result = []
+        """``(tid, transaction_info)`` of each transaction in
+        ``[first, last]``, in TID order, fetched as iterated."""
         start = first
         while start <= last:
             tids = self._call(self._client.iterate_tids, start, last, 100)
             if not tids:
-                break
+                return
             for tid in tids:
                 info = self._transaction_info(tid)
                 if info is not None:
-                    result.append((tid, info[4]))
+                    yield tid, info
             start = p64(u64(tids[-1]) + 1)
-        return result
 
     def _try_collect_garbage(self, pack_tid, referencesf):
         self.sync()
@@ -869,8 +867,8 @@ class Storage(ConflictResolvingStorage):
             return None
         # Roots: oid 0 and whatever was written after pack_tid.
         todo = [z64]
-        for _, oids in self._written_between(after_pack, last):
-            todo.extend(oids)
+        for _, info in self._written_between(after_pack, last):
+            todo.extend(info[4])
         kept = set()
         while todo:
             oid = todo.pop()
@@ -917,8 +915,8 @@ class Storage(ConflictResolvingStorage):
             # write or reference again one of these objects?
             self.sync()
             now = self._call(self._client.last_tid)
-            for tid, oids in self._written_between(p64(u64(last) + 1), now):
-                for oid in oids:
+            for tid, info in self._written_between(p64(u64(last) + 1), now):
+                for oid in info[4]:
                     if oid in garbage:
                         raise _GCRetry('%s written meanwhile' % oid.hex())
                     record = self._record(oid, at=tid)
