@@ -281,9 +281,8 @@ impl Admin {
                     "reporting to an upstream admin is not supported; ignoring"
                 );
             }
-            // The master relays `neoctl flush_log` to every node; we keep no
-            // log backlog of our own.
-            Packet::FlushLog(_) => {}
+            // The master relays `neoctl flush_log` to every node.
+            Packet::FlushLog(_) => neo_log::flush_requested(),
             Packet::Error(error) => {
                 tracing::warn!("error from the master: {error}");
             }
@@ -381,6 +380,9 @@ impl Admin {
             Packet::AcceptIdentification(accept)
                 if accept.node_type == NodeType::Master && accept.your_nid.is_some() =>
             {
+                if let Some(nid) = accept.your_nid {
+                    neo_log::set_node(&nid.to_string());
+                }
                 tracing::info!(primary = ?accept.nid, nid = ?accept.your_nid, "identified to the primary master");
                 self.link = Link::Ready { conn };
                 self.nid = accept.your_nid;
@@ -527,11 +529,14 @@ impl Admin {
         );
         match packet {
             Packet::Ping(_) => self.answer(conn, msg_id, p::Pong {}),
-            Packet::FlushLog(flush) => match self.link {
-                Link::Ready { conn: master } => self.out.notify(master, flush),
-                // A notification gets no answer, not even a refusal.
-                _ => tracing::info!("flush_log while not connected to the master: dropped"),
-            },
+            Packet::FlushLog(flush) => {
+                neo_log::flush_requested();
+                match self.link {
+                    Link::Ready { conn: master } => self.out.notify(master, flush),
+                    // A notification gets no answer, not even a refusal.
+                    _ => tracing::info!("flush_log while not connected to the master: not relayed"),
+                }
+            }
             Packet::RequestIdentification(request) => {
                 // Admins of monitored backup clusters would identify here
                 // (operations.md §4.5); that is not supported yet.

@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use neo_log::LogOptions;
 use neo_net::Tls;
-use tracing_subscriber::EnvFilter;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::options::TlsFiles;
 
@@ -18,26 +19,56 @@ pub fn load_tls(files: Option<&TlsFiles>) -> Result<Option<Tls>, String> {
         .map_err(|error| error.to_string())
 }
 
-/// Logs to `logfile` (appending) or to stderr. The level comes from
-/// `NEO_LOG` (`info` by default), in `tracing`'s filter syntax.
-pub fn init_logging(logfile: Option<&Path>) -> Result<(), String> {
-    let filter = EnvFilter::try_from_env("NEO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match logfile {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+/// What the log signals do (operations.md §7.5, §7.6).
+#[derive(Clone, Copy, Debug)]
+enum LogSignal {
+    /// SIGHUP (logrotate's usual signal) and SIGRTMIN+1 (NEO/py's).
+    Reopen,
+    /// SIGRTMIN: NEO/py flushes its backlog; ours has none, so it syncs.
+    Flush,
+    /// SIGUSR1: the packet log on or off.
+    TogglePackets,
+}
+
+impl LogSignal {
+    fn act(self) {
+        match self {
+            LogSignal::Reopen => match neo_log::logging().and_then(|log| log.reopen()) {
+                Ok(()) => tracing::info!("log file reopened"),
+                Err(error) => tracing::warn!("cannot reopen the log: {error}"),
+            },
+            LogSignal::Flush => neo_log::flush_requested(),
+            LogSignal::TogglePackets => {
+                let on = !neo_log::packet_log_enabled();
+                match neo_log::set_packet_log(on) {
+                    Ok(()) => tracing::info!(on, "packet log switched"),
+                    Err(error) => tracing::warn!("cannot switch the packet log: {error}"),
+                }
+            }
         }
-        None => builder.with_writer(std::io::stderr).init(),
     }
-    Ok(())
+}
+
+/// Acts on the log signals for as long as the runtime runs.
+fn watch_log_signals() {
+    let rtmin = libc::SIGRTMIN();
+    for (kind, action) in [
+        (SignalKind::hangup(), LogSignal::Reopen),
+        (SignalKind::from_raw(rtmin + 1), LogSignal::Reopen),
+        (SignalKind::from_raw(rtmin), LogSignal::Flush),
+        (SignalKind::user_defined1(), LogSignal::TogglePackets),
+    ] {
+        match signal(kind) {
+            Ok(mut stream) => {
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        action.act();
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(?action, "cannot watch the signal: {error}"),
+        }
+    }
 }
 
 /// The multi-threaded runtime the daemons run on (2 workers: connections
@@ -52,7 +83,6 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(terminate) => terminate,
         Err(error) => {
@@ -67,23 +97,46 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs a daemon's node: logging to `logfile` (or stderr), the runtime,
-/// then `node` until it returns; an error is printed as one line.
-pub fn serve<Node>(program: &str, logfile: Option<&Path>, node: Node) -> ExitCode
+/// Runs a daemon's node: its log (to `logfile`, or stderr; filtered by
+/// `log_level`, else `RUST_LOG`), the runtime and the log signals, then
+/// `node` until it returns. An error is printed as one line, and logged.
+pub fn serve<Node>(
+    program: &str,
+    logfile: Option<&Path>,
+    log_level: Option<&str>,
+    node: Node,
+) -> ExitCode
 where
     Node: std::future::Future<Output = Result<(), String>>,
 {
-    if let Err(message) = init_logging(logfile) {
-        return fail(program, message);
+    let log = LogOptions {
+        program,
+        file: logfile,
+        filter: log_level,
+    };
+    if let Err(error) = neo_log::init(log) {
+        return fail(program, error);
     }
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(message) => return fail(program, message),
     };
-    match runtime.block_on(node) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => fail(program, message),
-    }
+    let outcome = runtime.block_on(async {
+        watch_log_signals();
+        node.await
+    });
+    let status = match outcome {
+        Ok(()) => {
+            tracing::info!("{program} stopped");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            tracing::error!("{program} stopped: {message}");
+            fail(program, message)
+        }
+    };
+    neo_log::flush_requested();
+    status
 }
 
 /// Prints `«program»: error: «message»` and gives the failure status.

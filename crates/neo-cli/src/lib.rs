@@ -9,6 +9,7 @@
 pub mod conf;
 pub mod daemon;
 pub mod neoctl;
+pub mod neolog;
 pub mod options;
 pub mod simple;
 pub mod timestamp;

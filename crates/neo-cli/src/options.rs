@@ -82,6 +82,7 @@ const fn spec(key: &'static str, short: Option<char>, long: &'static str, kind: 
 /// Options of all three daemons (the "server node" group and TLS).
 const COMMON: &[Spec] = &[
     spec("logfile", Some('l'), "logfile", Kind::Path),
+    spec("log_level", None, "log-level", Kind::Text),
     spec("ca", None, "ca", Kind::Path),
     spec("cert", None, "cert", Kind::Path),
     spec("key", None, "key", Kind::Path),
@@ -263,8 +264,10 @@ pub struct CommonOptions {
     pub masters: Vec<Address>,
     /// `-b`: listening address; port 0 = ephemeral.
     pub bind: Address,
-    /// `-l`: SQLite debug log.
+    /// `-l`: the log file (stderr without one).
     pub logfile: Option<PathBuf>,
+    /// `--log-level`: levels and per-module filters (else `RUST_LOG`).
+    pub log_level: Option<String>,
     /// `--ca --cert --key`.
     pub tls: Option<TlsFiles>,
     /// `-D`: JSON file of known masters.
@@ -630,6 +633,7 @@ impl Values {
             masters: self.address_list("masters", default_masters)?,
             bind: self.address("bind", default_bind, 0)?,
             logfile: self.path("logfile")?,
+            log_level: self.text("log_level")?,
             tls,
             dynamic_master_list: self.path("dynamic_master_list")?,
             file: self.command_line("file").map(|(f, _)| expand_user(&f)),

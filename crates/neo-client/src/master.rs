@@ -388,6 +388,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
         let address = next_master(&mut finder, &clock).await;
         match identify(&shared, &address, previous_nid).await {
             Ok((connection, inbox, nid)) => {
+                neo_log::set_node(&nid.to_string());
                 tracing::info!(%address, %nid, "identified to the primary master");
                 previous_nid = Some(nid);
                 let error = run_session(&shared, connection, inbox, nid).await;

@@ -70,6 +70,7 @@ impl Master {
             Packet::CheckReplicas(request) => self.check_replicas(conn, msg_id, request),
             Packet::Truncate(request) => self.truncate(conn, msg_id, request.tid, now),
             Packet::FlushLog(_) => {
+                neo_log::flush_requested();
                 // Every other node writes out its log backlog (NEO/py's
                 // storages keep theirs in memory until told).
                 for (_, _, other) in self.identified() {

@@ -157,6 +157,7 @@ impl Master {
             id_timestamp: None,
         });
         let pt = PartitionTable::new(config.partitions, config.replicas)?;
+        neo_log::set_node(&nid.to_string());
         Ok(Master {
             config,
             nid,

@@ -248,6 +248,9 @@ impl Secondary {
     fn on_primary_answer(&mut self, conn: ConnId, packet: Packet, now: UnixTime) {
         match packet {
             Packet::AcceptIdentification(accept) if accept.node_type == NodeType::Master => {
+                if let Some(nid) = accept.your_nid {
+                    neo_log::set_node(&nid.to_string());
+                }
                 tracing::info!(primary = %self.primary, nid = ?accept.your_nid, "identified to the primary master");
                 self.nid = accept.your_nid.or(self.nid);
                 self.link = Link::Open {

@@ -458,7 +458,7 @@ impl Connection {
     async fn send_frame(&self, msg_id: u32, packet: &Packet) -> Result<(), NetError> {
         let mut bytes = Vec::new();
         encode_frame_into(&mut bytes, msg_id, packet);
-        tracing::trace!(peer = %self.shared.peer, msg_id, packet = packet.name(), "send");
+        log_packet(msg_id, packet, '>', &self.shared.peer);
         let mut slot = self.shared.writer.lock().await;
         let Some(writer) = slot.as_mut().filter(|_| !*self.shared.closing.borrow()) else {
             return Err(self.shared.closed_error());
@@ -825,7 +825,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 Ok(None) => break,
                 Err(error) => break 'connection Some(NetError::from_frame(&shared.peer, error)),
             };
-            tracing::trace!(peer = %shared.peer, msg_id = frame.msg_id, packet = frame.packet.name(), "received");
+            log_packet(frame.msg_id, &frame.packet, '<', &shared.peer);
             match dispatch(&shared, frame) {
                 Ok(Dispatch::Answered) => {}
                 Ok(Dispatch::Close) => break 'connection None,
@@ -901,4 +901,31 @@ async fn read_loop<R: AsyncRead + Unpin>(
             kind: EventKind::Closed(reason),
         })
         .await;
+}
+
+/// Longest rendering of a packet's arguments in the packet log: object data
+/// would otherwise fill it.
+const PACKET_LOG_ARGUMENTS: usize = 512;
+
+/// A line of the packet log (`neo_log::PACKET_TARGET`), when it is on:
+/// `#0x0012 AskObject > 127.0.0.1:40000 | «arguments»`, `>` sent to the
+/// peer, `<` received from it.
+fn log_packet(msg_id: u32, packet: &Packet, direction: char, peer: &str) {
+    if !tracing::enabled!(target: neo_log::PACKET_TARGET, tracing::Level::DEBUG) {
+        return;
+    }
+    let mut arguments = format!("{packet:?}");
+    if arguments.len() > PACKET_LOG_ARGUMENTS {
+        let mut end = PACKET_LOG_ARGUMENTS;
+        while !arguments.is_char_boundary(end) {
+            end -= 1;
+        }
+        arguments.truncate(end);
+        arguments.push_str("...");
+    }
+    tracing::debug!(
+        target: neo_log::PACKET_TARGET,
+        "#0x{msg_id:04x} {} {direction} {peer} | {arguments}",
+        packet.name()
+    );
 }

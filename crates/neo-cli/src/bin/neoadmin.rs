@@ -20,21 +20,27 @@ fn main() -> ExitCode {
         return fail(PROGRAM, "e-mail monitoring is not supported yet");
     }
     let logfile = options.common.logfile.clone();
-    serve(PROGRAM, logfile.as_deref(), async move {
-        let listener = Listener::bind(&options.common.bind)
-            .await
-            .map_err(|e| e.to_string())?
-            .with_tls(tls);
-        let config = AdminConfig {
-            cluster: options.common.cluster.clone(),
-            masters: options.common.all_masters(),
-            nid: options.common.nid,
-            bind: listener.local_address().clone(),
-            monitor_backup: options.monitor_backup.clone(),
-        };
-        tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
-        neo_admin::run(config, listener, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
-    })
+    let log_level = options.common.log_level.clone();
+    serve(
+        PROGRAM,
+        logfile.as_deref(),
+        log_level.as_deref(),
+        async move {
+            let listener = Listener::bind(&options.common.bind)
+                .await
+                .map_err(|e| e.to_string())?
+                .with_tls(tls);
+            let config = AdminConfig {
+                cluster: options.common.cluster.clone(),
+                masters: options.common.all_masters(),
+                nid: options.common.nid,
+                bind: listener.local_address().clone(),
+                monitor_backup: options.monitor_backup.clone(),
+            };
+            tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
+            neo_admin::run(config, listener, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
 }

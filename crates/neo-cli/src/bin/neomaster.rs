@@ -21,30 +21,36 @@ fn main() -> ExitCode {
         return fail(PROGRAM, "backup mode is not supported yet");
     }
     let logfile = options.common.logfile.clone();
-    serve(PROGRAM, logfile.as_deref(), async move {
-        let listener = Listener::bind(&options.common.bind)
-            .await
-            .map_err(|e| e.to_string())?
-            .with_tls(tls);
-        let own = [
-            listener.local_address().clone(),
-            options.common.bind.clone(),
-        ];
-        let masters = other_masters(&options.common.all_masters(), &own).await;
-        let config = MasterConfig {
-            cluster: options.common.cluster.clone(),
-            address: listener.local_address().clone(),
-            partitions: options.partitions,
-            replicas: options.replicas,
-            autostart: options.autostart,
-            masters,
-            nid: options.common.nid,
-        };
-        tracing::info!(address = %config.address, cluster = %config.cluster, tls = listener.tls().is_some(), "master listening");
-        neo_master::run(config, listener, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
-    })
+    let log_level = options.common.log_level.clone();
+    serve(
+        PROGRAM,
+        logfile.as_deref(),
+        log_level.as_deref(),
+        async move {
+            let listener = Listener::bind(&options.common.bind)
+                .await
+                .map_err(|e| e.to_string())?
+                .with_tls(tls);
+            let own = [
+                listener.local_address().clone(),
+                options.common.bind.clone(),
+            ];
+            let masters = other_masters(&options.common.all_masters(), &own).await;
+            let config = MasterConfig {
+                cluster: options.common.cluster.clone(),
+                address: listener.local_address().clone(),
+                partitions: options.partitions,
+                replicas: options.replicas,
+                autostart: options.autostart,
+                masters,
+                nid: options.common.nid,
+            };
+            tracing::info!(address = %config.address, cluster = %config.cluster, tls = listener.tls().is_some(), "master listening");
+            neo_master::run(config, listener, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
 }
 
 /// The masters of `masters` that are not this one (listening on `own`),

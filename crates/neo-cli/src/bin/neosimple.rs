@@ -21,5 +21,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    serve(PROGRAM, logfile.as_deref(), run(options, shutdown_signal()))
+    serve(
+        PROGRAM,
+        logfile.as_deref(),
+        None,
+        run(options, shutdown_signal()),
+    )
 }

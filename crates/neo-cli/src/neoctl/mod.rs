@@ -10,7 +10,7 @@ pub mod command;
 pub mod format;
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use neo_proto::Address;
 
@@ -177,6 +177,23 @@ impl Outcome {
     }
 }
 
+/// `-l`: the command and every packet exchanged go to `path` (as NEO/py's
+/// neoctl logs everything it does). A second run in the same process
+/// switches the file.
+fn log_to(path: &Path) -> Result<(), neo_log::LogError> {
+    let options = neo_log::LogOptions {
+        program: "neoctl",
+        file: Some(path),
+        filter: None,
+    };
+    match neo_log::init(options) {
+        Ok(()) => {}
+        Err(neo_log::LogError::AlreadySetUp) => neo_log::logging()?.log_to(path)?,
+        Err(error) => return Err(error),
+    }
+    neo_log::set_packet_log(true)
+}
+
 /// Runs `neoctl` with these arguments (without the program name).
 pub async fn run<I, T>(args: I) -> Outcome
 where
@@ -205,6 +222,12 @@ where
         }
         Err(error) => return Outcome::failure(1, error),
     };
+    if let Some(path) = &options.logfile {
+        if let Err(error) = log_to(path) {
+            return Outcome::failure(1, format!("neoctl: error: {error}"));
+        }
+        tracing::info!(command = ?options.words, admin = %options.address, "neoctl");
+    }
     let tls = match load_tls(options.tls.as_ref()) {
         Ok(tls) => tls,
         Err(message) => return Outcome::failure(1, format!("neoctl: error: {message}")),

@@ -120,6 +120,7 @@ impl Storage {
                     self.db.commit()?;
                     self.nid = Some(nid);
                 }
+                neo_log::set_node(&nid.to_string());
                 tracing::info!(%nid, "identified to the primary master");
             }
             (Asked::PackOrders, Packet::AnswerPackOrders(answer)) => self.on_pack_orders(answer)?,
@@ -314,8 +315,7 @@ impl Storage {
             Packet::NotifyRepair(_) => tracing::warn!(
                 "the master asked to repair partitions, which this storage cannot do yet: ignored"
             ),
-            // Logs go where the operator sent them; nothing is buffered.
-            Packet::FlushLog(_) => tracing::info!("flush_log: nothing to flush"),
+            Packet::FlushLog(_) => neo_log::flush_requested(),
             packet => {
                 let message = format!("unexpected packet {} from the master", packet.name());
                 self.refuse(conn, msg_id, ErrorCode::ProtocolError, &message);
