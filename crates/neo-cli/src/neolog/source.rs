@@ -428,3 +428,127 @@ impl DatabaseSource {
         Ok(records)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log database as NEO/py writes one (operations.md §7.3).
+    fn neopy_log(path: &Path) {
+        let db = Connection::open(path).unwrap();
+        db.execute_batch(
+            "CREATE TABLE log (date REAL PRIMARY KEY, node INTEGER, level INTEGER NOT NULL,
+                               pathname TEXT, lineno INTEGER, msg TEXT) WITHOUT ROWID;
+             CREATE TABLE packet (date REAL PRIMARY KEY, node INTEGER, msg_id INTEGER NOT NULL,
+                                  code INTEGER NOT NULL, peer TEXT NOT NULL, body BLOB) WITHOUT ROWID;
+             CREATE TABLE node (id INTEGER PRIMARY KEY, name TEXT, cluster TEXT, nid INTEGER);
+             INSERT INTO node VALUES (1, NULL, 'c', NULL);
+             INSERT INTO log VALUES (10.5, 1, 20, 'master/app.py', 1, 'Node ID: None');
+             INSERT INTO log VALUES (11.0, 2, 30, 'master/app.py', 2, 'two\nlines');
+             INSERT INTO log VALUES (12.0, NULL, 50, 'x.py', 3, 'critical');",
+        )
+        .unwrap();
+        let m1 = NodeId::parse("M1").unwrap().0;
+        db.execute("INSERT INTO node VALUES (2, NULL, 'c', ?1)", [m1])
+            .unwrap();
+        // Ping has no argument: an empty msgpack array.
+        db.execute(
+            "INSERT INTO packet VALUES (10.75, 2, 3, ?1, '> M1 (127.0.0.1:1)', x'90')",
+            [neo_proto::packets::Ping::CODE],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO packet VALUES (11.5, 2, 4, 65000, '< None', NULL)",
+            [],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn neopy_databases_read_as_records_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.log");
+        neopy_log(&path);
+        let mut source = Source::open(&path).unwrap();
+        let records = source.read_new();
+        let summary: Vec<(f64, Severity, &str, &str)> = records
+            .iter()
+            .map(|r| (r.time, r.severity, r.node.as_str(), r.text.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (10.5, Severity::Info, "master", "Node ID: None"),
+                (
+                    10.75,
+                    Severity::Packet,
+                    "M1",
+                    "#0x0003 Ping > M1 (127.0.0.1:1)"
+                ),
+                (11.0, Severity::Warning, "M1", "two\nlines"),
+                (
+                    11.5,
+                    Severity::Packet,
+                    "M1",
+                    "#0x0004 UnknownPacket[Some(65000)] < None"
+                ),
+                (12.0, Severity::Critical, "master", "critical"),
+            ]
+        );
+        assert_eq!(records[1].packet.as_deref(), Some("Ping"));
+        assert_eq!(records[1].arguments.as_deref(), Some("Ping(Ping)"));
+        // Following: only what was written since.
+        assert!(source.read_new().is_empty());
+        let db = Connection::open(&path).unwrap();
+        db.execute(
+            "INSERT INTO log VALUES (13.0, 2, 10, 'a.py', 4, 'later')",
+            [],
+        )
+        .unwrap();
+        let later = source.read_new();
+        assert_eq!(later.len(), 1);
+        assert_eq!(
+            (later[0].severity, later[0].text.as_str()),
+            (Severity::Debug, "later")
+        );
+    }
+
+    #[test]
+    fn a_database_without_log_tables_gives_an_unreadable_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let records = Source::open(&path).unwrap().read_new();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].severity, Severity::Unreadable);
+        assert!(
+            records[0].text.contains("database error"),
+            "{:?}",
+            records[0]
+        );
+    }
+
+    #[test]
+    fn compressed_text_logs_are_read() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("storage2.log.gz");
+        let mut encoder = flate2::write::GzEncoder::new(
+            File::create(&path).unwrap(),
+            flate2::Compression::default(),
+        );
+        encoder
+            .write_all(b"2026-12-06T07:52:08.123456Z INFO  S2 neo_storage::node: up\n")
+            .unwrap();
+        encoder.finish().unwrap();
+        let records = Source::open(&path).unwrap().read_new();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            (records[0].node.as_str(), records[0].text.as_str()),
+            ("S2", "up")
+        );
+    }
+}
