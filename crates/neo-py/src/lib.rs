@@ -16,6 +16,7 @@
 
 mod cache;
 mod cache_file;
+mod log;
 mod persist;
 
 use std::collections::{HashMap, VecDeque};
@@ -1068,5 +1069,8 @@ fn _neo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
     m.add_class::<Txn>()?;
     m.add("NeoError", m.py().get_type::<NeoError>())?;
+    m.add_function(wrap_pyfunction!(log::log_to, m)?)?;
+    m.add_function(wrap_pyfunction!(log::reopen_log, m)?)?;
+    m.add_function(wrap_pyfunction!(log::log, m)?)?;
     Ok(())
 }

@@ -23,6 +23,7 @@ from bisect import bisect_left, bisect_right
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
@@ -68,18 +69,47 @@ _TLS_INCOMPLETE = ('To enable encryption, 3 files must be provided: the CA'
                    ' private key.')
 
 
+class _NeoLogHandler(logging.Handler):
+    """Hands the ``neo`` loggers' records to the native log, which writes
+    them in the daemons' line format beside the Rust client's own."""
+
+    def emit(self, record):
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += '\n' + self.formatter.formatException(
+                    record.exc_info)
+            _neo.log(record.levelno, record.name, message)
+        except Exception:
+            self.handleError(record)
+
+
+def _reopen_log(signum, frame):
+    try:
+        _neo.reopen_log()
+    except OSError as e:
+        logging.getLogger(__name__).error('cannot reopen the NEO log: %s', e)
+
+
 def _setup_logfile(path):
-    """Only one NEO log per process: the last one configured wins."""
+    """Only one NEO log per process: the last one configured wins.
+
+    logrotate's signals reopen it: SIGUSR2 (Zope's convention) and
+    SIGRTMIN+1 (NEO/py's), unless the application handles them already.
+    """
     global _log_handler
+    _neo.log_to(path)
     root = logging.getLogger('neo')
-    if _log_handler is not None:
-        root.removeHandler(_log_handler)
-        _log_handler.close()
-    _log_handler = logging.FileHandler(path)
-    _log_handler.setFormatter(logging.Formatter(
-        '%(asctime)s %(levelname)s %(name)s %(message)s'))
-    root.addHandler(_log_handler)
-    root.setLevel(logging.INFO)
+    if _log_handler is None:
+        _log_handler = _NeoLogHandler()
+        _log_handler.setFormatter(logging.Formatter())
+        root.addHandler(_log_handler)
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        if threading.current_thread() is threading.main_thread():
+            for signum in signal.SIGUSR2, signal.SIGRTMIN + 1:
+                if signal.getsignal(signum) == signal.SIG_DFL:
+                    signal.signal(signum, _reopen_log)
 
 
 def _tid_from_time(t):
