@@ -929,3 +929,34 @@ fn log_packet(msg_id: u32, packet: &Packet, direction: char, peer: &str) {
         packet.name()
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use neo_proto::packets::Error;
+    use neo_proto::ErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn a_packet_line_is_cut_at_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("packets.log");
+        let (subscriber, _logging) = neo_log::build(neo_log::LogOptions {
+            program: "test",
+            file: Some(&path),
+            filter: Some("neo::packet=debug"),
+        })
+        .unwrap();
+        let huge = Packet::Error(Error::new(ErrorCode::NotReady, "é".repeat(10_000)));
+        tracing::subscriber::with_default(subscriber, || {
+            log_packet(7, &huge, '<', "127.0.0.1:1");
+        });
+        let log = std::fs::read_to_string(&path).unwrap();
+        let line = neo_log::parse_line(log.trim_end()).unwrap();
+        assert_eq!(line.packet(), Some("Error"));
+        let (head, arguments) = line.message.split_once(" | ").unwrap();
+        assert_eq!(head, "#0x0007 Error < 127.0.0.1:1");
+        assert!(arguments.ends_with("..."), "{arguments}");
+        assert!(arguments.len() <= PACKET_LOG_ARGUMENTS + 3);
+    }
+}
