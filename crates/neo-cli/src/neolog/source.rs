@@ -532,6 +532,30 @@ mod tests {
     }
 
     #[test]
+    fn a_followed_text_log_is_read_across_partial_lines_and_rotation() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.log");
+        let line = |text: &str| format!("2026-12-06T07:52:08.123456Z INFO  M1 m: {text}\n");
+        let mut file = File::create(&path).unwrap();
+        file.write_all(line("one").as_bytes()).unwrap();
+        file.write_all(b"2026-12-06T07:52:08.2Z INFO  M1 m: tw")
+            .unwrap();
+        let mut source = Source::open(&path).unwrap();
+        let texts = |records: Vec<Record>| -> Vec<String> {
+            records.into_iter().map(|record| record.text).collect()
+        };
+        assert_eq!(texts(source.read_new()), ["one"], "a partial line waits");
+        file.write_all(b"o\n").unwrap();
+        assert_eq!(texts(source.read_new()), ["two"]);
+        file.write_all(line("three").as_bytes()).unwrap();
+        std::fs::rename(&path, dir.path().join("master.log.1")).unwrap();
+        std::fs::write(&path, line("four")).unwrap();
+        assert_eq!(texts(source.read_new()), ["three", "four"]);
+        assert!(source.read_new().is_empty());
+    }
+
+    #[test]
     fn compressed_text_logs_are_read() {
         use std::io::Write as _;
         let dir = tempfile::tempdir().unwrap();
