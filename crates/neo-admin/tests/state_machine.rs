@@ -31,6 +31,7 @@ fn config(masters: &[u16]) -> AdminConfig {
         bind: Address::new("127.0.0.1", 9999),
         monitor_backup: vec!["bk".into()],
         nid: None,
+        monitor: Default::default(),
     }
 }
 
