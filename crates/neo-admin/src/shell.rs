@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::app::{Admin, AdminConfig, ConfigError};
 use crate::http::{self, Limits};
-use crate::smtp::{Smtp, SmtpConfig, SmtpError};
+use crate::smtp::Smtp;
 
 /// Why the admin node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -22,9 +22,6 @@ pub enum AdminError {
     /// The configuration cannot make an admin node.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
-    /// The SMTP settings cannot be used.
-    #[error(transparent)]
-    Smtp(#[from] SmtpError),
     /// E-mails are asked for without SMTP settings.
     #[error("e-mail notifications need SMTP settings")]
     NoSmtp,
@@ -37,7 +34,7 @@ pub enum AdminError {
 #[derive(Debug, Default)]
 pub struct Services {
     /// Where e-mails go: needed with `config.monitor.email`.
-    pub smtp: Option<SmtpConfig>,
+    pub smtp: Option<Smtp>,
     /// The status page's listener (`--status`) and its limits.
     pub status: Option<(tokio::net::TcpListener, Limits)>,
 }
@@ -65,11 +62,9 @@ pub async fn run_with(
     services: Services,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AdminError> {
-    let smtp = match (&config.monitor.email, &services.smtp) {
-        (None, _) => None,
-        (Some(_), None) => return Err(AdminError::NoSmtp),
-        (Some(_), Some(smtp)) => Some(Smtp::new(smtp)?),
-    };
+    if config.monitor.email.is_some() && services.smtp.is_none() {
+        return Err(AdminError::NoSmtp);
+    }
     let (completions, receiver) = mpsc::channel(COMPLETIONS);
     let page = services.status.map(|(listener, limits)| {
         let completions = completions.clone();
@@ -79,7 +74,7 @@ pub async fn run_with(
     });
     let mut node = Shelled {
         admin: Admin::new(config)?,
-        smtp,
+        smtp: services.smtp,
         completions,
     };
     let result = run_with_completions(

@@ -1,24 +1,35 @@
 //! Sending the admin's e-mails over SMTP (operations.md §4.4), with
-//! `lettre` on tokio: the relay of `--smtp`, STARTTLS with `--smtp-tls`
-//! (rustls, the system's root certificates), LOGIN/PLAIN with
-//! `--smtp-auth`, and the empty reverse-path `MAIL FROM:<>` (NEO/py's
+//! `lettre`'s SMTP client on tokio: the relay of `--smtp`, STARTTLS with
+//! `--smtp-tls` (rustls, the system's root certificates), PLAIN or LOGIN
+//! with `--smtp-auth`, and the empty reverse-path `MAIL FROM:<>` (NEO/py's
 //! Python 3 bug Q3 fixed).
 //!
 //! The relay is a peer like any other: a whole send, connection to the
-//! last reply, is bounded by [`SEND_TIMEOUT`], and `lettre` refuses reply
-//! lines and replies over its own size limits, so a silent or babbling
-//! relay costs one task for at most that long and never blocks the node.
+//! last reply, is bounded by its timeout ([`SEND_TIMEOUT`]), and by
+//! [`MAX_REPLY_BYTES`] read from it in all (`lettre` reads a reply line
+//! whole before it checks its length: a relay sending one endless line
+//! would otherwise fill the memory until the timeout). A silent or
+//! babbling relay costs one task for that long and never blocks the node.
 
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use neo_proto::Address;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Longest time one mail may take, from connecting to the last reply.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes read from the relay for one mail (TLS handshake included):
+/// its replies to a dozen commands take a few KiB.
+pub const MAX_REPLY_BYTES: u64 = 256 * 1024;
 
 /// How to reach the relay (`--smtp`, `--smtp-tls`, `--smtp-auth`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,15 +73,19 @@ pub enum SmtpError {
 /// A ready SMTP client: checked settings, one connection per mail.
 #[derive(Clone)]
 pub struct Smtp {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    relay: Address,
+    tls: Option<TlsParameters>,
+    credentials: Option<Credentials>,
     envelope: Envelope,
     timeout: Duration,
 }
 
 impl std::fmt::Debug for Smtp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The transport holds the credentials: not printed.
+        // Not the credentials.
         f.debug_struct("Smtp")
+            .field("relay", &self.relay)
+            .field("starttls", &self.tls.is_some())
             .field("envelope", &self.envelope)
             .finish_non_exhaustive()
     }
@@ -93,22 +108,24 @@ impl Smtp {
         }
         // The empty reverse-path: notifications must not bounce back.
         let envelope = Envelope::new(None, recipients).map_err(|_| SmtpError::NoRecipient)?;
-        let host = config.relay.host.clone();
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
-            .port(config.relay.port)
-            .timeout(Some(config.timeout));
-        if config.starttls {
-            let parameters = TlsParameters::new(host.clone()).map_err(|error| SmtpError::Tls {
-                host,
-                reason: error.to_string(),
-            })?;
-            builder = builder.tls(Tls::Required(parameters));
-        }
-        if let Some((user, password)) = &config.auth {
-            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
-        }
+        let host = &config.relay.host;
+        let tls = match config.starttls {
+            false => None,
+            true => Some(
+                TlsParameters::new(host.clone()).map_err(|error| SmtpError::Tls {
+                    host: host.clone(),
+                    reason: error.to_string(),
+                })?,
+            ),
+        };
+        let credentials = config
+            .auth
+            .as_ref()
+            .map(|(user, password)| Credentials::new(user.clone(), password.clone()));
         Ok(Smtp {
-            transport: builder.build(),
+            relay: config.relay.clone(),
+            tls,
+            credentials,
             envelope,
             timeout: config.timeout,
         })
@@ -117,26 +134,111 @@ impl Smtp {
     /// Sends one message (headers and body, CRLF line ends) to every
     /// recipient, within the time limit; the error says what failed.
     pub async fn send(&self, message: &[u8]) -> Result<(), String> {
-        let send = self.transport.send_raw(&self.envelope, message);
-        match tokio::time::timeout(self.timeout, send).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(describe(&error)),
+        match tokio::time::timeout(self.timeout, self.transaction(message)).await {
+            Ok(result) => result,
             Err(_) => Err(format!(
-                "no answer from the SMTP relay within {} s",
+                "no answer from the SMTP relay {} within {} s",
+                self.relay,
                 self.timeout.as_secs_f64()
             )),
         }
     }
+
+    async fn transaction(&self, message: &[u8]) -> Result<(), String> {
+        let relay = &self.relay;
+        let stream = TcpStream::connect((relay.host.as_str(), relay.port))
+            .await
+            .map_err(|error| format!("cannot connect to the SMTP relay {relay}: {error}"))?;
+        let stream = Capped {
+            stream,
+            left: MAX_REPLY_BYTES,
+        };
+        let hello = ClientId::default();
+        let failed = |error: lettre::transport::smtp::Error| {
+            // lettre's errors name their cause.
+            format!("SMTP relay {relay}: {error}")
+        };
+        let mut connection = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
+            .await
+            .map_err(failed)?;
+        if let Some(tls) = &self.tls {
+            connection
+                .starttls(tls.clone(), &hello)
+                .await
+                .map_err(failed)?;
+        }
+        if let Some(credentials) = &self.credentials {
+            connection
+                .auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await
+                .map_err(failed)?;
+        }
+        connection
+            .send(&self.envelope, message)
+            .await
+            .map_err(failed)?;
+        // Delivered: a relay that does not answer QUIT changes nothing.
+        let _ = connection.quit().await;
+        Ok(())
+    }
 }
 
-/// The error with its causes, on one line.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// The relay's connection, reading at most `left` more bytes.
+#[derive(Debug)]
+struct Capped {
+    stream: TcpStream,
+    left: u64,
+}
+
+impl AsyncRead for Capped {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.left == 0 {
+            return Poll::Ready(Err(io::Error::other(format!(
+                "the relay sent more than {MAX_REPLY_BYTES} bytes"
+            ))));
+        }
+        // Through a small buffer of our own: the relay's replies are small,
+        // and the caller's buffer is never filled past the cap.
+        let mut chunk = [0u8; 4096];
+        let room = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.remaining())
+            .min(chunk.len());
+        let mut limited = ReadBuf::new(&mut chunk[..room]);
+        let poll = Pin::new(&mut self.stream).poll_read(cx, &mut limited);
+        if let Poll::Ready(Ok(())) = poll {
+            let read = limited.filled();
+            buf.put_slice(read);
+            self.left -= read.len() as u64;
+        }
+        poll
     }
-    text
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for Capped {
+    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.stream.peer_addr()
+    }
 }

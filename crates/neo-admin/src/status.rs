@@ -128,7 +128,10 @@ impl View<'_> {
             "last_tid": self.activity.last_tid().map(|tid| json!({
                 "tid": tid.to_string(),
                 "date": tid_time(tid),
-                "age_s": datetime_of_tid(tid).map(|when| self.now - when.to_unix()),
+                // ZERO: nothing committed yet, no age to tell.
+                "age_s": datetime_of_tid(tid)
+                    .filter(|_| tid != Tid::ZERO)
+                    .map(|when| self.now - when.to_unix()),
             })),
             "objects_per_s": self.activity.objects_per_second(),
             "alerts": self.alerts.iter().map(|alert| json!({

@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use neo_admin::AdminConfig;
+use neo_admin::{AdminConfig, Services};
 use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
+use neo_cli::monitoring;
 use neo_cli::options::{parse_admin, report_and_exit};
 use neo_net::Listener;
 
@@ -16,9 +17,11 @@ fn main() -> ExitCode {
         Ok(tls) => tls,
         Err(message) => return fail(PROGRAM, message),
     };
-    if !options.monitor_email.is_empty() {
-        return fail(PROGRAM, "e-mail monitoring is not supported yet");
-    }
+    let monitor = monitoring::monitor_config(&options);
+    let smtp = match monitoring::smtp(&options) {
+        Ok(smtp) => smtp,
+        Err(message) => return fail(PROGRAM, message),
+    };
     let logfile = options.common.logfile.clone();
     serve(PROGRAM, logfile.as_deref(), async move {
         let listener = Listener::bind(&options.common.bind)
@@ -31,9 +34,14 @@ fn main() -> ExitCode {
             nid: options.common.nid,
             bind: listener.local_address().clone(),
             monitor_backup: options.monitor_backup.clone(),
+            monitor,
         };
         tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
-        neo_admin::run(config, listener, shutdown_signal())
+        let services = Services {
+            smtp,
+            status: monitoring::status_listener(&options).await?,
+        };
+        neo_admin::run_with(config, listener, services, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })
