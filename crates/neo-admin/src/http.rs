@@ -112,7 +112,7 @@ where
         Err(_) => response(408, "text/plain", b"request head not received in time\n"),
         Ok(Err(HeadError::TooLarge)) => response(431, "text/plain", b"request head too large\n"),
         Ok(Err(HeadError::Closed)) => return,
-        Ok(Ok(head)) => route(&head, status).await,
+        Ok(Ok(head)) => route(&head, status, limits.write_timeout).await,
     };
     write(stream, &answer, limits.write_timeout).await;
 }
@@ -147,8 +147,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
-/// The answer to a request head.
-async fn route<S, F>(head: &[u8], status: S) -> Vec<u8>
+/// The answer to a request head; the node gets `limit` to give its
+/// status.
+async fn route<S, F>(head: &[u8], status: S, limit: Duration) -> Vec<u8>
 where
     S: Fn() -> F,
     F: Future<Output = Option<String>>,
@@ -164,9 +165,10 @@ where
     }
     let mut answer = match path {
         "/" => response(200, "text/html; charset=utf-8", PAGE.as_bytes()),
-        "/status.json" => match status().await {
-            Some(json) => response(200, "application/json", json.as_bytes()),
-            None => response(503, "text/plain", b"the admin node is stopping\n"),
+        "/status.json" => match tokio::time::timeout(limit, status()).await {
+            Ok(Some(json)) => response(200, "application/json", json.as_bytes()),
+            Ok(None) => response(503, "text/plain", b"the admin node is stopping\n"),
+            Err(_) => response(503, "text/plain", b"the admin node is busy\n"),
         },
         _ => response(404, "text/plain", b"not found\n"),
     };

@@ -73,7 +73,7 @@ impl Activity {
             .iter()
             .filter_map(|sample| sample.oid.map(|oid| (sample.at, oid)));
         let (first_at, first) = with_oid.next()?;
-        let (last_at, last) = with_oid.last()?;
+        let (last_at, last) = with_oid.next_back()?;
         let elapsed = last_at - first_at;
         (elapsed > 0.0).then(|| last.0.saturating_sub(first.0) as f64 / elapsed)
     }
