@@ -815,9 +815,7 @@ impl Admin {
             }
         }
     }
-}
 
-impl Admin {
     // --- alerts and e-mails ----------------------------------------------------
 
     /// After every input: reports the alerts that changed and, when a

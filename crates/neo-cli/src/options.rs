@@ -982,6 +982,17 @@ mod tests {
             parse_admin(["-c", "x", "--status", "[::1"]),
             Err(OptionsError::Invalid { .. })
         ));
+        let file = conf("[admin]\ncluster = c\nstatus = 127.0.0.1:9980\nmonitor_maxlag = -2\n");
+        let error = parse_admin(["-f", &path(&file)]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("expected a number of seconds, 0 or more"),
+            "{error}"
+        );
+        let options = parse_admin(["-f", &path(&file), "--monitor-maxlag", "1.5"]).unwrap();
+        assert_eq!(options.status, Some(Address::new("127.0.0.1", 9980)));
+        assert_eq!(options.monitor_maxlag, 1.5);
     }
 
     #[test]
