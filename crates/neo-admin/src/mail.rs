@@ -35,7 +35,8 @@ pub struct EmailConfig {
 pub struct Mail {
     /// Names this attempt in [`Notifier::sent`].
     pub id: u64,
-    /// The whole message (headers and body), CRLF line ends.
+    /// The whole message (headers and body), CRLF line ends, without a
+    /// last one (the SMTP client adds it).
     pub message: Vec<u8>,
     /// Its `Subject:`.
     pub subject: String,
@@ -193,7 +194,7 @@ impl Notifier {
             }
             text.push_str(line.trim_end_matches('\r'));
         }
-        text.push_str("\r\n");
+        // The SMTP client ends the data with CRLF "." CRLF.
         text.into_bytes()
     }
 }
@@ -279,7 +280,7 @@ mod tests {
             From: NEO opstest <neo-admin@example.invalid>\r\n\
             To: ops@example.invalid, second@example.invalid\r\n\
             \r\n\
-            RUNNING; UP_TO_DATE=24; ltid=040d42d5c02149d3 (2026-11-25 21:41:45.030476)\r\n";
+            RUNNING; UP_TO_DATE=24; ltid=040d42d5c02149d3 (2026-11-25 21:41:45.030476)";
         assert_eq!(String::from_utf8(mail.message).unwrap(), expected);
         assert!(!notifier.sent(mail.id, Ok(())));
         assert_eq!(notifier.deadline(), None);
@@ -326,7 +327,7 @@ mod tests {
         // The next evaluation resends, with the note in the body.
         let again = notifier.evaluate(Severity::Ok, LINE, T + 4.0).unwrap();
         let text = String::from_utf8(again.message).unwrap();
-        assert!(text.ends_with(&format!("{LINE}{}\r\n", note.replace('\n', "\r\n"))));
+        assert!(text.ends_with(&format!("{LINE}{}", note.replace('\n', "\r\n"))));
         assert_eq!(again.subject, "NEO monitoring: OK");
         // It reported the change made while the first was in flight: its
         // failure replaces the note; the timer sends again.

@@ -42,6 +42,8 @@ pub struct SmtpConfig {
     pub auth: Option<(String, String)>,
     /// The recipients (`--monitor-email`).
     pub recipients: Vec<String>,
+    /// The name given in `EHLO` (this host's); empty: `[127.0.0.1]`.
+    pub hello: String,
     /// How long one mail may take.
     pub timeout: Duration,
 }
@@ -74,6 +76,7 @@ pub enum SmtpError {
 #[derive(Clone)]
 pub struct Smtp {
     relay: Address,
+    hello: ClientId,
     tls: Option<TlsParameters>,
     credentials: Option<Credentials>,
     envelope: Envelope,
@@ -122,8 +125,13 @@ impl Smtp {
             .auth
             .as_ref()
             .map(|(user, password)| Credentials::new(user.clone(), password.clone()));
+        let hello = match config.hello.as_str() {
+            "" => ClientId::default(),
+            name => ClientId::Domain(name.to_owned()),
+        };
         Ok(Smtp {
             relay: config.relay.clone(),
+            hello,
             tls,
             credentials,
             envelope,
@@ -153,17 +161,17 @@ impl Smtp {
             stream,
             left: MAX_REPLY_BYTES,
         };
-        let hello = ClientId::default();
+        let hello = &self.hello;
         let failed = |error: lettre::transport::smtp::Error| {
             // lettre's errors name their cause.
             format!("SMTP relay {relay}: {error}")
         };
-        let mut connection = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
+        let mut connection = AsyncSmtpConnection::connect_with_transport(Box::new(stream), hello)
             .await
             .map_err(failed)?;
         if let Some(tls) = &self.tls {
             connection
-                .starttls(tls.clone(), &hello)
+                .starttls(tls.clone(), hello)
                 .await
                 .map_err(failed)?;
         }

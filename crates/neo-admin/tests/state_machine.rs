@@ -747,7 +747,7 @@ fn e_mails_report_changes_and_a_failure_is_sent_again() {
     assert_eq!(subject(&problem[0]), "NEO monitoring: PROBLEM (test)");
     let body = String::from_utf8(problem[0].message.clone()).unwrap();
     assert!(body.ends_with(
-        "\r\n\r\nRUNNING; UP_TO_DATE=8; DOWN=1; ltid=0000000000000000 (1900-01-01 00:00:00)\r\n"
+        "\r\n\r\nRUNNING; UP_TO_DATE=8; DOWN=1; ltid=0000000000000000 (1900-01-01 00:00:00)"
     ));
     sim.admin
         .mail_sent(problem[0].id, Err("connection refused".into()), sim.now);
@@ -782,7 +782,7 @@ fn e_mails_report_changes_and_a_failure_is_sent_again() {
     assert_eq!(subject(&lost[0]), "NEO monitoring: PROBLEM (test)");
     assert!(String::from_utf8(lost[0].message.clone())
         .unwrap()
-        .ends_with(&format!("\r\n\r\n{NOT_CONNECTED}\r\n")));
+        .ends_with(&format!("\r\n\r\n{NOT_CONNECTED}")));
 }
 
 /// With the status page, the last ids are asked every second while the

@@ -34,6 +34,7 @@ pub fn smtp(options: &AdminOptions) -> Result<Option<Smtp>, String> {
         starttls: options.smtp_tls,
         auth: options.smtp_auth.clone(),
         recipients: options.monitor_email.clone(),
+        hello: host_name(),
         timeout: SEND_TIMEOUT,
     };
     Smtp::new(&config)
@@ -75,6 +76,9 @@ fn email_from() -> String {
         .iter()
         .find_map(|name| std::env::var(name).ok().filter(|login| !login.is_empty()))
         .unwrap_or_else(|| "neo".to_owned());
-    let host = gethostname::gethostname().to_string_lossy().into_owned();
-    format!("{login}@{host}")
+    format!("{login}@{}", host_name())
+}
+
+fn host_name() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
 }

@@ -71,14 +71,14 @@ fn a_lost_storage_is_mailed_as_a_problem_then_as_ok_once_back() {
     assert!(mail.body().contains("; ltid="), "{}", mail.body());
 
     cluster.kill("storage1");
+    // (The master's node and cell notifications may come apart: a first
+    // mail may say DOWN=1 alone.)
     let (problem, mail) = sink.wait_for(ok + 1, MAIL_WAIT, |mail| {
         subject(mail) == "NEO monitoring: PROBLEM (mailed)"
+            && mail
+                .body()
+                .starts_with("RUNNING; OUT_OF_DATE=4, UP_TO_DATE=4; DOWN=1; ltid=")
     });
-    let body = mail.body();
-    assert!(
-        body.starts_with("RUNNING; OUT_OF_DATE=4, UP_TO_DATE=4; DOWN=1; ltid="),
-        "{body}"
-    );
     assert_eq!(mail.mail_from, "MAIL FROM:<>");
     // The alert is logged as a structured event.
     let logs = cluster.logs();
@@ -118,7 +118,7 @@ fn a_failed_mail_shows_in_the_summary_and_goes_out_with_the_next_report() {
         subject(mail) == "NEO monitoring: PROBLEM (unsent)"
     });
     let body = mail.body();
-    assert!(body.starts_with("RUNNING; OUT_OF_DATE=4"), "{body}");
+    assert!(body.starts_with("RUNNING; "), "{body}");
     assert!(
         body.contains("\r\n\r\nA notification could not be sent at "),
         "{body}"
@@ -128,15 +128,19 @@ fn a_failed_mail_shows_in_the_summary_and_goes_out_with_the_next_report() {
     });
 }
 
-fn smtp(port: u16, timeout: Duration) -> Smtp {
-    Smtp::new(&SmtpConfig {
+fn smtp_config(port: u16, timeout: Duration) -> SmtpConfig {
+    SmtpConfig {
         relay: Address::new("127.0.0.1", port),
         starttls: false,
         auth: None,
         recipients: vec![RECIPIENT.into()],
+        hello: String::new(),
         timeout,
-    })
-    .unwrap()
+    }
+}
+
+fn smtp(port: u16, timeout: Duration) -> Smtp {
+    Smtp::new(&smtp_config(port, timeout)).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -144,6 +148,31 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+#[test]
+fn the_client_logs_in_and_names_this_host() {
+    let sink = SmtpSink::start(Behaviour::Accept);
+    let config = SmtpConfig {
+        auth: Some(("neo".into(), "pass:word".into())),
+        hello: "admin.example.invalid".into(),
+        ..smtp_config(sink.port, Duration::from_secs(10))
+    };
+    let message = b"Subject: x\r\n\r\n.leading dot";
+    runtime()
+        .block_on(Smtp::new(&config).unwrap().send(message))
+        .unwrap();
+    let mail = &sink.received()[0];
+    // PLAIN: base64 of "\0neo\0pass:word".
+    assert_eq!(
+        mail.session,
+        [
+            "EHLO admin.example.invalid",
+            "AUTH PLAIN AG5lbwBwYXNzOndvcmQ="
+        ]
+    );
+    assert_eq!(mail.mail_from, "MAIL FROM:<>");
+    assert_eq!(mail.body(), ".leading dot\r\n");
 }
 
 #[test]

@@ -25,6 +25,8 @@ pub struct Received {
     pub mail_from: String,
     /// The `RCPT TO:` command lines.
     pub rcpt_to: Vec<String>,
+    /// The `EHLO` and `AUTH` command lines of the session.
+    pub session: Vec<String>,
     /// The message, dot-unstuffed, CRLF line ends.
     pub data: String,
 }
@@ -143,6 +145,7 @@ fn session(stream: TcpStream, mails: &Mutex<Vec<Received>>) -> std::io::Result<(
     writer.write_all(b"220 sink ESMTP\r\n")?;
     let mut mail_from = String::new();
     let mut rcpt_to = Vec::new();
+    let mut session = Vec::new();
     let mut line = String::new();
     loop {
         line.clear();
@@ -156,7 +159,14 @@ fn session(stream: TcpStream, mails: &Mutex<Vec<Received>>) -> std::io::Result<(
             .unwrap_or("")
             .to_uppercase();
         match verb.as_str() {
-            "EHLO" => writer.write_all(b"250-sink\r\n250 8BITMIME\r\n")?,
+            "EHLO" => {
+                session.push(command);
+                writer.write_all(b"250-sink\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n")?;
+            }
+            "AUTH" => {
+                session.push(command);
+                writer.write_all(b"235 welcome\r\n")?;
+            }
             "MAIL" => {
                 mail_from = command;
                 rcpt_to.clear();
@@ -182,6 +192,7 @@ fn session(stream: TcpStream, mails: &Mutex<Vec<Received>>) -> std::io::Result<(
                 mails.lock().unwrap().push(Received {
                     mail_from: mail_from.clone(),
                     rcpt_to: rcpt_to.clone(),
+                    session: session.clone(),
                     data,
                 });
                 writer.write_all(b"250 queued\r\n")?;
