@@ -25,7 +25,7 @@ use neo_proto::{Address, ClusterState, ErrorCode, Map, NodeId, NodeType, Oid, Pa
 
 use crate::mail::{EmailConfig, Mail, Notifier};
 use crate::monitor::{Alert, Level, Watch, ALERT_TARGET};
-use crate::status::{Activity, View, STATUS_POLL_INTERVAL};
+use crate::status::{Activity, View, ACTIVITY_WINDOW, STATUS_POLL_INTERVAL};
 use crate::summary::{ClusterReport, Severity};
 
 /// Message of every refusal while no primary master is at hand; `neoctl`
@@ -182,6 +182,9 @@ pub struct Admin {
     activity: Activity,
     /// When to ask them next; `None` without the page.
     status_poll_at: Option<UnixTime>,
+    /// When the page last asked its data: the master is asked only while
+    /// someone looks.
+    status_seen_at: Option<UnixTime>,
     out: Outbox,
 }
 
@@ -222,6 +225,7 @@ impl Admin {
             mails: Vec::new(),
             activity: Activity::default(),
             status_poll_at: None,
+            status_seen_at: None,
             out: Outbox::default(),
         })
     }
@@ -539,7 +543,10 @@ impl Admin {
         self.connect_if_due(now);
         if self.status_poll_at.is_some_and(|due| due <= now) {
             self.status_poll_at = Some(now + STATUS_POLL_INTERVAL);
-            if self.cluster_state == Some(ClusterState::Running) {
+            let watched = self
+                .status_seen_at
+                .is_some_and(|seen| now - seen <= ACTIVITY_WINDOW);
+            if watched && self.cluster_state == Some(ClusterState::Running) {
                 self.refresh(Refresh::Page, now);
             }
         }
@@ -916,7 +923,8 @@ impl Admin {
     }
 
     /// `GET /status.json` of the status page.
-    pub fn status_json(&self, now: UnixTime) -> String {
+    pub fn status_json(&mut self, now: UnixTime) -> String {
+        self.status_seen_at = Some(now);
         let alerts = self.alerts();
         let summary = if self.is_connected() {
             self.report(self.activity.last_tid()).line()

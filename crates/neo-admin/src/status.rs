@@ -3,8 +3,9 @@
 //! the shell serves it.
 //!
 //! Throughput: NEO's master counts no commits, so the admin asks it
-//! `AskLastIDs` every [`STATUS_POLL_INTERVAL`] while the page is enabled
-//! and the cluster runs, and derives from the answers of the last
+//! `AskLastIDs` every [`STATUS_POLL_INTERVAL`] while the cluster runs and
+//! the page asked its data in the last [`ACTIVITY_WINDOW`] (nobody
+//! looking, nothing asked), and derives from the answers of the last
 //! [`ACTIVITY_WINDOW`] seconds the objects created per second (last OIDs
 //! are allocated in order) and how long ago the last commit was (a TID is
 //! its commit time).

@@ -786,14 +786,16 @@ fn e_mails_report_changes_and_a_failure_is_sent_again() {
 }
 
 /// With the status page, the last ids are asked every second while the
-/// cluster runs, one question at a time; the JSON shows them.
+/// cluster runs and someone looks, one question at a time; the JSON shows
+/// them.
 #[test]
-fn the_status_page_asks_the_last_ids_every_second() {
+fn the_status_page_asks_the_last_ids_every_second_while_looked_at() {
     let mut sim = Sim::new(&[10000]);
     let mut config = config(&[10000]);
     config.monitor.status_page = true;
     sim.admin = Admin::new(config).unwrap();
     sim.connected();
+    sim.admin.status_json(sim.now);
     // Not running: nothing asked.
     assert!(sim.input(Input::Timeout).is_empty());
     sim.master_says(p::NotifyClusterInformation {
@@ -805,19 +807,24 @@ fn the_status_page_asks_the_last_ids_every_second() {
     // Unanswered: not asked again.
     sim.now += 1.0;
     assert!(sim.input(Input::Timeout).is_empty());
-    sim.answer(
-        token,
-        p::AnswerLastIDs {
-            last_tid: Some(Tid(0x040d_42d9_fef9_3adc)),
-            last_oid: Some(Oid(41)),
-            first_tid: Tid(1),
-        },
-    );
+    let ids = p::AnswerLastIDs {
+        last_tid: Some(Tid(0x040d_42d9_fef9_3adc)),
+        last_oid: Some(Oid(41)),
+        first_tid: Tid(1),
+    };
+    sim.answer(token, ids.clone());
     sim.now += 1.0;
-    let (_, packet) = request(&sim.input(Input::Timeout), MASTER_CONN);
+    let (token, packet) = request(&sim.input(Input::Timeout), MASTER_CONN);
     assert_eq!(packet, p::AskLastIDs {}.into());
+    sim.answer(token, ids);
     let status: serde_json::Value = serde_json::from_str(&sim.admin.status_json(sim.now)).unwrap();
     assert_eq!(status["state"], "RUNNING");
     assert_eq!(status["last_tid"]["tid"], "040d42d9fef93adc");
     assert_eq!(status["pt"]["rows"].as_array().unwrap().len(), 4);
+    // Nobody looking for longer than the window: nothing asked.
+    sim.now += 11.0;
+    assert!(sim.input(Input::Timeout).is_empty());
+    sim.admin.status_json(sim.now);
+    sim.now += 1.0;
+    request(&sim.input(Input::Timeout), MASTER_CONN);
 }
