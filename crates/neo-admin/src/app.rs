@@ -21,9 +21,12 @@ use std::collections::{BTreeMap, HashSet};
 use neo_cluster::{NodeTable, PartitionTable, PrimaryFinder, UnixTime};
 use neo_net::{ConnId, Input, Node, Outbox, Output, Requests, Token};
 use neo_proto::packets::{self as p, NodeInfo};
-use neo_proto::{Address, ClusterState, ErrorCode, Map, NodeId, NodeType, Packet, Tid, Value};
+use neo_proto::{Address, ClusterState, ErrorCode, Map, NodeId, NodeType, Oid, Packet, Tid, Value};
 
-use crate::summary::{self, ClusterReport};
+use crate::mail::{EmailConfig, Mail, Notifier};
+use crate::monitor::{Alert, Level, Watch, ALERT_TARGET};
+use crate::status::{Activity, View, ACTIVITY_WINDOW, STATUS_POLL_INTERVAL};
+use crate::summary::{ClusterReport, Severity};
 
 /// Message of every refusal while no primary master is at hand; `neoctl`
 /// prints it after `ERROR: ` (operations.md §3.1).
@@ -51,6 +54,21 @@ pub struct AdminConfig {
     pub monitor_backup: Vec<String>,
     /// The id to propose to the master first (`-i`, for tests).
     pub nid: Option<NodeId>,
+    /// Alerts, e-mails and the status page.
+    pub monitor: MonitorConfig,
+}
+
+/// What the admin watches for and tells (operations.md §4.2, §4.4).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MonitorConfig {
+    /// `--monitor-maxlag`: seconds a cell may stay OUT_OF_DATE before it
+    /// is reported as lagging (see `monitor.rs`).
+    pub max_lag: f64,
+    /// `--monitor-email`: where notifications go; `None`: no e-mail.
+    pub email: Option<EmailConfig>,
+    /// `--status`: the status page is served, so the last ids are asked
+    /// of the master every [`STATUS_POLL_INTERVAL`].
+    pub status_page: bool,
 }
 
 /// Why a configuration cannot run an admin node.
@@ -62,6 +80,9 @@ pub enum ConfigError {
     /// Nowhere to look for the primary master.
     #[error("no master address given")]
     NoMaster,
+    /// A lag limit that is not a number of seconds.
+    #[error("--monitor-maxlag must be a number of seconds, not {0}")]
+    MaxLag(String),
 }
 
 /// Where the admin stands with the primary master.
@@ -90,12 +111,35 @@ enum Pending {
     Monitor,
 }
 
+/// Why the last TID is asked of the master.
+#[derive(Debug, Clone, Copy)]
+enum Refresh {
+    /// `neoctl print summary`, to answer with this msg_id.
+    Summary(ConnId, u32),
+    /// An e-mail report.
+    Notify,
+    /// The status page's periodic question (the last OID too).
+    Page,
+}
+
 /// A summary being built: the last TID was asked of the master.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct MonitorRefresh {
     asked_at: UnixTime,
     /// `neoctl` requests waiting for the summary.
     waiters: Vec<(ConnId, u32)>,
+    /// An e-mail report waits for it.
+    notify: bool,
+}
+
+impl MonitorRefresh {
+    fn add(&mut self, why: Refresh) {
+        match why {
+            Refresh::Summary(conn, msg_id) => self.waiters.push((conn, msg_id)),
+            Refresh::Notify => self.notify = true,
+            Refresh::Page => {}
+        }
+    }
 }
 
 /// The admin node.
@@ -125,6 +169,22 @@ pub struct Admin {
     /// Requests sent to the master, not answered yet.
     pending: Requests<Pending>,
     monitor: Option<MonitorRefresh>,
+    /// Alerts: the concerns last reported, cells being replicated.
+    watch: Watch,
+    /// The monitored values of operations.md §4.4 as last seen (the
+    /// report without its TID, and whether cells lag).
+    monitored: Option<(ClusterReport, bool)>,
+    /// `None` without `--monitor-email`.
+    notifier: Option<Notifier>,
+    /// Mails for the shell to send.
+    mails: Vec<Mail>,
+    /// Last ids asked for the status page.
+    activity: Activity,
+    /// When to ask them next; `None` without the page.
+    status_poll_at: Option<UnixTime>,
+    /// When the page last asked its data: the master is asked only while
+    /// someone looks.
+    status_seen_at: Option<UnixTime>,
     out: Outbox,
 }
 
@@ -135,7 +195,16 @@ impl Admin {
             return Err(ConfigError::EmptyCluster);
         }
         let finder = PrimaryFinder::new(&config.masters).ok_or(ConfigError::NoMaster)?;
+        let max_lag = config.monitor.max_lag;
+        if !(max_lag.is_finite() && max_lag >= 0.0) {
+            return Err(ConfigError::MaxLag(max_lag.to_string()));
+        }
         let nid = config.nid;
+        let notifier = config
+            .monitor
+            .email
+            .clone()
+            .map(|email| Notifier::new(email, config.cluster.clone()));
         Ok(Admin {
             config,
             finder,
@@ -150,6 +219,13 @@ impl Admin {
             ctl: HashSet::new(),
             pending: Requests::default(),
             monitor: None,
+            watch: Watch::default(),
+            monitored: None,
+            notifier,
+            mails: Vec::new(),
+            activity: Activity::default(),
+            status_poll_at: None,
+            status_seen_at: None,
             out: Outbox::default(),
         })
     }
@@ -349,7 +425,7 @@ impl Admin {
         }
     }
 
-    fn on_answer(&mut self, conn: ConnId, token: Token, packet: Packet) {
+    fn on_answer(&mut self, conn: ConnId, token: Token, packet: Packet, now: UnixTime) {
         let Some(why) = self.pending.answered(conn, token) else {
             return;
         };
@@ -371,7 +447,7 @@ impl Admin {
                     }
                 }
             }
-            Pending::Monitor => self.on_monitor_answer(packet),
+            Pending::Monitor => self.on_monitor_answer(packet, now),
         }
     }
 
@@ -391,6 +467,7 @@ impl Admin {
                 self.expect_full_node_list = true;
                 self.last_node_timestamp = None;
                 self.pt = None;
+                self.activity.clear();
                 self.pending.send(
                     &mut self.out,
                     conn,
@@ -466,6 +543,15 @@ impl Admin {
 
     fn on_timeout(&mut self, now: UnixTime) {
         self.connect_if_due(now);
+        if self.status_poll_at.is_some_and(|due| due <= now) {
+            self.status_poll_at = Some(now + STATUS_POLL_INTERVAL);
+            let watched = self
+                .status_seen_at
+                .is_some_and(|seen| now - seen <= ACTIVITY_WINDOW);
+            if watched && self.cluster_state == Some(ClusterState::Running) {
+                self.refresh(Refresh::Page, now);
+            }
+        }
         let timed_out = self
             .monitor
             .as_ref()
@@ -572,7 +658,7 @@ impl Admin {
                 self.answer(conn, msg_id, p::AnswerNodeList { nodes });
             }
             Packet::AskPartitionList(request) => self.partition_list(conn, msg_id, &request),
-            Packet::AskMonitorInformation(_) => self.monitor_information(conn, msg_id, now),
+            Packet::AskMonitorInformation(_) => self.refresh(Refresh::Summary(conn, msg_id), now),
             packet => {
                 if self.pending.len() >= MAX_FORWARDED {
                     self.answer(
@@ -623,49 +709,69 @@ impl Admin {
 
     // --- monitoring ----------------------------------------------------------
 
-    /// `neoctl print summary`: the report of operations.md §4.3. When the
-    /// cluster is operational the last TID (in BACKINGUP: the backup TID) is
-    /// asked of the master first, as NEO/py does.
-    fn monitor_information(&mut self, conn: ConnId, msg_id: u32, now: UnixTime) {
+    /// Builds a report (operations.md §4.3) for `why`. When the cluster
+    /// is operational the last TID (in BACKINGUP: the backup TID) is asked
+    /// of the master first, as NEO/py does; a report already waiting for
+    /// it serves this one too.
+    fn refresh(&mut self, why: Refresh, now: UnixTime) {
         let Link::Ready { conn: master } = self.link else {
-            self.not_ready(conn, msg_id);
+            if let Refresh::Summary(conn, msg_id) = why {
+                self.not_ready(conn, msg_id);
+            }
             return;
         };
         if let Some(monitor) = &mut self.monitor {
-            monitor.waiters.push((conn, msg_id));
+            monitor.add(why);
             return;
         }
-        let question: Packet = match self.cluster_state {
-            Some(ClusterState::Running) => p::AskLastTransaction {}.into(),
-            Some(ClusterState::BackingUp) => p::AskRecovery {}.into(),
+        let mut monitor = MonitorRefresh {
+            asked_at: now,
+            ..MonitorRefresh::default()
+        };
+        monitor.add(why);
+        let question: Packet = match (self.cluster_state, why) {
+            (Some(ClusterState::Running), Refresh::Page) => p::AskLastIDs {}.into(),
+            (Some(ClusterState::Running), _) => p::AskLastTransaction {}.into(),
+            (Some(ClusterState::BackingUp), _) => p::AskRecovery {}.into(),
             _ => {
-                let report = self.report(None);
-                self.answer_summary(&[(conn, msg_id)], &report);
+                self.refreshed(monitor, None, now);
                 return;
             }
         };
         self.pending
             .send(&mut self.out, master, Pending::Monitor, question);
-        self.monitor = Some(MonitorRefresh {
-            asked_at: now,
-            waiters: vec![(conn, msg_id)],
-        });
+        self.monitor = Some(monitor);
     }
 
-    fn on_monitor_answer(&mut self, packet: Packet) {
+    fn on_monitor_answer(&mut self, packet: Packet, now: UnixTime) {
         let Some(monitor) = self.monitor.take() else {
             return;
         };
-        let tid = match packet {
-            Packet::AnswerLastTransaction(answer) => Some(answer.tid),
-            Packet::AnswerRecovery(answer) => answer.backup_tid,
+        let (tid, oid): (Option<Tid>, Option<Oid>) = match packet {
+            Packet::AnswerLastIDs(answer) => (answer.last_tid, answer.last_oid),
+            Packet::AnswerLastTransaction(answer) => (Some(answer.tid), None),
+            Packet::AnswerRecovery(answer) => (answer.backup_tid, None),
             other => {
                 tracing::warn!(packet = other.name(), "no last TID for the summary");
-                None
+                (None, None)
             }
         };
-        let report = self.report(tid);
-        self.answer_summary(&monitor.waiters, &report);
+        if self.status_poll_at.is_some() && tid.is_some() {
+            self.activity.record(now, tid, oid);
+        }
+        self.refreshed(monitor, tid, now);
+    }
+
+    /// The last TID is known (or needs not be): answers the summaries
+    /// waiting for it and makes the e-mail report.
+    fn refreshed(&mut self, monitor: MonitorRefresh, last_tid: Option<Tid>, now: UnixTime) {
+        if !monitor.waiters.is_empty() {
+            let report = self.report(last_tid);
+            self.answer_summary(&monitor.waiters, &report);
+        }
+        if monitor.notify {
+            self.evaluate(last_tid, now);
+        }
     }
 
     fn report(&self, last_tid: Option<Tid>) -> ClusterReport {
@@ -691,15 +797,22 @@ impl Admin {
         }
     }
 
+    /// Answers `print summary`: an unsent e-mail is appended and makes the
+    /// cluster a problem (operations.md §4.3).
     fn answer_summary(&mut self, waiters: &[(ConnId, u32)], report: &ClusterReport) {
         let mut warning = Vec::new();
         let mut problem = Vec::new();
-        match report.severity() {
-            summary::Severity::Problem => problem.push(None),
-            summary::Severity::Warning => warning.push(None),
-            summary::Severity::Ok => {}
+        let failure = self.mail_failure().map(str::to_owned);
+        let severity = match failure {
+            Some(_) => Severity::Problem,
+            None => report.severity(),
+        };
+        match severity {
+            Severity::Problem => problem.push(None),
+            Severity::Warning => warning.push(None),
+            Severity::Ok => {}
         }
-        let text = report.line();
+        let text = report.line() + failure.as_deref().unwrap_or("");
         for (conn, msg_id) in waiters {
             if self.ctl.contains(conn) {
                 self.answer(
@@ -714,6 +827,148 @@ impl Admin {
             }
         }
     }
+
+    // --- alerts and e-mails ----------------------------------------------------
+
+    /// After every input: reports the alerts that changed and, when a
+    /// monitored value changed or the re-evaluation timer is due, makes an
+    /// e-mail report.
+    fn watch(&mut self, now: UnixTime) {
+        let changes = self.watch.update(
+            self.is_connected(),
+            self.cluster_state,
+            &self.nodes,
+            self.pt.as_ref(),
+            self.config.monitor.max_lag,
+            now,
+        );
+        for alert in &changes {
+            log_alert(&self.config.cluster, alert);
+        }
+        if self.notifier.is_none() {
+            return;
+        }
+        let monitored = (self.report(None), self.watch.lagging());
+        let changed = self.monitored.as_ref() != Some(&monitored);
+        if changed {
+            self.monitored = Some(monitored);
+        }
+        let Some(notifier) = &mut self.notifier else {
+            return;
+        };
+        if changed {
+            notifier.changed();
+        }
+        if notifier.take_due(now) || changed {
+            self.notify(now);
+        }
+    }
+
+    /// Makes an e-mail report, asking the last TID first when the cluster
+    /// is operational.
+    fn notify(&mut self, now: UnixTime) {
+        match (&self.link, self.cluster_state) {
+            (Link::Ready { .. }, Some(_)) => self.refresh(Refresh::Notify, now),
+            // Identified but no state yet: its arrival is a change.
+            (Link::Ready { .. } | Link::Identifying { .. }, None) => {}
+            // Nothing to report before the first master.
+            _ if !self.watch.had_master() => {}
+            _ => self.evaluate(None, now),
+        }
+    }
+
+    fn evaluate(&mut self, last_tid: Option<Tid>, now: UnixTime) {
+        let (severity, body) = if self.is_connected() {
+            let report = self.report(last_tid);
+            (report.severity(), report.line())
+        } else {
+            (Severity::Problem, NOT_CONNECTED.to_owned())
+        };
+        if let Some(notifier) = &mut self.notifier {
+            if let Some(mail) = notifier.evaluate(severity, &body, now) {
+                tracing::debug!(subject = mail.subject, "sending a notification");
+                self.mails.push(mail);
+            }
+        }
+    }
+
+    /// The mails to send now (at most one in flight at a time).
+    pub fn poll_mail(&mut self) -> Vec<Mail> {
+        std::mem::take(&mut self.mails)
+    }
+
+    /// The outcome of sending mail `id`.
+    pub fn mail_sent(&mut self, id: u64, result: Result<(), String>, now: UnixTime) {
+        if let Err(error) = &result {
+            tracing::error!(
+                target: ALERT_TARGET,
+                severity = Level::Error.name(),
+                cluster = self.config.cluster,
+                concern = "notification",
+                "a notification could not be sent: {error}"
+            );
+        }
+        let again = self
+            .notifier
+            .as_mut()
+            .is_some_and(|notifier| notifier.sent(id, result));
+        if again {
+            self.notify(now);
+        }
+    }
+
+    /// The note of the last e-mail that could not be sent.
+    pub fn mail_failure(&self) -> Option<&str> {
+        self.notifier.as_ref().and_then(Notifier::failure)
+    }
+
+    /// The current alerts, most serious first.
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.watch.current()
+    }
+
+    /// `GET /status.json` of the status page.
+    pub fn status_json(&mut self, now: UnixTime) -> String {
+        self.status_seen_at = Some(now);
+        let alerts = self.alerts();
+        let summary = if self.is_connected() {
+            self.report(self.activity.last_tid()).line()
+        } else {
+            NOT_CONNECTED.to_owned()
+        };
+        View {
+            cluster: &self.config.cluster,
+            connected: self.is_connected(),
+            state: self.cluster_state,
+            nodes: &self.nodes,
+            pt: self.pt.as_ref(),
+            activity: &self.activity,
+            alerts: &alerts,
+            summary,
+            mail_failure: self.mail_failure(),
+            now,
+        }
+        .to_json()
+    }
+}
+
+/// One structured event per alert change: at ERROR or WARN for a problem,
+/// INFO when back to normal.
+fn log_alert(cluster: &str, alert: &Alert) {
+    let severity = alert.level.name();
+    let concern = alert.concern.kind();
+    let message = &alert.message;
+    match alert.level {
+        Level::Error => {
+            tracing::error!(target: ALERT_TARGET, severity, cluster, concern, "{message}")
+        }
+        Level::Warning => {
+            tracing::warn!(target: ALERT_TARGET, severity, cluster, concern, "{message}")
+        }
+        Level::Ok => {
+            tracing::info!(target: ALERT_TARGET, severity, cluster, concern, "{message}")
+        }
+    }
 }
 
 impl Node for Admin {
@@ -721,6 +976,9 @@ impl Node for Admin {
         match input {
             Input::Start => {
                 if self.link == Link::Idle {
+                    if self.config.monitor.status_page {
+                        self.status_poll_at = Some(now);
+                    }
                     self.connect_next(None, now);
                 }
             }
@@ -752,12 +1010,13 @@ impl Node for Admin {
                 conn,
                 token,
                 packet,
-            } => self.on_answer(conn, token, packet),
+            } => self.on_answer(conn, token, packet, now),
             // Nothing the admin asks is answered in parts.
             Input::AnswerPart { .. } => {}
             Input::Closed { conn } => self.on_closed(conn, now),
             Input::Timeout => self.on_timeout(now),
         }
+        self.watch(now);
     }
 
     fn poll_output(&mut self) -> Vec<Output> {
@@ -774,9 +1033,11 @@ impl Node for Admin {
             .as_ref()
             .map(|monitor| monitor.asked_at + MONITOR_TIMEOUT)
             .filter(|due| due.is_finite());
-        match (reconnect, monitor) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let notify = self.notifier.as_ref().and_then(Notifier::deadline);
+        let lag = self.watch.lag_deadline(self.config.monitor.max_lag);
+        [reconnect, monitor, notify, lag, self.status_poll_at]
+            .into_iter()
+            .flatten()
+            .min_by(f64::total_cmp)
     }
 }

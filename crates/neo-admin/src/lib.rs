@@ -7,8 +7,13 @@
 //! [`run`] runs it on `neo-net`'s node shell.
 
 mod app;
+pub mod http;
+pub mod mail;
+pub mod monitor;
 mod shell;
+pub mod smtp;
+pub mod status;
 pub mod summary;
 
-pub use app::{Admin, AdminConfig, ConfigError, MONITOR_TIMEOUT, NOT_CONNECTED};
-pub use shell::{run, AdminError};
+pub use app::{Admin, AdminConfig, ConfigError, MonitorConfig, MONITOR_TIMEOUT, NOT_CONNECTED};
+pub use shell::{run, run_with, AdminError, Services};

@@ -48,6 +48,7 @@ async fn start_admin(masters: Vec<Address>) -> AdminNode {
         bind: address.clone(),
         monitor_backup: vec!["bk1".into()],
         nid: None,
+        monitor: Default::default(),
     };
     let (shutdown, stop) = oneshot::channel::<()>();
     let task = tokio::spawn(run(config, listener, async move {

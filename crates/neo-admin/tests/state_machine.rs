@@ -2,11 +2,13 @@
 //! masters and `neoctl`, and check every output.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use neo_admin::mail::{EmailConfig, Mail};
 use neo_admin::{Admin, AdminConfig, ConfigError, NOT_CONNECTED};
 use neo_net::{ConnId, Input, Node, Output, Token};
 use neo_proto::packets::{self as p, CellChange, CellInfo, NodeInfo};
 use neo_proto::{
-    Address, CellState, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Packet, Tid, Value,
+    Address, CellState, ClusterState, ErrorCode, NodeId, NodeState, NodeType, Oid, Packet, Tid,
+    Value,
 };
 
 const T0: f64 = 1_790_000_000.0;
@@ -31,6 +33,7 @@ fn config(masters: &[u16]) -> AdminConfig {
         bind: Address::new("127.0.0.1", 9999),
         monitor_backup: vec!["bk".into()],
         nid: None,
+        monitor: Default::default(),
     }
 }
 
@@ -685,4 +688,143 @@ fn masters_learnt_from_notifications_are_tried_after_a_loss() {
         connect(&sim.input(Input::ConnectFailed { token })).1
     };
     assert_eq!(address, spare);
+}
+
+fn with_email(sim: &mut Sim) {
+    let mut config = config(&[10000]);
+    config.monitor.email = Some(EmailConfig {
+        to: vec!["ops@example.invalid".into()],
+        from: "neo@example.invalid".into(),
+    });
+    sim.admin = Admin::new(config).unwrap();
+}
+
+fn subject(mail: &Mail) -> String {
+    let text = String::from_utf8(mail.message.clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("Subject: "))
+        .unwrap();
+    line["Subject: ".len()..].to_owned()
+}
+
+/// E-mails follow operations.md §4.4: a report when a monitored value
+/// changes (the last TID asked first when running), a mail when it
+/// changed or the last one failed; a failure shows in the summary and is
+/// sent again by the 10-minute timer.
+#[test]
+fn e_mails_report_changes_and_a_failure_is_sent_again() {
+    let mut sim = Sim::new(&[10000]);
+    with_email(&mut sim);
+    sim.connected();
+    // RECOVERING: reported at once, a problem.
+    let mails = sim.admin.poll_mail();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert_eq!(subject(&mails[0]), "NEO monitoring: PROBLEM (test)");
+    sim.admin.mail_sent(mails[0].id, Ok(()), sim.now);
+
+    let outputs = sim.master_says(p::NotifyClusterInformation {
+        state: ClusterState::Running,
+    });
+    let (token, packet) = request(&outputs, MASTER_CONN);
+    assert_eq!(packet, p::AskLastTransaction {}.into());
+    assert!(sim.admin.poll_mail().is_empty());
+    sim.answer(token, p::AnswerLastTransaction { tid: Tid::ZERO });
+    let ok = sim.admin.poll_mail();
+    assert_eq!(subject(&ok[0]), "NEO monitoring: OK");
+    sim.admin.mail_sent(ok[0].id, Ok(()), sim.now);
+    // Sent, no backup to watch: no timer left.
+    assert_eq!(sim.admin.poll_timeout(), None);
+
+    // A storage is lost; the mail fails.
+    let outputs = sim.master_says(p::NotifyNodeInformation {
+        timestamp: T0 + 2.0,
+        nodes: vec![node(NodeType::Storage, NodeId(2), NodeState::Down)],
+    });
+    let (token, _) = request(&outputs, MASTER_CONN);
+    sim.answer(token, p::AnswerLastTransaction { tid: Tid::ZERO });
+    let problem = sim.admin.poll_mail();
+    assert_eq!(subject(&problem[0]), "NEO monitoring: PROBLEM (test)");
+    let body = String::from_utf8(problem[0].message.clone()).unwrap();
+    assert!(body.ends_with(
+        "\r\n\r\nRUNNING; UP_TO_DATE=8; DOWN=1; ltid=0000000000000000 (1900-01-01 00:00:00)"
+    ));
+    sim.admin
+        .mail_sent(problem[0].id, Err("connection refused".into()), sim.now);
+    let failure = sim.admin.mail_failure().unwrap().to_owned();
+    assert!(failure.ends_with(":\n\nconnection refused"), "{failure}");
+    // The summary says it, and makes the cluster a problem.
+    sim.input(Input::Accepted { conn: CTL });
+    let (token, _) = request(&sim.ctl(1, p::AskMonitorInformation {}), MASTER_CONN);
+    let outputs = sim.answer(token, p::AnswerLastTransaction { tid: Tid::ZERO });
+    let Packet::AnswerMonitorInformation(summary) = answer_to_ctl(&outputs, 1) else {
+        panic!("{outputs:?}");
+    };
+    assert_eq!(summary.problem, vec![None]);
+    assert!(summary.summary.ends_with(&failure));
+
+    // Ten minutes later the timer sends it again, with the note.
+    assert_eq!(sim.admin.poll_timeout(), Some(sim.now + 600.0));
+    sim.now += 600.0;
+    let (token, _) = request(&sim.input(Input::Timeout), MASTER_CONN);
+    // Woken once: the timer is not due again while the answer is awaited.
+    assert_eq!(sim.admin.poll_timeout(), Some(sim.now + 60.0));
+    sim.answer(token, p::AnswerLastTransaction { tid: Tid::ZERO });
+    let again = sim.admin.poll_mail();
+    assert_eq!(subject(&again[0]), "NEO monitoring: PROBLEM");
+    let body = String::from_utf8(again[0].message.clone()).unwrap();
+    assert!(body.contains("A notification could not be sent at"));
+    sim.admin.mail_sent(again[0].id, Ok(()), sim.now);
+    assert_eq!(sim.admin.mail_failure(), None);
+    // The master is lost: reported at once.
+    sim.input(Input::Closed { conn: MASTER_CONN });
+    let lost = sim.admin.poll_mail();
+    assert_eq!(subject(&lost[0]), "NEO monitoring: PROBLEM (test)");
+    assert!(String::from_utf8(lost[0].message.clone())
+        .unwrap()
+        .ends_with(&format!("\r\n\r\n{NOT_CONNECTED}")));
+}
+
+/// With the status page, the last ids are asked every second while the
+/// cluster runs and someone looks, one question at a time; the JSON shows
+/// them.
+#[test]
+fn the_status_page_asks_the_last_ids_every_second_while_looked_at() {
+    let mut sim = Sim::new(&[10000]);
+    let mut config = config(&[10000]);
+    config.monitor.status_page = true;
+    sim.admin = Admin::new(config).unwrap();
+    sim.connected();
+    sim.admin.status_json(sim.now);
+    // Not running: nothing asked.
+    assert!(sim.input(Input::Timeout).is_empty());
+    sim.master_says(p::NotifyClusterInformation {
+        state: ClusterState::Running,
+    });
+    sim.now += 1.0;
+    let (token, packet) = request(&sim.input(Input::Timeout), MASTER_CONN);
+    assert_eq!(packet, p::AskLastIDs {}.into());
+    // Unanswered: not asked again.
+    sim.now += 1.0;
+    assert!(sim.input(Input::Timeout).is_empty());
+    let ids = p::AnswerLastIDs {
+        last_tid: Some(Tid(0x040d_42d9_fef9_3adc)),
+        last_oid: Some(Oid(41)),
+        first_tid: Tid(1),
+    };
+    sim.answer(token, ids.clone());
+    sim.now += 1.0;
+    let (token, packet) = request(&sim.input(Input::Timeout), MASTER_CONN);
+    assert_eq!(packet, p::AskLastIDs {}.into());
+    sim.answer(token, ids);
+    let status: serde_json::Value = serde_json::from_str(&sim.admin.status_json(sim.now)).unwrap();
+    assert_eq!(status["state"], "RUNNING");
+    assert_eq!(status["last_tid"]["tid"], "040d42d9fef93adc");
+    assert_eq!(status["pt"]["rows"].as_array().unwrap().len(), 4);
+    // Nobody looking for longer than the window: nothing asked.
+    sim.now += 11.0;
+    assert!(sim.input(Input::Timeout).is_empty());
+    sim.admin.status_json(sim.now);
+    sim.now += 1.0;
+    request(&sim.input(Input::Timeout), MASTER_CONN);
 }

@@ -8,6 +8,7 @@
 
 pub mod conf;
 pub mod daemon;
+pub mod monitoring;
 pub mod neoctl;
 pub mod neolog;
 pub mod options;

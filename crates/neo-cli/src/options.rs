@@ -146,6 +146,8 @@ const ADMIN: &[Spec] = &[
     spec("smtp", None, "smtp", Kind::Text),
     spec("smtp_tls", None, "smtp-tls", Kind::Flag),
     spec("smtp_auth", None, "smtp-auth", Kind::Text),
+    // Ours: NEO/py has no status page.
+    spec("status", None, "status", Kind::Text),
 ];
 
 /// Where a value came from, for error messages.
@@ -353,6 +355,9 @@ pub struct AdminOptions {
     pub smtp_tls: bool,
     /// `--smtp-auth`: user and password (split at the first colon).
     pub smtp_auth: Option<(String, String)>,
+    /// `--status`: where to serve the status page (ours); port 0 when
+    /// none is given (any free port).
+    pub status: Option<Address>,
 }
 
 impl AdminOptions {
@@ -775,8 +780,25 @@ where
             }
         },
     };
+    let monitor_maxlag = match values.get("monitor_maxlag")? {
+        None => 0.0,
+        Some((_, origin)) => match values.float("monitor_maxlag")? {
+            Some(seconds) if seconds.is_finite() && seconds >= 0.0 => seconds,
+            _ => {
+                return Err(OptionsError::Invalid {
+                    origin,
+                    message: "expected a number of seconds, 0 or more".into(),
+                })
+            }
+        },
+    };
+    let status = match values.get("status")? {
+        None => None,
+        Some((value, origin)) => Some(parse_address(&value, 0, origin)?),
+    };
     Ok(AdminOptions {
-        monitor_maxlag: values.float("monitor_maxlag")?.unwrap_or(0.0),
+        status,
+        monitor_maxlag,
         monitor_email: values.repeated("monitor_email")?,
         monitor_backup: values.repeated("monitor_backup")?,
         smtp,
@@ -953,10 +975,28 @@ mod tests {
         assert!(options.smtp_tls);
         assert_eq!(options.smtp_auth, Some(("u".into(), "p:w".into())));
         assert_eq!(options.monitor_maxlag, 2.5);
+        assert_eq!(options.status, None);
         assert!(matches!(
             parse_admin(["-c", "x", "--smtp-auth", "nopass"]),
             Err(OptionsError::Invalid { .. })
         ));
+        let options = parse_admin(["-c", "x", "--status", "127.0.0.1:8080"]).unwrap();
+        assert_eq!(options.status, Some(Address::new("127.0.0.1", 8080)));
+        assert!(matches!(
+            parse_admin(["-c", "x", "--status", "[::1"]),
+            Err(OptionsError::Invalid { .. })
+        ));
+        let file = conf("[admin]\ncluster = c\nstatus = 127.0.0.1:9980\nmonitor_maxlag = -2\n");
+        let error = parse_admin(["-f", &path(&file)]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("expected a number of seconds, 0 or more"),
+            "{error}"
+        );
+        let options = parse_admin(["-f", &path(&file), "--monitor-maxlag", "1.5"]).unwrap();
+        assert_eq!(options.status, Some(Address::new("127.0.0.1", 9980)));
+        assert_eq!(options.monitor_maxlag, 1.5);
     }
 
     #[test]

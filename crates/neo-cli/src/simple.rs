@@ -216,6 +216,7 @@ pub async fn run(
         bind: admin_address.clone(),
         monitor_backup: Vec::new(),
         nid: None,
+        monitor: Default::default(),
     };
     nodes.push(tokio::spawn(async move {
         neo_admin::run(admin, admin_listener, std::future::pending())

@@ -105,8 +105,27 @@ pub fn now() -> UnixTime {
 pub async fn run<N: Node>(
     node: &mut N,
     listener: Option<Listener>,
+    config: ShellConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ShellError> {
+    let (_, completions) = mpsc::channel(1);
+    run_with_completions(node, listener, config, shutdown, completions).await
+}
+
+/// Work done for a node outside its connections (a task its owner
+/// started: an e-mail sent, a question of a local HTTP client) reporting
+/// back: applied to the node, with the time, between two batches of
+/// events, like an input.
+pub type Completion<N> = Box<dyn FnOnce(&mut N, UnixTime) + Send>;
+
+/// [`run`], also applying what arrives on `completions` to the node
+/// (whose outputs are then carried out as after any input).
+pub async fn run_with_completions<N: Node>(
+    node: &mut N,
+    listener: Option<Listener>,
     mut config: ShellConfig,
     shutdown: impl Future<Output = ()>,
+    mut completions: mpsc::Receiver<Completion<N>>,
 ) -> Result<(), ShellError> {
     if config.connection.tls.is_none() {
         config.connection.tls = listener.as_ref().and_then(|l| l.tls().cloned());
@@ -149,6 +168,7 @@ pub async fn run<N: Node>(
                 }
             }
             Some(token) = failed.recv() => node.handle(Input::ConnectFailed { token }, now()),
+            Some(complete) = completions.recv() => complete(node, now()),
             () = sleep(timer) => {}
         }
         // Due timers run after every batch, so a steady stream of events

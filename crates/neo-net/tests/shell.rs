@@ -302,6 +302,30 @@ async fn connections_and_timers_come_back_to_the_node() {
     drop(accepting.await.unwrap());
 }
 
+/// Work done outside the node reports back as a completion: applied to
+/// the node, whose outputs are then carried out like after any input.
+#[tokio::test]
+async fn completions_are_applied_to_the_node_and_its_outputs_carried_out() {
+    let (node, log) = scripted(|_, _, _| {});
+    let (completions, receiver) = tokio::sync::mpsc::channel(1);
+    let done: neo_net::shell::Completion<_> = Box::new(|node: &mut Scripted<_>, _now| {
+        node.log.lock().unwrap().push("completed".to_owned());
+        node.out.exit(Err("stopped by a completion".to_owned()));
+    });
+    let mut node = node;
+    let shell = neo_net::shell::run_with_completions(
+        &mut node,
+        None,
+        ShellConfig::default(),
+        std::future::pending(),
+        receiver,
+    );
+    let (result, sent) = tokio::join!(shell, completions.send(done));
+    assert!(sent.is_ok());
+    assert_eq!(result.unwrap_err().to_string(), "stopped by a completion");
+    assert_eq!(*log.lock().unwrap(), ["start", "completed"]);
+}
+
 /// The hostile case for the listener's limit: a peer over it is answered
 /// NOT_READY ("retry later", as NEO refuses) and closed; once a connection
 /// goes away, a new peer is served again.

@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use neo_admin::AdminConfig;
+use neo_admin::{AdminConfig, Services};
 use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
+use neo_cli::monitoring;
 use neo_cli::options::{parse_admin, report_and_exit};
 use neo_net::Listener;
 
@@ -16,31 +17,33 @@ fn main() -> ExitCode {
         Ok(tls) => tls,
         Err(message) => return fail(PROGRAM, message),
     };
-    if !options.monitor_email.is_empty() {
-        return fail(PROGRAM, "e-mail monitoring is not supported yet");
-    }
+    let monitor = monitoring::monitor_config(&options);
+    let smtp = match monitoring::smtp(&options) {
+        Ok(smtp) => smtp,
+        Err(message) => return fail(PROGRAM, message),
+    };
     let logfile = options.common.logfile.clone();
     let log_level = options.common.log_level.clone();
-    serve(
-        PROGRAM,
-        logfile.as_deref(),
-        log_level.as_deref(),
-        async move {
-            let listener = Listener::bind(&options.common.bind)
-                .await
-                .map_err(|e| e.to_string())?
-                .with_tls(tls);
-            let config = AdminConfig {
-                cluster: options.common.cluster.clone(),
-                masters: options.common.all_masters(),
-                nid: options.common.nid,
-                bind: listener.local_address().clone(),
-                monitor_backup: options.monitor_backup.clone(),
-            };
-            tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
-            neo_admin::run(config, listener, shutdown_signal())
-                .await
-                .map_err(|e| e.to_string())
-        },
-    )
+    serve(PROGRAM, logfile.as_deref(), log_level.as_deref(), async move {
+        let listener = Listener::bind(&options.common.bind)
+            .await
+            .map_err(|e| e.to_string())?
+            .with_tls(tls);
+        let config = AdminConfig {
+            cluster: options.common.cluster.clone(),
+            masters: options.common.all_masters(),
+            nid: options.common.nid,
+            bind: listener.local_address().clone(),
+            monitor_backup: options.monitor_backup.clone(),
+            monitor,
+        };
+        tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
+        let services = Services {
+            smtp,
+            status: monitoring::status_listener(&options).await?,
+        };
+        neo_admin::run_with(config, listener, services, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
 }

@@ -10,6 +10,8 @@ use mysql::prelude::Queryable;
 use neo_net::test_pki::{Credentials, TestPki};
 use neo_storage::backend::Adapter;
 
+pub mod smtp_sink;
+
 pub const NEOMASTER: &str = env!("CARGO_BIN_EXE_neomaster");
 pub const NEOSTORAGE: &str = env!("CARGO_BIN_EXE_neostorage");
 pub const NEOADMIN: &str = env!("CARGO_BIN_EXE_neoadmin");
@@ -268,12 +270,27 @@ impl Cluster {
     }
 
     pub fn start_admin(&mut self) {
+        self.start_admin_with(&[]);
+    }
+
+    /// Starts the admin with more options.
+    pub fn start_admin_with(&mut self, extra: &[&str]) {
         let (name, master, admin) = (self.name.clone(), self.master.clone(), self.admin.clone());
-        self.spawn(
-            "admin",
-            NEOADMIN,
-            &["-c", &name, "-m", &master, "-b", &admin],
-        );
+        let mut args = vec!["-c", &name, "-m", &master, "-b", &admin];
+        args.extend_from_slice(extra);
+        self.spawn("admin", NEOADMIN, &args);
+    }
+
+    /// Starts a master and `storages` storages with autostart and one
+    /// replica, and an admin with `admin` options; waits until it runs.
+    pub fn start_with_admin(&mut self, storages: usize, admin: &[&str]) {
+        let autostart = storages.to_string();
+        self.start_master(&["--autostart", &autostart, "-r", "1"]);
+        for index in 0..storages {
+            self.start_storage(index);
+        }
+        self.start_admin_with(admin);
+        self.wait_state("RUNNING");
     }
 
     pub fn neoctl(&self, command: &str) -> Output {
