@@ -7,13 +7,14 @@
 
 use std::future::Future;
 
+use neo_net::http::HttpLimits;
 use neo_net::shell::{run_with_completions, Completion};
 use neo_net::{Listener, Node, Output, ShellConfig, ShellError};
 use neo_proto::UnixTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::{Admin, AdminConfig, ConfigError};
-use crate::http::{self, Limits};
+use crate::http;
 use crate::smtp::Smtp;
 
 /// Why the admin node could not run.
@@ -36,7 +37,7 @@ pub struct Services {
     /// Where e-mails go: needed with `config.monitor.email`.
     pub smtp: Option<Smtp>,
     /// The status page's listener (`--status`) and its limits.
-    pub status: Option<(tokio::net::TcpListener, Limits)>,
+    pub status: Option<(tokio::net::TcpListener, HttpLimits)>,
 }
 
 /// Completions waiting for the node: one mail in flight, and questions of

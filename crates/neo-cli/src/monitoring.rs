@@ -2,10 +2,10 @@
 //! alerts and e-mails (operations.md §1.3, §4.4) and the status page
 //! (`--status`, ours).
 
-use neo_admin::http::Limits;
 use neo_admin::mail::EmailConfig;
 use neo_admin::smtp::{Smtp, SmtpConfig, SEND_TIMEOUT};
 use neo_admin::MonitorConfig;
+use neo_net::http::{self, HttpLimits};
 use tokio::net::TcpListener;
 
 use crate::options::AdminOptions;
@@ -46,21 +46,15 @@ pub fn smtp(options: &AdminOptions) -> Result<Option<Smtp>, String> {
 /// the program at start.
 pub async fn status_listener(
     options: &AdminOptions,
-) -> Result<Option<(TcpListener, Limits)>, String> {
+) -> Result<Option<(TcpListener, HttpLimits)>, String> {
     let Some(address) = &options.status else {
         return Ok(None);
     };
-    let at = neo_net::resolve(address)
+    let (listener, bound) = http::bind(address)
         .await
-        .map_err(|error| format!("--status {address}: {error}"))?;
-    let listener = TcpListener::bind(at)
-        .await
-        .map_err(|error| format!("--status {address}: {error}"))?;
-    let bound = listener
-        .local_addr()
         .map_err(|error| format!("--status {address}: {error}"))?;
     tracing::info!(url = %format!("http://{bound}/"), "status page");
-    Ok(Some((listener, Limits::default())))
+    Ok(Some((listener, HttpLimits::default())))
 }
 
 /// The address in `From:`: `$EMAIL`, else `login@host` (NEO/py takes the

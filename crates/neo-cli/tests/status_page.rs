@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{free_port, Cluster};
-use neo_admin::http::{self, Limits};
+use neo_admin::http;
 use neo_client::TxnMeta;
+use neo_net::http::HttpLimits as Limits;
 use neo_proto::Tid;
 
 /// Where Debian's package puts the browser.

@@ -11,6 +11,7 @@
 
 mod connection;
 mod error;
+pub mod http;
 pub mod master_list;
 pub mod node;
 pub mod shell;

@@ -24,26 +24,31 @@ fn main() -> ExitCode {
     };
     let logfile = options.common.logfile.clone();
     let log_level = options.common.log_level.clone();
-    serve(PROGRAM, logfile.as_deref(), log_level.as_deref(), async move {
-        let listener = Listener::bind(&options.common.bind)
-            .await
-            .map_err(|e| e.to_string())?
-            .with_tls(tls);
-        let config = AdminConfig {
-            cluster: options.common.cluster.clone(),
-            masters: options.common.all_masters(),
-            nid: options.common.nid,
-            bind: listener.local_address().clone(),
-            monitor_backup: options.monitor_backup.clone(),
-            monitor,
-        };
-        tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
-        let services = Services {
-            smtp,
-            status: monitoring::status_listener(&options).await?,
-        };
-        neo_admin::run_with(config, listener, services, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
-    })
+    serve(
+        PROGRAM,
+        logfile.as_deref(),
+        log_level.as_deref(),
+        async move {
+            let listener = Listener::bind(&options.common.bind)
+                .await
+                .map_err(|e| e.to_string())?
+                .with_tls(tls);
+            let config = AdminConfig {
+                cluster: options.common.cluster.clone(),
+                masters: options.common.all_masters(),
+                nid: options.common.nid,
+                bind: listener.local_address().clone(),
+                monitor_backup: options.monitor_backup.clone(),
+                monitor,
+            };
+            tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
+            let services = Services {
+                smtp,
+                status: monitoring::status_listener(&options).await?,
+            };
+            neo_admin::run_with(config, listener, services, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
 }
