@@ -1,0 +1,153 @@
+//! The metrics endpoint: what it serves, and the limits on what a peer
+//! can make it hold (head size, time to send the head, connections).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use neo_net::metrics::{EndpointLimits, MetricsEndpoint, CONTENT_TYPE};
+use neo_proto::Address;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An endpoint on an ephemeral loopback port serving one counter (at 3),
+/// with `limits`; its address.
+async fn endpoint(limits: EndpointLimits) -> std::net::SocketAddr {
+    let mut registry = Registry::default();
+    let counter: Counter = Counter::default();
+    counter.inc_by(3);
+    registry.register("neo_test_things", "Things", counter);
+    let endpoint = MetricsEndpoint::bind(&Address::new("127.0.0.1", 0))
+        .await
+        .unwrap()
+        .with_limits(limits);
+    let address = endpoint.local_address().to_string().parse().unwrap();
+    tokio::spawn(endpoint.serve(Arc::new(registry)));
+    address
+}
+
+fn small_limits() -> EndpointLimits {
+    EndpointLimits {
+        max_head_bytes: 1024,
+        io_timeout: Duration::from_millis(500),
+        max_connections: 2,
+    }
+}
+
+/// Sends `request` and reads the whole response (until the endpoint
+/// closes).
+async fn exchange(address: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    String::from_utf8(response).unwrap()
+}
+
+#[tokio::test]
+async fn get_metrics_is_openmetrics_text_and_anything_else_is_404() {
+    let address = endpoint(EndpointLimits::default()).await;
+    let response = exchange(
+        address,
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n",
+    )
+    .await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")));
+    assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
+    assert!(body.contains("# TYPE neo_test_things counter\n"), "{body}");
+    assert!(body.contains("neo_test_things_total 3\n"), "{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    for request in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"GET /metricsx HTTP/1.1\r\n\r\n",
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        b"GET /metrics\r\n\r\n",
+    ] {
+        let response = exchange(address, request).await;
+        assert!(response.starts_with("HTTP/1.1 404 "), "{response}");
+    }
+    // A query string is still the metrics.
+    let response = exchange(address, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+}
+
+#[tokio::test]
+async fn an_oversized_head_is_refused_431() {
+    let address = endpoint(small_limits()).await;
+    let mut request = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
+    request.extend(std::iter::repeat(b'a').take(2000));
+    request.extend_from_slice(b"\r\n\r\n");
+    let response = exchange(address, &request).await;
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+    // Without a blank line at all, the same once past the limit.
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let endless = vec![b'a'; 4096];
+    let _ = stream.write_all(&endless).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    assert!(response.starts_with(b"HTTP/1.1 431 "));
+}
+
+#[tokio::test]
+async fn a_slowloris_is_cut_at_the_timeout() {
+    let address = endpoint(small_limits()).await;
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let started = Instant::now();
+    // A byte every 100 ms: each read comes well within any per-read
+    // timeout; only a limit on the whole head ends it.
+    let mut closed = false;
+    for byte in b"GET /metrics HTTP/1.1\r\nHost: a-very-long-host-name-sent-slowly\r\n".iter() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buffer = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => panic!("the endpoint answered an incomplete head"),
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "the endpoint kept a slowloris");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let address = endpoint(EndpointLimits {
+        io_timeout: Duration::from_secs(30),
+        ..small_limits()
+    })
+    .await;
+    // Two idle connections take the two places...
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(address).await.unwrap());
+    }
+    // ...(once accepted: a scrape goes through the same accept loop)...
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so a third is closed without an answer, and quickly.
+    let mut third = TcpStream::connect(address).await.unwrap();
+    let _ = third.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read_to_end(&mut response))
+        .await
+        .expect("a connection over the limit is kept");
+    assert!(read.is_err() || response.is_empty(), "{response:?}");
+    // Once one place is free, scrapes are served again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let response = exchange(address, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+}
