@@ -7,8 +7,10 @@
 //! [`run`] runs it on `neo-net`'s node shell.
 
 mod app;
+mod metrics;
 mod shell;
 pub mod summary;
 
 pub use app::{Admin, AdminConfig, ConfigError, MONITOR_TIMEOUT, NOT_CONNECTED};
+pub use metrics::AdminMetrics;
 pub use shell::{run, AdminError};

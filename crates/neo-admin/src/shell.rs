@@ -7,6 +7,7 @@ use std::future::Future;
 use neo_net::{Listener, ShellConfig, ShellError};
 
 use crate::app::{Admin, AdminConfig, ConfigError};
+use crate::metrics::{AdminMetrics, Metered};
 
 /// Why the admin node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +24,14 @@ pub enum AdminError {
 /// primary master among `config.masters`, reconnecting forever when it is
 /// lost. Returns `Ok` once the cluster has been stopped (the master
 /// announced STOPPING, then went away) or when `shutdown` completes.
+/// Keeps `metrics` if given.
 pub async fn run(
     config: AdminConfig,
     listener: Listener,
+    metrics: Option<AdminMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AdminError> {
-    let mut admin = Admin::new(config)?;
+    let mut admin = Metered::new(Admin::new(config)?, metrics);
     neo_net::shell::run(&mut admin, Some(listener), ShellConfig::default(), shutdown).await?;
     tracing::info!("admin stopped");
     Ok(())

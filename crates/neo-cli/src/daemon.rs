@@ -3,8 +3,12 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use neo_net::metrics::MetricsEndpoint;
 use neo_net::Tls;
+use neo_proto::Address;
+use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::options::TlsFiles;
@@ -16,6 +20,26 @@ pub fn load_tls(files: Option<&TlsFiles>) -> Result<Option<Tls>, String> {
         .map(TlsFiles::load)
         .transpose()
         .map_err(|error| error.to_string())
+}
+
+/// With `--metrics`, a registry for the node's metrics, `register`ed, and
+/// its endpoint serving it from now on (`metrics listening` logs where);
+/// an address that cannot be bound stops the program with one line.
+pub async fn serve_metrics<Metrics>(
+    address: Option<&Address>,
+    register: impl FnOnce(&mut Registry) -> Metrics,
+) -> Result<Option<Metrics>, String> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let endpoint = MetricsEndpoint::bind(address)
+        .await
+        .map_err(|e| format!("--metrics: {e}"))?;
+    let mut registry = Registry::default();
+    let metrics = register(&mut registry);
+    tracing::info!(address = %endpoint.local_address(), "metrics listening");
+    tokio::spawn(endpoint.serve(Arc::new(registry)));
+    Ok(Some(metrics))
 }
 
 /// Logs to `logfile` (appending) or to stderr. The level comes from

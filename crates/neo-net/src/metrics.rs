@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use neo_proto::{Address, Packet, UnixTime};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -234,8 +235,21 @@ pub type Classify = fn(&Packet) -> Option<&'static str>;
 /// let peers that never get answers grow the table.
 const MAX_TIMED: usize = 65536;
 
-/// The label of a timed operation.
-type Operation = [(&'static str, &'static str); 1];
+/// Request durations by operation (label `operation`), in seconds.
+pub type Durations = Family<Labels<1>, Histogram>;
+
+/// Registers request durations as `name` in `registry`.
+pub fn durations(registry: &mut Registry, name: &str) -> Durations {
+    let durations =
+        Durations::new_with_constructor(|| Histogram::new(latency_buckets()));
+    registry.register_with_unit(
+        name,
+        "Time from a request's arrival to its answer",
+        Unit::Seconds,
+        durations.clone(),
+    );
+    durations
+}
 
 /// A node whose requests are timed from their arrival to their answer,
 /// per operation, whatever the node made them wait for (locks, a group
@@ -243,7 +257,8 @@ type Operation = [(&'static str, &'static str); 1];
 pub struct Timed<N> {
     node: N,
     classify: Classify,
-    durations: Family<Operation, Histogram>,
+    /// `None`: nothing is timed (no `--metrics`).
+    durations: Option<Durations>,
     /// The histogram of each operation seen, so that an answer takes no
     /// lock of the family.
     histograms: HashMap<&'static str, Histogram>,
@@ -252,18 +267,8 @@ pub struct Timed<N> {
 }
 
 impl<N: Node> Timed<N> {
-    /// Times the requests of `node` that `classify` names, in the
-    /// histogram `name` (seconds, label `operation`) of `registry`.
-    pub fn new(node: N, classify: Classify, registry: &mut Registry, name: &str) -> Timed<N> {
-        let durations = Family::<Operation, Histogram>::new_with_constructor(|| {
-            Histogram::new(latency_buckets())
-        });
-        registry.register_with_unit(
-            name,
-            "Time from a request's arrival to its answer",
-            Unit::Seconds,
-            durations.clone(),
-        );
+    /// Times the requests of `node` that `classify` names in `durations`.
+    pub fn new(node: N, classify: Classify, durations: Option<Durations>) -> Timed<N> {
         Timed {
             node,
             classify,
@@ -279,11 +284,13 @@ impl<N: Node> Timed<N> {
     }
 
     fn observe(&mut self, operation: &'static str, elapsed: Duration) {
-        let histogram = self.histograms.entry(operation).or_insert_with(|| {
-            self.durations
-                .get_or_create(&[("operation", operation)])
-                .clone()
-        });
+        let Some(durations) = &self.durations else {
+            return;
+        };
+        let histogram = self
+            .histograms
+            .entry(operation)
+            .or_insert_with(|| durations.get_or_create(&[("operation", operation)]).clone());
         histogram.observe(elapsed.as_secs_f64());
     }
 }
@@ -295,7 +302,7 @@ impl<N: Node> Node for Timed<N> {
                 conn,
                 msg_id,
                 packet,
-            } if self.pending.len() < MAX_TIMED => {
+            } if self.durations.is_some() && self.pending.len() < MAX_TIMED => {
                 if let Some(operation) = (self.classify)(packet) {
                     self.pending
                         .insert((*conn, *msg_id), (operation, Instant::now()));
@@ -326,5 +333,54 @@ impl<N: Node> Node for Timed<N> {
 
     fn poll_timeout(&self) -> Option<UnixTime> {
         self.node.poll_timeout()
+    }
+}
+
+/// Labels of a [`Tally`]: `N` (name, value) pairs.
+pub type Labels<const N: usize> = [(&'static str, &'static str); N];
+
+/// Gauges counting things by label (cells by state, connections by node
+/// type), recounted from the node's state: a label set no longer seen is
+/// set to 0, and only changed gauges are written.
+#[derive(Debug)]
+pub struct Tally<const N: usize> {
+    family: Family<Labels<N>, Gauge>,
+    /// The counts last set, to write only what changed.
+    last: Vec<(Labels<N>, i64)>,
+    counts: Vec<(Labels<N>, i64)>,
+}
+
+impl<const N: usize> Tally<N> {
+    /// Gauges registered as `name` in `registry`.
+    pub fn new(registry: &mut Registry, name: &str, help: &str) -> Tally<N> {
+        let family = Family::<Labels<N>, Gauge>::default();
+        registry.register(name, help, family.clone());
+        Tally {
+            family,
+            last: Vec::new(),
+            counts: Vec::new(),
+        }
+    }
+
+    /// Counts `items` (each a label set) and sets the gauges.
+    pub fn set(&mut self, items: impl IntoIterator<Item = Labels<N>>) {
+        self.counts.clear();
+        for labels in items {
+            match self.counts.iter_mut().find(|(seen, _)| *seen == labels) {
+                Some((_, count)) => *count += 1,
+                None => self.counts.push((labels, 1)),
+            }
+        }
+        for (labels, count) in &self.counts {
+            if !self.last.contains(&(*labels, *count)) {
+                self.family.get_or_create(labels).set(*count);
+            }
+        }
+        for (labels, _) in &self.last {
+            if !self.counts.iter().any(|(seen, _)| seen == labels) {
+                self.family.get_or_create(labels).set(0);
+            }
+        }
+        std::mem::swap(&mut self.last, &mut self.counts);
     }
 }

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use neo_admin::AdminConfig;
-use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
+use neo_admin::{AdminConfig, AdminMetrics};
+use neo_cli::daemon::{fail, load_tls, serve, serve_metrics, shutdown_signal};
 use neo_cli::options::{parse_admin, report_and_exit};
 use neo_net::Listener;
 
@@ -32,8 +32,9 @@ fn main() -> ExitCode {
             bind: listener.local_address().clone(),
             monitor_backup: options.monitor_backup.clone(),
         };
+        let metrics = serve_metrics(options.common.metrics.as_ref(), AdminMetrics::new).await?;
         tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
-        neo_admin::run(config, listener, shutdown_signal())
+        neo_admin::run(config, listener, metrics, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })

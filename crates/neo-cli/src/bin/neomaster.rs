@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
+use neo_cli::daemon::{fail, load_tls, serve, serve_metrics, shutdown_signal};
 use neo_cli::options::{parse_master, report_and_exit};
-use neo_master::MasterConfig;
+use neo_master::{MasterConfig, MasterMetrics};
 use neo_net::{resolve, Listener};
 use neo_proto::Address;
 
@@ -40,8 +40,9 @@ fn main() -> ExitCode {
             masters,
             nid: options.common.nid,
         };
+        let metrics = serve_metrics(options.common.metrics.as_ref(), MasterMetrics::new).await?;
         tracing::info!(address = %config.address, cluster = %config.cluster, tls = listener.tls().is_some(), "master listening");
-        neo_master::run(config, listener, shutdown_signal())
+        neo_master::run(config, listener, metrics, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })

@@ -3,12 +3,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
+use neo_cli::daemon::{fail, load_tls, serve, serve_metrics, shutdown_signal};
 use neo_cli::options::{parse_storage, report_and_exit};
 use neo_net::Listener;
 use neo_storage::backend::{self, OpenOptions};
 use neo_storage::db::Database;
 use neo_storage::node::{Limits, Storage, StorageConfig};
+use neo_storage::StorageMetrics;
 
 const PROGRAM: &str = "neostorage";
 
@@ -63,6 +64,10 @@ fn main() -> ExitCode {
         let mut storage = Storage::new(config, db)?;
         storage.set_disable_pack(options.disable_pack);
         storage.set_disable_drop_partitions(options.disable_drop_partitions);
+        let metrics = serve_metrics(options.common.metrics.as_ref(), StorageMetrics::new).await?;
+        if let Some(metrics) = metrics {
+            storage.set_metrics(metrics);
+        }
         tracing::info!(address = %listener.local_address(), tls = listener.tls().is_some(), "storage listening");
         neo_storage::run(storage, listener, shutdown_signal())
             .await

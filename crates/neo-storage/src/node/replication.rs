@@ -530,6 +530,7 @@ impl Storage {
             }
             let tid = replicated.get(&partition).copied().unwrap_or(Tid::ZERO);
             tracing::info!(partition, %tid, "replication done");
+            self.counters.replicated_partitions.inc();
             self.notify(master, p::NotifyReplicationDone { partition, tid });
         }
         for (ttid, oid, serial) in relocks {
