@@ -235,19 +235,27 @@ pub type Classify = fn(&Packet) -> Option<&'static str>;
 /// let peers that never get answers grow the table.
 const MAX_TIMED: usize = 65536;
 
-/// Request durations by operation (label `operation`), in seconds.
+/// Durations by one label (`operation`, `request`), in seconds.
 pub type Durations = Family<Labels<1>, Histogram>;
 
-/// Registers request durations as `name` in `registry`.
+/// Registers the durations of requests served as `name` in `registry`.
 pub fn durations(registry: &mut Registry, name: &str) -> Durations {
-    let durations =
-        Durations::new_with_constructor(|| Histogram::new(latency_buckets()));
-    registry.register_with_unit(
+    histograms(registry, name, "Time from a request's arrival to its answer")
+}
+
+/// Registers the round trips of requests sent as `name` in `registry`
+/// (for [`crate::ConnectionConfig::round_trips`]).
+pub fn round_trips(registry: &mut Registry, name: &str) -> Durations {
+    histograms(
+        registry,
         name,
-        "Time from a request's arrival to its answer",
-        Unit::Seconds,
-        durations.clone(),
-    );
+        "Time from sending a request to its answer, by request",
+    )
+}
+
+fn histograms(registry: &mut Registry, name: &str, help: &str) -> Durations {
+    let durations = Durations::new_with_constructor(|| Histogram::new(latency_buckets()));
+    registry.register_with_unit(name, help, Unit::Seconds, durations.clone());
     durations
 }
 
