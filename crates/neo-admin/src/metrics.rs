@@ -58,11 +58,8 @@ impl AdminMetrics {
 
     fn observe(&mut self, admin: &Admin) {
         self.connected.set(i64::from(admin.is_connected()));
-        self.cluster_state.set(
-            admin
-                .cluster_state()
-                .map(|state| [("state", state.name())]),
-        );
+        self.cluster_state
+            .set(admin.cluster_state().map(|state| [("state", state.name())]));
         self.nodes.set(admin.nodes().iter().map(|node| {
             [
                 ("node_type", node.node_type.name()),

@@ -50,7 +50,7 @@ async fn start_admin(masters: Vec<Address>) -> AdminNode {
         nid: None,
     };
     let (shutdown, stop) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(config, listener, async move {
+    let task = tokio::spawn(run(config, listener, None, async move {
         let _ = stop.await;
     }));
     AdminNode {

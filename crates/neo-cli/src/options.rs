@@ -1148,7 +1148,9 @@ mod tests {
         assert_eq!(options.common.metrics, Some(Address::new("::1", 9100)));
         let error = parse_master(["-c", "x", "--metrics", "127.0.0.1:port"]).unwrap_err();
         assert!(
-            error.to_string().starts_with("argument --metrics: invalid address"),
+            error
+                .to_string()
+                .starts_with("argument --metrics: invalid address"),
             "{error}"
         );
         assert_eq!(error.exit_status(), 2);

@@ -55,7 +55,9 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
         let (series, value) = line.rsplit_once(' ').unwrap();
         let name = series.split('{').next().unwrap();
         assert!(
-            families.iter().any(|family| name.starts_with(family.as_str())),
+            families
+                .iter()
+                .any(|family| name.starts_with(family.as_str())),
             "sample of no declared family: {line}"
         );
         if let Some(labels) = series.strip_prefix(name) {
@@ -98,7 +100,10 @@ fn sum(nodes: &[BTreeMap<String, f64>], series: &str) -> f64 {
 
 /// Scrapes `address` until `done` holds of its samples (gauges are
 /// recounted after the node's next batch of inputs).
-fn scrape_until(address: &str, done: impl Fn(&BTreeMap<String, f64>) -> bool) -> BTreeMap<String, f64> {
+fn scrape_until(
+    address: &str,
+    done: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let samples = scrape(address);
@@ -159,7 +164,16 @@ fn every_node_counts_the_workload_it_served() {
     cluster.spawn(
         "admin",
         NEOADMIN,
-        &["-c", &name, "-m", &masters, "-b", &bind, "--metrics", &admin],
+        &[
+            "-c",
+            &name,
+            "-m",
+            &masters,
+            "-b",
+            &bind,
+            "--metrics",
+            &admin,
+        ],
     );
     cluster.wait_state("RUNNING");
 
@@ -205,7 +219,10 @@ fn every_node_counts_the_workload_it_served() {
         assert_eq!(sum(&storage_samples, series), expected, "{series}");
     }
     for samples in &storage_samples {
-        assert_eq!(value(samples, r#"neo_storage_connections{peer="MASTER"}"#), 1.0);
+        assert_eq!(
+            value(samples, r#"neo_storage_connections{peer="MASTER"}"#),
+            1.0
+        );
     }
 
     let master_samples = scrape_until(&master, |s| {
@@ -241,8 +258,14 @@ fn every_node_counts_the_workload_it_served() {
         ("neo_admin_connected", 1.0),
         (r#"neo_admin_cluster_state{state="RUNNING"}"#, 1.0),
         (r#"neo_admin_cells{state="UP_TO_DATE"}"#, cells as f64),
-        (r#"neo_admin_nodes{node_type="STORAGE",state="RUNNING"}"#, 2.0),
-        (r#"neo_admin_nodes{node_type="MASTER",state="RUNNING"}"#, 1.0),
+        (
+            r#"neo_admin_nodes{node_type="STORAGE",state="RUNNING"}"#,
+            2.0,
+        ),
+        (
+            r#"neo_admin_nodes{node_type="MASTER",state="RUNNING"}"#,
+            1.0,
+        ),
     ] {
         assert_eq!(value(&admin_samples, series), expected, "{series}");
     }
@@ -274,7 +297,14 @@ fn every_node_counts_the_workload_it_served() {
 fn a_metrics_address_that_cannot_be_used_stops_the_node_with_one_line() {
     let error = common::one_line_error(
         common::NEOMASTER,
-        &["-c", "x", "-b", "127.0.0.1:0", "--metrics", "127.0.0.1:port"],
+        &[
+            "-c",
+            "x",
+            "-b",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:port",
+        ],
     );
     assert!(error.contains("--metrics"), "{error}");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -11,8 +11,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use neo_proto::packets::{HistoryEntry, UndoSerial};
 use neo_net::metrics::MetricsEndpoint;
+use neo_proto::packets::{HistoryEntry, UndoSerial};
 use neo_proto::{Address, NodeId, Oid, Partition, Tid};
 use prometheus_client::registry::Registry;
 use tokio::runtime::{Handle, Runtime};

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use neo_net::metrics::round_trips;
 use neo_net::ConnectionConfig;
-use prometheus_client::registry::Registry;
 use neo_proto::{Oid, Tid};
+use prometheus_client::registry::Registry;
 
 /// What the client tells its user about commits of other clients, in
 /// commit order.

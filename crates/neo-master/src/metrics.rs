@@ -125,8 +125,7 @@ impl MasterMetrics {
             .set(i64::try_from(master.transactions.in_progress()).unwrap_or(i64::MAX));
         self.last_tid
             .set(i64::try_from(master.transactions.last_tid.0).unwrap_or(i64::MAX));
-        self.cluster_state
-            .set([[("state", master.state.name())]]);
+        self.cluster_state.set([[("state", master.state.name())]]);
         self.connections.set(master.peers.values().map(|peer| {
             [(
                 "node_type",
@@ -149,7 +148,9 @@ impl MasterMetrics {
 }
 
 /// One label set per cell of `pt`: its state.
-fn cell_states(pt: &PartitionTable) -> impl Iterator<Item = [(&'static str, &'static str); 1]> + '_ {
+fn cell_states(
+    pt: &PartitionTable,
+) -> impl Iterator<Item = [(&'static str, &'static str); 1]> + '_ {
     (0..pt.partitions())
         .flat_map(|partition| pt.cells(partition))
         .map(|cell| [("state", cell.state.name())])

@@ -240,7 +240,11 @@ pub type Durations = Family<Labels<1>, Histogram>;
 
 /// Registers the durations of requests served as `name` in `registry`.
 pub fn durations(registry: &mut Registry, name: &str) -> Durations {
-    histograms(registry, name, "Time from a request's arrival to its answer")
+    histograms(
+        registry,
+        name,
+        "Time from a request's arrival to its answer",
+    )
 }
 
 /// Registers the round trips of requests sent as `name` in `registry`

@@ -79,7 +79,7 @@ async fn get_metrics_is_openmetrics_text_and_anything_else_is_404() {
 async fn an_oversized_head_is_refused_431() {
     let address = endpoint(small_limits()).await;
     let mut request = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
-    request.extend(std::iter::repeat(b'a').take(2000));
+    request.extend_from_slice(&[b'a'; 2000]);
     request.extend_from_slice(b"\r\n\r\n");
     let response = exchange(address, &request).await;
     assert!(response.starts_with("HTTP/1.1 431 "), "{response}");

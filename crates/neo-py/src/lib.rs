@@ -31,9 +31,9 @@ use neo_client::{
     TxnMeta,
 };
 use neo_proto::{Address, Oid, Tid};
+use prometheus_client::registry::Registry;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
-use prometheus_client::registry::Registry;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 

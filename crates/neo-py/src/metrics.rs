@@ -26,7 +26,11 @@ impl Collector for CacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let stats = self.0.stats();
         let counters = [
-            ("neo_client_cache_hits", "Loads served by the cache", stats.hits),
+            (
+                "neo_client_cache_hits",
+                "Loads served by the cache",
+                stats.hits,
+            ),
             (
                 "neo_client_cache_misses",
                 "Loads the cache could not serve (asked of a storage)",
@@ -37,8 +41,18 @@ impl Collector for CacheCollector {
             encode(&mut encoder, name, help, None, ConstCounter::new(value))?;
         }
         let gauges = [
-            ("neo_client_cache_entries", "Revisions in the cache", None, stats.entries),
-            ("neo_client_cache_size", "Data held by the cache", Some(Unit::Bytes), stats.size),
+            (
+                "neo_client_cache_entries",
+                "Revisions in the cache",
+                None,
+                stats.entries,
+            ),
+            (
+                "neo_client_cache_size",
+                "Data held by the cache",
+                Some(Unit::Bytes),
+                stats.size,
+            ),
             (
                 "neo_client_cache_budget",
                 "Most data the cache holds (cache_size)",

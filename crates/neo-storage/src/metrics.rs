@@ -82,7 +82,11 @@ impl StorageMetrics {
                 "Transactions committed (unlocked)",
                 &counters.commits,
             ),
-            ("neo_storage_aborts", "Transactions aborted", &counters.aborts),
+            (
+                "neo_storage_aborts",
+                "Transactions aborted",
+                &counters.aborts,
+            ),
             (
                 "neo_storage_refused_requests",
                 "Requests refused NOT_READY: too many waiting for locks",

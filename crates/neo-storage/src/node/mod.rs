@@ -36,7 +36,6 @@ use sha1::{Digest, Sha1};
 use crate::backend::{Error, FatalError, RequestError};
 use crate::db::Database;
 use crate::metrics::{Counters, Observed, StorageMetrics};
-use neo_net::metrics::Durations;
 use check::Checker;
 pub use check::MAX_CHECK_LENGTH;
 use commit::Waiting;
@@ -45,6 +44,7 @@ use feeding::Feeding;
 pub use feeding::MAX_FETCH_LENGTH;
 use locks::LockManager;
 use master::Link;
+use neo_net::metrics::Durations;
 use pack::PackState;
 use peers::{Links, Peer};
 pub use reads::MAX_LIST_LENGTH;
@@ -223,7 +223,9 @@ impl Storage {
 
     /// Where the shell times requests, with `--metrics`.
     pub fn request_durations(&self) -> Option<Durations> {
-        self.metrics.as_ref().map(|metrics| metrics.durations.clone())
+        self.metrics
+            .as_ref()
+            .map(|metrics| metrics.durations.clone())
     }
 
     /// Recounts the gauges of the metrics, if kept.
