@@ -1,12 +1,16 @@
 //! The metrics endpoint: what it serves, and the limits on what a peer
-//! can make it hold (head size, time to send the head, connections).
+//! can make it hold (head size, time to send the head, connections); the
+//! gauges counted from a node's state and the timing of its requests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use neo_net::metrics::{EndpointLimits, MetricsEndpoint, CONTENT_TYPE};
-use neo_proto::Address;
+use neo_net::metrics::{
+    durations, Classify, EndpointLimits, MetricsEndpoint, Tally, Timed, CONTENT_TYPE,
+};
+use neo_net::{ConnId, Input, Node, Output};
+use neo_proto::{packets, Address, Packet, UnixTime};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -150,4 +154,105 @@ async fn connections_over_the_limit_are_closed_at_once() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let response = exchange(address, b"GET /metrics HTTP/1.1\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+}
+
+/// Counts as a [`Tally`] shows them: `name{label="value"}` → count.
+fn encoded(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
+}
+
+#[test]
+fn a_tally_zeroes_what_is_no_longer_counted() {
+    let mut registry = Registry::default();
+    let mut tally: Tally<1> = Tally::new(&mut registry, "neo_test_cells", "Cells");
+    tally.set([
+        [("state", "UP_TO_DATE")],
+        [("state", "OUT_OF_DATE")],
+        [("state", "UP_TO_DATE")],
+    ]);
+    let text = encoded(&registry);
+    assert!(
+        text.contains("neo_test_cells{state=\"UP_TO_DATE\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("neo_test_cells{state=\"OUT_OF_DATE\"} 1\n"),
+        "{text}"
+    );
+    tally.set([[("state", "UP_TO_DATE")]; 3]);
+    let text = encoded(&registry);
+    assert!(
+        text.contains("neo_test_cells{state=\"UP_TO_DATE\"} 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("neo_test_cells{state=\"OUT_OF_DATE\"} 0\n"),
+        "{text}"
+    );
+}
+
+/// A node that answers each request one batch after it came (as a
+/// storage answers a store that waited for a lock).
+#[derive(Default)]
+struct Late {
+    arrived: Vec<(ConnId, u32)>,
+    due: Vec<(ConnId, u32)>,
+}
+
+impl Node for Late {
+    fn handle(&mut self, input: Input, _now: UnixTime) {
+        if let Input::Packet { conn, msg_id, .. } = input {
+            self.arrived.push((conn, msg_id));
+        }
+    }
+
+    fn poll_output(&mut self) -> Vec<Output> {
+        let answers = std::mem::replace(&mut self.due, std::mem::take(&mut self.arrived));
+        answers
+            .into_iter()
+            .map(|(conn, msg_id)| Output::Answer {
+                conn,
+                msg_id,
+                packet: packets::Pong {}.into(),
+            })
+            .collect()
+    }
+
+    fn poll_timeout(&self) -> Option<UnixTime> {
+        None
+    }
+}
+
+#[test]
+fn requests_are_timed_from_arrival_to_their_late_answer_by_operation() {
+    let mut registry = Registry::default();
+    let durations = durations(&mut registry, "neo_test_request_duration");
+    let classify: Classify = |packet| matches!(packet, Packet::Ping(_)).then_some("ping");
+    let mut node = Timed::new(Late::default(), classify, Some(durations));
+    let ping = |conn, msg_id| Input::Packet {
+        conn: ConnId(conn),
+        msg_id,
+        packet: packets::Ping {}.into(),
+    };
+    node.handle(ping(1, 7), 0.0);
+    node.handle(ping(2, 7), 0.0);
+    assert!(node.poll_output().is_empty());
+    // The second's connection goes before its answer: it is not timed.
+    node.handle(Input::Closed { conn: ConnId(2) }, 0.0);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(node.poll_output().len(), 2);
+    let text = encoded(&registry);
+    assert!(
+        text.contains("neo_test_request_duration_seconds_count{operation=\"ping\"} 1\n"),
+        "{text}"
+    );
+    // At least the 20 ms waited: no bucket below 12.8 ms has it.
+    assert!(
+        text.contains(
+            "neo_test_request_duration_seconds_bucket{le=\"0.0128\",operation=\"ping\"} 0\n"
+        ),
+        "{text}"
+    );
 }

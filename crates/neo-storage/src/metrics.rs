@@ -159,13 +159,13 @@ impl StorageMetrics {
     }
 
     /// Updates the gauges from the node's state.
-    pub(crate) fn observe(&mut self, state: &Observed<'_>) {
+    pub(crate) fn observe(&mut self, state: Observed<'_, impl Iterator<Item = &'static str>>) {
         self.waiting
             .set(i64::try_from(state.waiting).unwrap_or(i64::MAX));
         self.transactions
             .set(i64::try_from(state.transactions).unwrap_or(i64::MAX));
         self.connections
-            .set(state.connections.iter().map(|peer| [("peer", *peer)]));
+            .set(state.connections.map(|peer| [("peer", peer)]));
         let ptid = state.pt.and_then(|pt| pt.ptid());
         if self.cells_ptid != Some(ptid) {
             self.cells_ptid = Some(ptid);
@@ -180,11 +180,11 @@ impl StorageMetrics {
 }
 
 /// What the gauges are recounted from.
-pub(crate) struct Observed<'a> {
+pub(crate) struct Observed<'a, Connections> {
     pub waiting: usize,
     pub transactions: usize,
     /// The kind of each connection.
-    pub connections: Vec<&'static str>,
+    pub connections: Connections,
     pub nid: Option<NodeId>,
     pub pt: Option<&'a neo_cluster::PartitionTable>,
 }

@@ -242,9 +242,8 @@ impl Storage {
                 Peer::Client(_) => NodeType::Client.name(),
                 Peer::Storage(_) => NodeType::Storage.name(),
             })
-            .chain(master)
-            .collect();
-        metrics.observe(&Observed {
+            .chain(master);
+        metrics.observe(Observed {
             waiting: self.waiting.len(),
             transactions: self.locks.transactions.len(),
             connections,
