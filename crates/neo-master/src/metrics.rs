@@ -4,7 +4,7 @@
 //! table's version moved.
 
 use neo_cluster::PartitionTable;
-use neo_net::metrics::{durations, Durations, Tally};
+use neo_net::metrics::{durations, gauge_value, Durations, Tally};
 use neo_proto::Ptid;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -122,9 +122,9 @@ impl MasterMetrics {
     /// Updates the gauges from the primary role's state.
     pub(crate) fn observe(&mut self, master: &Master) {
         self.transactions
-            .set(i64::try_from(master.transactions.in_progress()).unwrap_or(i64::MAX));
+            .set(gauge_value(master.transactions.in_progress()));
         self.last_tid
-            .set(i64::try_from(master.transactions.last_tid.0).unwrap_or(i64::MAX));
+            .set(gauge_value(master.transactions.last_tid.0));
         self.cluster_state.set([[("state", master.state.name())]]);
         self.connections.set(master.peers.values().map(|peer| {
             [(

@@ -348,6 +348,11 @@ impl<N: Node> Node for Timed<N> {
     }
 }
 
+/// A count as a gauge's value (saturating: gauges are `i64`).
+pub fn gauge_value(count: impl TryInto<i64>) -> i64 {
+    count.try_into().unwrap_or(i64::MAX)
+}
+
 /// Labels of a [`Tally`]: `N` (name, value) pairs.
 pub type Labels<const N: usize> = [(&'static str, &'static str); N];
 

@@ -5,7 +5,7 @@
 //! each batch of inputs, cells only when the table's version moved.
 //! Times to answer are measured around the node, in the shell.
 
-use neo_net::metrics::{durations, Durations, Tally};
+use neo_net::metrics::{durations, gauge_value, Durations, Tally};
 use neo_proto::{NodeId, Packet, Ptid};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -46,6 +46,7 @@ pub struct StorageMetrics {
     pub(crate) durations: Durations,
     waiting: Gauge,
     transactions: Gauge,
+    replicating: Gauge,
     connections: Tally<1>,
     cells: Tally<1>,
     /// The table version the cells were counted at.
@@ -139,8 +140,15 @@ impl StorageMetrics {
             "Transactions in progress (storing to locked)",
             transactions.clone(),
         );
+        let replicating = Gauge::default();
+        registry.register(
+            "neo_storage_replication_pending_partitions",
+            "Partitions still to fetch by replication, the one in progress included",
+            replicating.clone(),
+        );
         StorageMetrics {
             counters,
+            replicating,
             durations: durations(registry, "neo_storage_request_duration"),
             waiting,
             transactions,
@@ -160,10 +168,9 @@ impl StorageMetrics {
 
     /// Updates the gauges from the node's state.
     pub(crate) fn observe(&mut self, state: Observed<'_, impl Iterator<Item = &'static str>>) {
-        self.waiting
-            .set(i64::try_from(state.waiting).unwrap_or(i64::MAX));
-        self.transactions
-            .set(i64::try_from(state.transactions).unwrap_or(i64::MAX));
+        self.waiting.set(gauge_value(state.waiting));
+        self.transactions.set(gauge_value(state.transactions));
+        self.replicating.set(gauge_value(state.replicating));
         self.connections
             .set(state.connections.map(|peer| [("peer", peer)]));
         let ptid = state.pt.and_then(|pt| pt.ptid());
@@ -183,6 +190,8 @@ impl StorageMetrics {
 pub(crate) struct Observed<'a, Connections> {
     pub waiting: usize,
     pub transactions: usize,
+    /// Partitions still to replicate.
+    pub replicating: usize,
     /// The kind of each connection.
     pub connections: Connections,
     pub nid: Option<NodeId>,

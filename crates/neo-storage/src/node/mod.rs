@@ -246,6 +246,7 @@ impl Storage {
         metrics.observe(Observed {
             waiting: self.waiting.len(),
             transactions: self.locks.transactions.len(),
+            replicating: self.replicator.pending(),
             connections,
             nid: self.nid,
             pt: self.db.partition_table(),
