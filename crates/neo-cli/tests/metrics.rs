@@ -72,9 +72,10 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
     samples
 }
 
-/// `GET /metrics` of the endpoint at `address`, parsed.
-fn scrape(address: &str) -> BTreeMap<String, f64> {
-    let mut stream = TcpStream::connect(address).unwrap();
+/// `GET /metrics` of the endpoint at `address`, parsed; `None` while
+/// nothing listens there.
+fn scrape(address: &str) -> Option<BTreeMap<String, f64>> {
+    let mut stream = TcpStream::connect(address).ok()?;
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
         .unwrap();
@@ -86,7 +87,7 @@ fn scrape(address: &str) -> BTreeMap<String, f64> {
         head.contains("Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
         "{head}"
     );
-    parse(body)
+    Some(parse(body))
 }
 
 fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
@@ -99,16 +100,18 @@ fn sum(nodes: &[BTreeMap<String, f64>], series: &str) -> f64 {
 }
 
 /// Scrapes `address` until `done` holds of its samples (gauges are
-/// recounted after the node's next batch of inputs).
+/// recounted after the node's next batch of inputs; a node started last
+/// may not listen yet).
 fn scrape_until(
     address: &str,
     done: impl Fn(&BTreeMap<String, f64>) -> bool,
 ) -> BTreeMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let samples = scrape(address);
-        if done(&samples) || Instant::now() > deadline {
-            return samples;
+        match scrape(address) {
+            Some(samples) if done(&samples) || Instant::now() > deadline => return samples,
+            None => assert!(Instant::now() < deadline, "nothing listens on {address}"),
+            Some(_) => {}
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -314,4 +317,49 @@ fn a_metrics_address_that_cannot_be_used_stops_the_node_with_one_line() {
         &["-c", "x", "-b", "127.0.0.1:0", "--metrics", &address],
     );
     assert!(error.starts_with("neoadmin: error: --metrics: "), "{error}");
+}
+
+#[test]
+fn a_storage_back_from_down_counts_what_it_replicated() {
+    let mut cluster = Cluster::new("metricsrepl");
+    cluster.start(2, 1);
+    let client = cluster.client();
+    let commit = |count: usize| {
+        for _ in 0..count {
+            let mut txn = client.begin(None).unwrap();
+            let oid = client.new_oid().unwrap();
+            assert!(txn
+                .store(oid, Tid::ZERO, Bytes::from_static(b"replicated"))
+                .unwrap()
+                .is_empty());
+            txn.vote(&meta()).unwrap();
+            txn.finish().unwrap();
+        }
+    };
+    commit(3);
+    cluster.kill("storage1");
+    let missed = 12;
+    commit(missed);
+    let address = format!("127.0.0.1:{}", free_port());
+    cluster.start_storage_with(1, &["--metrics", &address]);
+    let samples = scrape_until(&address, |s| {
+        value(s, r#"neo_storage_cells{state="UP_TO_DATE"}"#) == 4.0
+    });
+    // Every cell was outdated: each partition is fetched and announced.
+    assert_eq!(
+        value(&samples, "neo_storage_replicated_partitions_total"),
+        4.0
+    );
+    assert_eq!(
+        value(&samples, "neo_storage_replication_pending_partitions"),
+        0.0
+    );
+    assert!(value(&samples, "neo_storage_replicated_transactions_total") >= missed as f64);
+    assert!(value(&samples, "neo_storage_replicated_objects_total") >= missed as f64);
+    assert!(
+        value(&samples, "neo_storage_replicated_bytes_total")
+            >= (missed * b"replicated".len()) as f64
+    );
+    client.close().unwrap();
+    cluster.stop();
 }
