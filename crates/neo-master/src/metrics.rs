@@ -139,11 +139,13 @@ impl MasterMetrics {
         }
     }
 
-    /// While a secondary: only the state says so.
+    /// While a secondary: the primary's figures are not ours to show.
     pub(crate) fn observe_secondary(&mut self) {
         self.transactions.set(0);
         self.cluster_state.set([]);
         self.connections.set([]);
+        self.cells.set([]);
+        self.cells_ptid = None;
     }
 }
 

@@ -28,6 +28,7 @@ mod replication;
 use std::collections::BTreeMap;
 
 use neo_cluster::{NodeTable, PrimaryFinder, UnixTime};
+use neo_net::metrics::Durations;
 use neo_net::{ConnId, Input, Node, Outbox, Output, Requests, Token};
 use neo_proto::packets as p;
 use neo_proto::{Address, Checksum, ErrorCode, NodeId, NodeType, Packet, Partition};
@@ -44,7 +45,6 @@ use feeding::Feeding;
 pub use feeding::MAX_FETCH_LENGTH;
 use locks::LockManager;
 use master::Link;
-use neo_net::metrics::Durations;
 use pack::PackState;
 use peers::{Links, Peer};
 pub use reads::MAX_LIST_LENGTH;
