@@ -146,17 +146,31 @@ fn workload(client: &BlockingClient) {
     txn.abort().unwrap();
 }
 
-#[test]
-fn every_node_counts_the_workload_it_served() {
-    let mut cluster = Cluster::new("metrics");
-    let master = format!("127.0.0.1:{}", free_port());
-    let storages = [
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    ];
-    let admin = format!("127.0.0.1:{}", free_port());
-    cluster.start_master(&["--autostart", "2", "-r", "1", "--metrics", &master]);
-    for (index, address) in storages.iter().enumerate() {
+/// The metrics endpoints of a cluster's nodes.
+struct Endpoints {
+    master: String,
+    storages: [String; 2],
+    admin: String,
+}
+
+/// Starts a master, two storages with one replica and an admin, each
+/// with `--metrics`, and waits until the cluster runs.
+fn start_with_metrics(cluster: &mut Cluster) -> Endpoints {
+    let address = || format!("127.0.0.1:{}", free_port());
+    let endpoints = Endpoints {
+        master: address(),
+        storages: [address(), address()],
+        admin: address(),
+    };
+    cluster.start_master(&[
+        "--autostart",
+        "2",
+        "-r",
+        "1",
+        "--metrics",
+        &endpoints.master,
+    ]);
+    for (index, address) in endpoints.storages.iter().enumerate() {
         cluster.start_storage_with(index, &["--metrics", address]);
     }
     let (name, masters, bind) = (
@@ -164,21 +178,29 @@ fn every_node_counts_the_workload_it_served() {
         cluster.master.clone(),
         cluster.admin.clone(),
     );
-    cluster.spawn(
-        "admin",
-        NEOADMIN,
-        &[
-            "-c",
-            &name,
-            "-m",
-            &masters,
-            "-b",
-            &bind,
-            "--metrics",
-            &admin,
-        ],
-    );
+    let admin = [
+        "-c",
+        &name,
+        "-m",
+        &masters,
+        "-b",
+        &bind,
+        "--metrics",
+        &endpoints.admin,
+    ];
+    cluster.spawn("admin", NEOADMIN, &admin);
     cluster.wait_state("RUNNING");
+    endpoints
+}
+
+#[test]
+fn every_node_counts_the_workload_it_served() {
+    let mut cluster = Cluster::new("metrics");
+    let Endpoints {
+        master,
+        storages,
+        admin,
+    } = start_with_metrics(&mut cluster);
 
     let mut registry = Registry::default();
     let config = neo_client::ClientConfig::new(
@@ -360,6 +382,38 @@ fn a_storage_back_from_down_counts_what_it_replicated() {
         value(&samples, "neo_storage_replicated_bytes_total")
             >= (missed * b"replicated".len()) as f64
     );
+    client.close().unwrap();
+    cluster.stop();
+}
+
+#[test]
+fn a_pack_is_counted_by_the_master_and_every_storage() {
+    let mut cluster = Cluster::new("metricspack");
+    let endpoints = start_with_metrics(&mut cluster);
+    let client = cluster.client();
+    let mut txn = client.begin(None).unwrap();
+    let oid = client.new_oid().unwrap();
+    assert!(txn
+        .store(oid, Tid::ZERO, Bytes::from_static(b"packed"))
+        .unwrap()
+        .is_empty());
+    txn.vote(&meta()).unwrap();
+    let tid = txn.finish().unwrap();
+    let pack_id = client.pack(tid, None).unwrap().unwrap();
+    client.wait_for_pack(pack_id).unwrap();
+    let master = scrape_until(&endpoints.master, |s| {
+        value(s, "neo_master_pack_orders_pending") == 0.0
+    });
+    assert_eq!(value(&master, "neo_master_pack_orders_total"), 1.0);
+    assert_eq!(value(&master, "neo_master_pack_orders_pending"), 0.0);
+    for address in &endpoints.storages {
+        let storage = scrape_until(address, |s| {
+            value(s, "neo_storage_packs_completed_total") == 1.0
+        });
+        assert_eq!(value(&storage, "neo_storage_packs_completed_total"), 1.0);
+        // One step per partition at least (4 partitions, each on both).
+        assert!(value(&storage, "neo_storage_pack_steps_total") >= 4.0);
+    }
     client.close().unwrap();
     cluster.stop();
 }

@@ -32,6 +32,7 @@ pub struct MasterMetrics {
     pub(crate) counters: Counters,
     pub(crate) durations: Durations,
     transactions: Gauge,
+    packs_pending: Gauge,
     last_tid: Gauge,
     cluster_state: Tally<1>,
     cells: Tally<1>,
@@ -89,6 +90,12 @@ impl MasterMetrics {
             "Transactions in progress",
             transactions.clone(),
         );
+        let packs_pending = Gauge::default();
+        registry.register(
+            "neo_master_pack_orders_pending",
+            "Pack orders not completed by every storage with readable cells yet",
+            packs_pending.clone(),
+        );
         let last_tid = Gauge::default();
         registry.register(
             "neo_master_last_tid",
@@ -99,6 +106,7 @@ impl MasterMetrics {
             counters,
             durations: durations(registry, "neo_master_request_duration"),
             transactions,
+            packs_pending,
             last_tid,
             cluster_state: Tally::new(
                 registry,
@@ -123,6 +131,7 @@ impl MasterMetrics {
     pub(crate) fn observe(&mut self, master: &Master) {
         self.transactions
             .set(gauge_value(master.transactions.in_progress()));
+        self.packs_pending.set(gauge_value(master.packs.pending()));
         self.last_tid
             .set(gauge_value(master.transactions.last_tid.0));
         self.cluster_state.set([[("state", master.state.name())]]);
