@@ -12,6 +12,7 @@
 
 mod connection;
 mod error;
+pub mod http;
 pub mod master_list;
 pub mod metrics;
 pub mod node;

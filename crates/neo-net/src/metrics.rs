@@ -2,10 +2,9 @@
 //! and the timing of requests from their arrival to their answer.
 //!
 //! The registry and the exposition are `prometheus-client`'s; this module
-//! only serves them. The endpoint is a minimal HTTP/1.1 responder, one
-//! request per connection, because what a scraper sends is one line and a
-//! few headers: it is bounded in what a peer controls (head size, time to
-//! send it, connections at once), as the node's own listener is.
+//! only serves them, on [`crate::http`]'s server: bounded in what a peer
+//! controls (head size, time to send it, connections at once), as the
+//! node's own listener is.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,11 +16,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::net::TcpListener;
 
 use crate::error::NetError;
+use crate::http::{self, Limits, Request, Response};
 use crate::node::{ConnId, Input, Node, Output};
 use crate::tcp::resolve;
 
@@ -31,34 +29,12 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// The one path served.
 pub const PATH: &str = "/metrics";
 
-/// What a scraper may make the endpoint hold.
-#[derive(Clone, Debug)]
-pub struct EndpointLimits {
-    /// Bytes of request line and headers; a longer head is answered 431.
-    pub max_head_bytes: usize,
-    /// Time to send the whole head (a slowloris sending a byte a second
-    /// is cut) and, separately, to take the whole answer.
-    pub io_timeout: Duration,
-    /// Scrapes served at once; a connection over it is closed at once.
-    pub max_connections: usize,
-}
-
-impl Default for EndpointLimits {
-    fn default() -> Self {
-        EndpointLimits {
-            max_head_bytes: 8 * 1024,
-            io_timeout: Duration::from_secs(5),
-            max_connections: 8,
-        }
-    }
-}
-
 /// A bound metrics endpoint, not serving yet.
 #[derive(Debug)]
 pub struct MetricsEndpoint {
     listener: TcpListener,
     local: Address,
-    limits: EndpointLimits,
+    limits: Limits,
 }
 
 impl MetricsEndpoint {
@@ -74,12 +50,12 @@ impl MetricsEndpoint {
         Ok(MetricsEndpoint {
             listener,
             local: local.into(),
-            limits: EndpointLimits::default(),
+            limits: Limits::default(),
         })
     }
 
     /// The endpoint with other limits (tests make them small).
-    pub fn with_limits(self, limits: EndpointLimits) -> MetricsEndpoint {
+    pub fn with_limits(self, limits: Limits) -> MetricsEndpoint {
         MetricsEndpoint { limits, ..self }
     }
 
@@ -88,139 +64,28 @@ impl MetricsEndpoint {
         &self.local
     }
 
-    /// Serves `GET /metrics` with `registry` encoded at each scrape,
-    /// forever (drop the future to stop).
+    /// Serves `GET /metrics` with `registry` encoded at each scrape, and
+    /// 404 for anything else, forever (drop the future to stop).
     pub async fn serve(self, registry: Arc<Registry>) {
-        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
-        let limits = Arc::new(self.limits);
-        loop {
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!("metrics endpoint: {error}");
-                    // Out of file descriptors and the like: do not spin.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            // Dropping the stream closes it: a flood costs an accept each.
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::debug!(%peer, "metrics endpoint: too many scrapes at once");
-                continue;
-            };
+        http::serve(self.listener, self.limits, move |request: Request| {
             let registry = registry.clone();
-            let limits = limits.clone();
-            tokio::spawn(async move {
-                scrape(stream, &registry, &limits).await;
-                drop(permit);
-            });
-        }
+            async move {
+                if request.method != "GET" || request.path != PATH {
+                    return Response::text(404, "not found\n");
+                }
+                let mut body = String::new();
+                match encode(&mut body, &registry) {
+                    Ok(()) => Response {
+                        status: 200,
+                        content_type: CONTENT_TYPE,
+                        body: body.into_bytes(),
+                    },
+                    Err(_) => Response::text(500, "cannot encode the metrics\n"),
+                }
+            }
+        })
+        .await;
     }
-}
-
-/// Serves one request on `stream`, then closes it.
-async fn scrape(mut stream: TcpStream, registry: &Registry, limits: &EndpointLimits) {
-    let head = tokio::time::timeout(limits.io_timeout, read_head(&mut stream, limits)).await;
-    let response = match head {
-        Err(_) | Ok(Head::Closed) => return,
-        Ok(Head::TooLarge) => response(431, "text/plain", "request head too large\n"),
-        Ok(Head::Line(line)) if is_scrape(&line) => {
-            let mut body = String::new();
-            match encode(&mut body, registry) {
-                Ok(()) => response(200, CONTENT_TYPE, &body),
-                Err(_) => response(500, "text/plain", "cannot encode the metrics\n"),
-            }
-        }
-        Ok(Head::Line(_)) => response(404, "text/plain", "not found\n"),
-    };
-    let answer = async {
-        stream.write_all(&response).await?;
-        stream.shutdown().await?;
-        // Closing with unread bytes would reset the connection and could
-        // destroy the answer before the peer reads it (a 431 is sent
-        // while the head still comes): read what is left, bounded.
-        let mut left = [0u8; 1024];
-        let mut drained = 0;
-        while drained < DRAIN_BYTES {
-            match stream.read(&mut left).await? {
-                0 => break,
-                read => drained += read,
-            }
-        }
-        Ok::<(), std::io::Error>(())
-    };
-    let _ = tokio::time::timeout(limits.io_timeout, answer).await;
-}
-
-/// Most bytes read after the answer, before closing.
-const DRAIN_BYTES: usize = 64 * 1024;
-
-/// What a connection sent before its blank line.
-enum Head {
-    /// The request line of a whole head.
-    Line(String),
-    /// More than the limit without the blank line.
-    TooLarge,
-    /// The peer closed (or failed) first.
-    Closed,
-}
-
-async fn read_head(stream: &mut TcpStream, limits: &EndpointLimits) -> Head {
-    let mut head = Vec::with_capacity(1024);
-    let mut buffer = [0u8; 1024];
-    loop {
-        let read = match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return Head::Closed,
-            Ok(read) => read,
-        };
-        // Look for the end only where it can be: in what came plus the 3
-        // bytes before it.
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&buffer[..read]);
-        if let Some(end) = find_blank_line(&head[from..]) {
-            if from + end > limits.max_head_bytes {
-                return Head::TooLarge;
-            }
-            let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-            return Head::Line(String::from_utf8_lossy(line).trim_end().to_owned());
-        }
-        if head.len() > limits.max_head_bytes {
-            return Head::TooLarge;
-        }
-    }
-}
-
-fn find_blank_line(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n")
-}
-
-/// `GET /metrics` (a query string allowed) in HTTP/1.x.
-fn is_scrape(request_line: &str) -> bool {
-    let mut words = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (words.next(), words.next(), words.next(), words.next())
-    else {
-        return false;
-    };
-    let path = target.split('?').next().unwrap_or_default();
-    method == "GET" && path == PATH && version.starts_with("HTTP/1.")
-}
-
-fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        431 => "Request Header Fields Too Large",
-        _ => "Internal Server Error",
-    };
-    let mut bytes = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    bytes.extend_from_slice(body.as_bytes());
-    bytes
 }
 
 /// Latency buckets, in seconds: 25 µs (a load from a warm storage takes
