@@ -9,6 +9,7 @@
 mod app;
 pub mod http;
 pub mod mail;
+mod metrics;
 pub mod monitor;
 mod shell;
 pub mod smtp;
@@ -16,4 +17,5 @@ pub mod status;
 pub mod summary;
 
 pub use app::{Admin, AdminConfig, ConfigError, MonitorConfig, MONITOR_TIMEOUT, NOT_CONNECTED};
+pub use metrics::AdminMetrics;
 pub use shell::{run, run_with, AdminError, Services};

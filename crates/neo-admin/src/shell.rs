@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::app::{Admin, AdminConfig, ConfigError};
 use crate::http;
+use crate::metrics::{AdminMetrics, Metered};
 use crate::smtp::Smtp;
 
 /// Why the admin node could not run.
@@ -38,6 +39,8 @@ pub struct Services {
     pub smtp: Option<Smtp>,
     /// The status page's listener (`--status`) and its limits.
     pub status: Option<(tokio::net::TcpListener, HttpLimits)>,
+    /// What the admin counts (`--metrics`).
+    pub metrics: Option<AdminMetrics>,
 }
 
 /// Completions waiting for the node: one mail in flight, and questions of
@@ -56,7 +59,7 @@ pub async fn run(
     run_with(config, listener, Services::default(), shutdown).await
 }
 
-/// [`run`], with e-mails and the status page.
+/// [`run`], with e-mails, the status page and metrics.
 pub async fn run_with(
     config: AdminConfig,
     listener: Listener,
@@ -74,7 +77,7 @@ pub async fn run_with(
         }))
     });
     let mut node = Shelled {
-        admin: Admin::new(config)?,
+        admin: Metered::new(Admin::new(config)?, services.metrics),
         smtp: services.smtp,
         completions,
     };
@@ -98,7 +101,7 @@ pub async fn run_with(
 async fn status_json(completions: mpsc::Sender<Completion<Shelled>>) -> Option<String> {
     let (reply, answer) = oneshot::channel();
     let ask: Completion<Shelled> = Box::new(move |node, now| {
-        let _ = reply.send(node.admin.status_json(now));
+        let _ = reply.send(node.admin.admin_mut().status_json(now));
     });
     completions.send(ask).await.ok()?;
     answer.await.ok()
@@ -106,7 +109,7 @@ async fn status_json(completions: mpsc::Sender<Completion<Shelled>>) -> Option<S
 
 /// The admin with what its shell carries out for it.
 struct Shelled {
-    admin: Admin,
+    admin: Metered,
     smtp: Option<Smtp>,
     /// Where sends report back.
     completions: mpsc::Sender<Completion<Shelled>>,
@@ -115,7 +118,7 @@ struct Shelled {
 impl Shelled {
     /// Sends the mails the admin asks for, each in a task of its own.
     fn send_mails(&mut self) {
-        for mail in self.admin.poll_mail() {
+        for mail in self.admin.admin_mut().poll_mail() {
             let Some(smtp) = self.smtp.clone() else {
                 continue;
             };
@@ -124,7 +127,7 @@ impl Shelled {
                 let result = smtp.send(&mail.message).await;
                 let id = mail.id;
                 let done: Completion<Shelled> =
-                    Box::new(move |node, now| node.admin.mail_sent(id, result, now));
+                    Box::new(move |node, now| node.admin.admin_mut().mail_sent(id, result, now));
                 // The node is gone if this fails: nobody to tell.
                 let _ = completions.send(done).await;
             });

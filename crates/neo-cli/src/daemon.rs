@@ -1,14 +1,18 @@
 //! What every daemon's `main` shares: logging, the runtime, signals and
 //! the one-line fatal error.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use neo_log::LogOptions;
-use neo_net::Tls;
+use neo_net::metrics::MetricsEndpoint;
+use neo_net::{Listener, Tls};
+use neo_proto::Address;
+use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::options::TlsFiles;
+use crate::options::{CommonOptions, TlsFiles};
 
 /// Loads the node's TLS credentials if it has some (operations.md §8): a
 /// file that cannot be used stops the program before it does anything.
@@ -71,6 +75,34 @@ fn watch_log_signals() {
     }
 }
 
+/// With `--metrics`, a registry for the node's metrics, `register`ed, and
+/// its endpoint serving it from now on (`metrics listening` logs where);
+/// an address that cannot be bound stops the program with one line.
+pub async fn serve_metrics<Metrics>(
+    address: Option<&Address>,
+    register: impl FnOnce(&mut Registry) -> Metrics,
+) -> Result<Option<Metrics>, String> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let endpoint = MetricsEndpoint::bind(address)
+        .await
+        .map_err(|e| format!("--metrics: {e}"))?;
+    let mut registry = Registry::default();
+    let metrics = register(&mut registry);
+    tracing::info!(address = %endpoint.local_address(), "metrics listening");
+    tokio::spawn(endpoint.serve(Arc::new(registry)));
+    Ok(Some(metrics))
+}
+
+/// The daemon's listener on `-b`, with its TLS credentials.
+pub async fn listen(common: &CommonOptions, tls: Option<Tls>) -> Result<Listener, String> {
+    Ok(Listener::bind(&common.bind)
+        .await
+        .map_err(|e| e.to_string())?
+        .with_tls(tls))
+}
+
 /// The multi-threaded runtime the daemons run on (2 workers: connections
 /// keep flowing while a node does database work on the other).
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -97,22 +129,36 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs a daemon's node: its log (to `logfile`, or stderr; filtered by
-/// `log_level`, else `RUST_LOG`), the runtime and the log signals, then
+/// Where a program logs, and what.
+#[derive(Clone, Debug, Default)]
+pub struct LogSetup {
+    /// `-l`: the log file; stderr without one.
+    pub file: Option<PathBuf>,
+    /// `--log-level`; else `RUST_LOG`.
+    pub level: Option<String>,
+}
+
+impl LogSetup {
+    /// As a daemon's options say.
+    pub fn of(common: &CommonOptions) -> LogSetup {
+        LogSetup {
+            file: common.logfile.clone(),
+            level: common.log_level.clone(),
+        }
+    }
+}
+
+/// Runs a daemon's node: its log, the runtime and the log signals, then
 /// `node` until it returns. An error is printed as one line, and logged.
-pub fn serve<Node>(
-    program: &str,
-    logfile: Option<&Path>,
-    log_level: Option<&str>,
-    node: Node,
-) -> ExitCode
+pub fn serve<Node>(program: &str, log: LogSetup, node: Node) -> ExitCode
 where
     Node: std::future::Future<Output = Result<(), String>>,
 {
+    let to_file = log.file.is_some();
     let log = LogOptions {
         program,
-        file: logfile,
-        filter: log_level,
+        file: log.file.as_deref(),
+        filter: log.level.as_deref(),
     };
     if let Err(error) = neo_log::init(log) {
         return fail(program, error);
@@ -131,7 +177,10 @@ where
             ExitCode::SUCCESS
         }
         Err(message) => {
-            tracing::error!("{program} stopped: {message}");
+            // On stderr, the one line of `fail` says it already.
+            if to_file {
+                tracing::error!("{program} stopped: {message}");
+            }
             fail(program, message)
         }
     };

@@ -98,6 +98,7 @@ const COMMON: &[Spec] = &[
         Kind::Path,
     ),
     spec("nid", Some('i'), "nid", Kind::Text),
+    spec("metrics", None, "metrics", Kind::Text),
 ];
 
 const MASTER: &[Spec] = &[
@@ -280,6 +281,9 @@ pub struct CommonOptions {
     pub section: String,
     /// `-i`: forced node id (testing).
     pub nid: Option<NodeId>,
+    /// `--metrics`: where to serve OpenMetrics (`GET /metrics`), if
+    /// anywhere; port 0 = ephemeral.
+    pub metrics: Option<Address>,
 }
 
 impl CommonOptions {
@@ -580,6 +584,12 @@ impl Values {
         }
     }
 
+    fn optional_address(&self, key: &str) -> Result<Option<Address>, OptionsError> {
+        self.get(key)?
+            .map(|(value, origin)| parse_address(&value, 0, origin))
+            .transpose()
+    }
+
     fn address_list(&self, key: &str, default: &str) -> Result<Vec<Address>, OptionsError> {
         let (value, origin) = match self.get(key)? {
             Some(found) => found,
@@ -644,6 +654,7 @@ impl Values {
             file: self.command_line("file").map(|(f, _)| expand_user(&f)),
             section: self.section.clone(),
             nid,
+            metrics: self.optional_address("metrics")?,
         })
     }
 }
@@ -1169,6 +1180,24 @@ mod tests {
         assert!(
             matches!(parse_admin(["-h"]), Err(OptionsError::Help(t)) if t.contains("NEO Admin node"))
         );
+    }
+
+    #[test]
+    fn metrics_address_from_the_command_line_or_the_file() {
+        let options = parse_storage(["-c", "x", "-d", "db", "--metrics", "127.0.0.1:0"]).unwrap();
+        assert_eq!(options.common.metrics, Some(Address::new("127.0.0.1", 0)));
+        assert_eq!(parse_admin(["-c", "x"]).unwrap().common.metrics, None);
+        let file = conf("[master]\ncluster = x\nmetrics = [::1]:9100\n");
+        let options = parse_master(["-f", &path(&file)]).unwrap();
+        assert_eq!(options.common.metrics, Some(Address::new("::1", 9100)));
+        let error = parse_master(["-c", "x", "--metrics", "127.0.0.1:port"]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("argument --metrics: invalid address"),
+            "{error}"
+        );
+        assert_eq!(error.exit_status(), 2);
     }
 
     #[test]

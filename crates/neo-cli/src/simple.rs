@@ -172,7 +172,7 @@ pub async fn run(
             nid: None,
         };
         nodes.push(tokio::spawn(async move {
-            neo_master::run(master, listener, std::future::pending())
+            neo_master::run(master, listener, None, std::future::pending())
                 .await
                 .map_err(|e| format!("master: {e}"))
         }));

@@ -11,8 +11,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use neo_net::metrics::MetricsEndpoint;
 use neo_proto::packets::{HistoryEntry, UndoSerial};
-use neo_proto::{NodeId, Oid, Partition, Tid};
+use neo_proto::{Address, NodeId, Oid, Partition, Tid};
+use prometheus_client::registry::Registry;
 use tokio::runtime::{Handle, Runtime};
 
 use crate::client::{Client, Loaded, Record, TransactionInfo};
@@ -112,6 +114,23 @@ impl BlockingClient {
         // Wait for readiness, so that configuration errors show here.
         blocking.driver.run(blocking.client.partitions())?;
         Ok(blocking)
+    }
+
+    /// Serves `registry` as OpenMetrics on `address` (`GET /metrics`) from
+    /// the client's runtime, until the runtime stops; where it listens.
+    pub fn serve_metrics(
+        &self,
+        address: &Address,
+        registry: Arc<Registry>,
+    ) -> Result<Address, ClientError> {
+        let endpoint = self.driver.run(async {
+            MetricsEndpoint::bind(address)
+                .await
+                .map_err(ClientError::from)
+        })?;
+        let bound = endpoint.local_address().clone();
+        self.driver.handle.spawn(endpoint.serve(registry));
+        Ok(bound)
     }
 
     /// The async client, to use from async code.

@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use neo_net::metrics::round_trips;
 use neo_net::ConnectionConfig;
 use neo_proto::{Oid, Tid};
+use prometheus_client::registry::Registry;
 
 /// What the client tells its user about commits of other clients, in
 /// commit order.
@@ -110,6 +112,15 @@ impl ClientConfig {
         listener: impl Fn(&Invalidation) + Send + Sync + 'static,
     ) -> ClientConfig {
         self.invalidation_listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Times the round trip of every request the client sends, by request
+    /// (`neo_client_round_trip_seconds{request="AskObject"}`: loads,
+    /// stores, votes, tpc_finish...), in `registry`, which the embedding
+    /// program serves or encodes.
+    pub fn with_metrics(mut self, registry: &mut Registry) -> ClientConfig {
+        self.connection.round_trips = Some(round_trips(registry, "neo_client_round_trip"));
         self
     }
 }

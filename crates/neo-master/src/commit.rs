@@ -49,7 +49,9 @@ impl Master {
                 }
                 if self.state == ClusterState::Stopping || !self.starting.is_empty() {
                     // Answered once storages are ready (or never, when stopping).
-                    if !self.transactions.queue_begin(conn, msg_id, request.tid) {
+                    if self.transactions.queue_begin(conn, msg_id, request.tid) {
+                        self.counters.begins_delayed.inc();
+                    } else {
                         self.busy(conn, msg_id, "too many transactions waiting to begin");
                     }
                     return;
@@ -104,6 +106,7 @@ impl Master {
     /// A request over one of the master's limits: `NOT_READY` ("retry
     /// later"), the connection stays open.
     fn busy(&mut self, conn: ConnId, msg_id: u32, message: &str) {
+        self.counters.refused.inc();
         tracing::warn!(%conn, message, "refusing");
         self.answer(conn, msg_id, p::Error::new(ErrorCode::NotReady, message));
     }
@@ -186,6 +189,7 @@ impl Master {
                     },
                 );
             }
+            self.counters.incomplete.inc();
             let error = p::Error::new(
                 ErrorCode::IncompleteTransaction,
                 "transaction cannot complete without failed storages",
@@ -222,7 +226,10 @@ impl Master {
             .transactions
             .prepare(request.ttid, finish, now, self.pt.partitions());
         let pack_approved = match request.pack {
-            Some(pack) => self.packs.new_order(tid, pack),
+            Some(pack) => {
+                self.counters.pack_orders.inc();
+                self.packs.new_order(tid, pack)
+            }
             None => false,
         };
         for storage in involved {
@@ -248,6 +255,7 @@ impl Master {
             );
         }
         self.transactions.remove(request.ttid);
+        self.counters.aborts.inc();
         let mut storages: BTreeSet<NodeId> = request
             .nids
             .into_iter()
@@ -346,6 +354,7 @@ impl Master {
     pub(crate) fn commit_ready_transactions(&mut self) {
         while let Some(done) = self.transactions.pop_committable() {
             tracing::debug!(ttid = %done.ttid, tid = %done.tid, "transaction committed");
+            self.counters.commits.inc();
             self.first_tid = self.first_tid.min(done.tid);
             self.answer(
                 done.client_conn,

@@ -12,6 +12,7 @@ mod elasticity;
 mod election;
 mod identification;
 mod master;
+mod metrics;
 mod pack;
 mod recovery;
 mod replication;
@@ -23,6 +24,7 @@ mod verification;
 
 pub use election::Elected;
 pub use master::{Master, MasterConfig};
+pub use metrics::MasterMetrics;
 pub use roles::MasterNode;
 pub use secondary::Secondary;
 pub use shell::{run, RunError};

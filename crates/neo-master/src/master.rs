@@ -22,6 +22,7 @@ use neo_proto::{
 };
 
 use crate::election::Election;
+use crate::metrics::Counters;
 use crate::pack::PackManager;
 use crate::recovery::Recovery;
 use crate::transactions::TransactionManager;
@@ -128,6 +129,8 @@ pub struct Master {
     /// The election, while RECOVERING (§2.2).
     pub(crate) election: Election,
     pub(crate) out: Outbox,
+    /// Shared with [`crate::MasterNode`]'s metrics (unregistered in tests).
+    pub(crate) counters: Counters,
 }
 
 impl Master {
@@ -183,6 +186,7 @@ impl Master {
             checks: BTreeMap::new(),
             election,
             out: Outbox::default(),
+            counters: Counters::default(),
         })
     }
 

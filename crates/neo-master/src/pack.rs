@@ -77,6 +77,11 @@ impl PackManager {
         self.max_completed = None;
     }
 
+    /// Orders not completed by the whole cluster yet.
+    pub fn pending(&self) -> usize {
+        self.orders.len()
+    }
+
     /// Registers the order carried by transaction `tid` (§11.3 step 2);
     /// returns whether it is approved: automatically, unless an older order
     /// is still unsigned.

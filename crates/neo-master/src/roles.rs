@@ -9,6 +9,7 @@ use neo_cluster::UnixTime;
 use neo_net::{Input, Node, Output};
 
 use crate::master::{Master, MasterConfig};
+use crate::metrics::MasterMetrics;
 use crate::secondary::Secondary;
 
 /// The role played now.
@@ -25,6 +26,7 @@ pub struct MasterNode {
     role: Role,
     /// Outputs of a role that ended, sent before the new role's.
     leftover: Vec<Output>,
+    metrics: Option<MasterMetrics>,
 }
 
 impl MasterNode {
@@ -35,7 +37,17 @@ impl MasterNode {
             config,
             role: Role::Primary(Box::new(master)),
             leftover: Vec::new(),
+            metrics: None,
         })
+    }
+
+    /// The node with its metrics kept in `metrics` (`--metrics`).
+    pub fn with_metrics(mut self, metrics: MasterMetrics) -> MasterNode {
+        if let Role::Primary(master) = &mut self.role {
+            master.counters = metrics.counters.clone();
+        }
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The primary role's state, while this master plays it.
@@ -91,6 +103,9 @@ impl MasterNode {
                         Some(nid) => Master::with_nid(config, nid)?,
                         None => Master::new(config)?,
                     };
+                    if let Some(metrics) = &self.metrics {
+                        master.counters = metrics.counters.clone();
+                    }
                     master.handle(Input::Start, now);
                     self.role = Role::Primary(Box::new(master));
                 }
@@ -119,6 +134,12 @@ impl Node for MasterNode {
             Role::Primary(master) => master.poll_output(),
             Role::Secondary(secondary) => secondary.poll_output(),
         });
+        if let Some(metrics) = &mut self.metrics {
+            match &self.role {
+                Role::Primary(master) => metrics.observe(master),
+                Role::Secondary(_) => metrics.observe_secondary(),
+            }
+        }
         outputs
     }
 

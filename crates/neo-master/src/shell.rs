@@ -3,9 +3,12 @@
 
 use std::future::Future;
 
+use neo_net::metrics::Timed;
 use neo_net::{Listener, ShellConfig, ShellError};
+use neo_proto::Packet;
 
 use crate::master::MasterConfig;
+use crate::metrics::MasterMetrics;
 use crate::roles::MasterNode;
 
 /// Why the master stopped with an error.
@@ -20,13 +23,20 @@ pub enum RunError {
 }
 
 /// Runs a master (primary or secondary, as elected) on `listener` until the cluster is stopped
-/// (`neoctl set cluster STOPPING`) or `shutdown` completes.
+/// (`neoctl set cluster STOPPING`) or `shutdown` completes, keeping
+/// `metrics` if given.
 pub async fn run(
     config: MasterConfig,
     listener: Listener,
+    metrics: Option<MasterMetrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let mut master = MasterNode::new(config)?;
+    let durations = metrics.as_ref().map(|metrics| metrics.durations.clone());
+    if let Some(metrics) = metrics {
+        master = master.with_metrics(metrics);
+    }
+    let mut master = Timed::new(master, timed, durations);
     neo_net::shell::run(
         &mut master,
         Some(listener),
@@ -36,4 +46,15 @@ pub async fn run(
     .await?;
     tracing::info!("master stopped");
     Ok(())
+}
+
+/// The clients' requests whose time to answer is measured.
+fn timed(packet: &Packet) -> Option<&'static str> {
+    match packet {
+        Packet::AskBeginTransaction(_) => Some("begin"),
+        Packet::AskNewOIDs(_) => Some("new_oids"),
+        // From tpc_finish to its answer: the storages' locks included.
+        Packet::AskFinishTransaction(_) => Some("finish"),
+        _ => None,
+    }
 }

@@ -154,6 +154,11 @@ impl TransactionManager {
         self.transactions.len() >= MAX_TRANSACTIONS
     }
 
+    /// How many transactions are in progress.
+    pub fn in_progress(&self) -> usize {
+        self.transactions.len()
+    }
+
     /// `count` new OIDs, following the last one known.
     pub fn new_oids(&mut self, count: u32) -> Vec<Oid> {
         let first = self.last_oid.0 + 1;

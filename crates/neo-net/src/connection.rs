@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use neo_proto::{
     answer_code, encode_frame_into, packets, ErrorCode, Frame, Packet, Request, StreamDecoder,
@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 
 use crate::error::NetError;
+use crate::metrics::Durations;
 use crate::node::{ConnId, Token};
 use crate::tls::{self, Tls, TLS_ALERT, TLS_HANDSHAKE};
 use crate::transport::Transport;
@@ -61,6 +62,9 @@ pub struct ConnectionConfig {
     /// The node's TLS credentials: with them every connection is TLS
     /// (protocol.md §1.3), without them none is.
     pub tls: Option<Tls>,
+    /// Where the round trip of each request sent is timed, by request
+    /// (label `request`); `None`: not timed (no metrics).
+    pub round_trips: Option<Durations>,
 }
 
 impl Default for ConnectionConfig {
@@ -75,6 +79,7 @@ impl Default for ConnectionConfig {
             patience: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(1)),
             tls: None,
+            round_trips: None,
         }
     }
 }
@@ -197,6 +202,8 @@ struct Pending {
     /// Code of the answer that request expects (`Error` is always accepted).
     expected: u16,
     reply: Reply,
+    /// When it was sent and what it was, if round trips are timed.
+    sent: Option<(Instant, &'static str)>,
 }
 
 /// Where the answer to a request goes.
@@ -240,6 +247,7 @@ struct Shared {
     last_received: AtomicU64,
     /// Why the connection was given up, when it was not the peer's doing.
     abort_reason: Mutex<Option<NetError>>,
+    round_trips: Option<Durations>,
 }
 
 impl Shared {
@@ -378,6 +386,7 @@ impl Connection {
             started: tokio::time::Instant::now(),
             last_received: AtomicU64::new(0),
             abort_reason: Mutex::new(None),
+            round_trips: config.round_trips.clone(),
         });
         tracing::debug!(peer = %shared.peer, id = shared.id.0, "connection established");
         let connection = Connection {
@@ -536,7 +545,12 @@ impl Connection {
         let expected = answer_code(request.code()).unwrap_or(packets::Error::CODE);
         let msg_id = self.next_msg_id();
         // Registered before sending: the answer may beat us back.
-        let pending = Pending { expected, reply };
+        let sent = (self.shared.round_trips.as_ref()).map(|_| (Instant::now(), request.name()));
+        let pending = Pending {
+            expected,
+            reply,
+            sent,
+        };
         self.shared.pending().insert(msg_id, pending);
         if self.shared.closed.load(Ordering::SeqCst) {
             // The reader failed the pending requests before ours was
@@ -774,6 +788,12 @@ fn dispatch(shared: &Shared, frame: Frame) -> Result<Dispatch, NetError> {
             let Some(request) = pending.remove(&frame.msg_id) else {
                 return Ok(Dispatch::Answered);
             };
+            drop(pending);
+            if let (Some(round_trips), Some((sent, name))) = (&shared.round_trips, request.sent) {
+                round_trips
+                    .get_or_create(&[("request", name)])
+                    .observe(sent.elapsed().as_secs_f64());
+            }
             match request.reply {
                 Reply::Waiter(waiter) => {
                     let _ = waiter.send(Ok(frame.packet));

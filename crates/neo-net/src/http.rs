@@ -92,6 +92,7 @@ impl Response {
     fn encode(&self, head_only: bool) -> Vec<u8> {
         let reason = match self.status {
             200 => "OK",
+            400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
             408 => "Request Timeout",
@@ -242,7 +243,14 @@ where
     let line = head.split(|byte| *byte == b'\r').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut words = line.split(' ');
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (Some(method), Some(target), Some(version), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Response::error(400, "not an HTTP/1 request line").encode(false);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Response::error(400, "not an HTTP/1 request line").encode(false);
+    }
     let path = target.split('?').next().unwrap_or("").to_owned();
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {

@@ -6,13 +6,15 @@
 //! (through `neo-proto`), msg_id allocation, and matching of answers to the
 //! requests waiting for them. [`node`] is the I/O model of a node's state
 //! machine, without I/O (inputs, outputs, tokens, timers); [`shell`] runs
-//! any such machine on real connections. It knows nothing of node roles:
-//! what a packet means is the business of the node logic.
+//! any such machine on real connections; [`metrics`] serves a node's
+//! metrics and times its requests. It knows nothing of node roles: what a
+//! packet means is the business of the node logic.
 
 mod connection;
 mod error;
 pub mod http;
 pub mod master_list;
+pub mod metrics;
 pub mod node;
 pub mod shell;
 mod tcp;

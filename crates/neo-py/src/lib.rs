@@ -17,6 +17,7 @@
 mod cache;
 mod cache_file;
 mod log;
+mod metrics;
 mod persist;
 
 use std::collections::{HashMap, VecDeque};
@@ -31,12 +32,14 @@ use neo_client::{
     TxnMeta,
 };
 use neo_proto::{Address, Oid, Tid};
+use prometheus_client::registry::Registry;
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::cache::Cache;
+use crate::metrics::CacheCollector;
 use crate::persist::Persistence;
 
 create_exception!(
@@ -237,6 +240,10 @@ struct Client {
     events: Arc<Events>,
     /// The persistent cache (`cache_file`), if any.
     persist: Option<Arc<Persistence>>,
+    /// The client's round trips and the cache's figures.
+    registry: Arc<Registry>,
+    /// Where they are served (`metrics`), if anywhere.
+    metrics_address: Option<Address>,
 }
 
 impl Drop for Client {
@@ -329,7 +336,7 @@ impl Client {
     /// file more than `cache_check_limit` transactions old is dropped.
     #[new]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
-    #[pyo3(signature = (master_nodes, name, read_only=false, compress=true, cache_size=20<<20, ready_timeout=10.0, dynamic_master_list=None, tls=None, ignore_wrong_checksum=false, cache_file=None, cache_save_interval=30.0, cache_check_limit=persist::MAX_CHECKED_TRANSACTIONS))]
+    #[pyo3(signature = (master_nodes, name, read_only=false, compress=true, cache_size=20<<20, ready_timeout=10.0, dynamic_master_list=None, tls=None, ignore_wrong_checksum=false, cache_file=None, cache_save_interval=30.0, cache_check_limit=persist::MAX_CHECKED_TRANSACTIONS, metrics=None))]
     fn new(
         py: Python<'_>,
         master_nodes: &str,
@@ -344,6 +351,7 @@ impl Client {
         cache_file: Option<PathBuf>,
         cache_save_interval: f64,
         cache_check_limit: usize,
+        metrics: Option<&str>,
     ) -> PyResult<Client> {
         let masters = parse_masters(master_nodes)?;
         if name.is_empty() {
@@ -357,9 +365,16 @@ impl Client {
                 "cache_save_interval must be positive",
             ));
         }
+        let metrics = metrics
+            .map(|text| Address::parse(text, 0))
+            .transpose()
+            .map_err(|error| PyValueError::new_err(format!("metrics: {error}")))?;
         let cache = Arc::new(Cache::new(cache_size));
         let events = Arc::new(Events::default());
-        let mut config = ClientConfig::new(masters, name);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(CacheCollector(cache.clone())));
+        let mut config = ClientConfig::new(masters, name).with_metrics(&mut registry);
+        let registry = Arc::new(registry);
         config.read_only = read_only;
         config.compress = compress;
         config.ready_timeout = Duration::from_secs_f64(ready_timeout);
@@ -387,6 +402,9 @@ impl Client {
             }
         });
         let client = nogil(py, move || BlockingClient::connect(config))?;
+        let metrics_address = metrics
+            .map(|address| nogil(py, || client.serve_metrics(&address, registry.clone())))
+            .transpose()?;
         // No cache, nothing to keep.
         let persist = cache_file.filter(|_| cache_size > 0).map(|path| {
             let interval = Duration::from_secs_f64(cache_save_interval.min(1e6));
@@ -404,6 +422,8 @@ impl Client {
             cache,
             events,
             persist,
+            registry,
+            metrics_address,
         })
     }
 
@@ -871,6 +891,19 @@ impl Client {
     /// Empties the cache.
     fn clear_cache(&self) {
         self.cache.clear();
+    }
+
+    /// The client's metrics as OpenMetrics text (what `metrics` serves).
+    fn metrics(&self) -> PyResult<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .map_err(|_| PyRuntimeError::new_err("cannot encode the metrics"))?;
+        Ok(text)
+    }
+
+    /// Where `metrics` serves them (`host:port`), if it does.
+    fn metrics_address(&self) -> Option<String> {
+        self.metrics_address.as_ref().map(ToString::to_string)
     }
 }
 

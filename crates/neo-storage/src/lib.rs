@@ -7,7 +7,9 @@
 
 pub mod backend;
 pub mod db;
+mod metrics;
 pub mod node;
 mod shell;
 
+pub use metrics::StorageMetrics;
 pub use shell::{run, RunError};

@@ -7,8 +7,10 @@
 
 use std::future::Future;
 
+use neo_net::metrics::Timed;
 use neo_net::{Listener, ShellConfig, ShellError};
 
+use crate::metrics::timed;
 use crate::node::Storage;
 
 /// Why the storage node stopped with an error.
@@ -30,6 +32,8 @@ pub async fn run(
         drain_timeout: std::time::Duration::from_secs(2),
         ..ShellConfig::default()
     };
+    let durations = storage.request_durations();
+    let storage = Timed::new(storage, timed, durations);
     neo_net::shell::run_on_own_thread("neo-storage", storage, Some(listener), config, shutdown)
         .await?;
     Ok(())

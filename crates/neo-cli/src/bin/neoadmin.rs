@@ -2,11 +2,10 @@
 
 use std::process::ExitCode;
 
-use neo_admin::{AdminConfig, Services};
-use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
+use neo_admin::{AdminConfig, AdminMetrics, Services};
+use neo_cli::daemon::{fail, listen, load_tls, serve, serve_metrics, shutdown_signal, LogSetup};
 use neo_cli::monitoring;
 use neo_cli::options::{parse_admin, report_and_exit};
-use neo_net::Listener;
 
 const PROGRAM: &str = "neoadmin";
 
@@ -22,33 +21,24 @@ fn main() -> ExitCode {
         Ok(smtp) => smtp,
         Err(message) => return fail(PROGRAM, message),
     };
-    let logfile = options.common.logfile.clone();
-    let log_level = options.common.log_level.clone();
-    serve(
-        PROGRAM,
-        logfile.as_deref(),
-        log_level.as_deref(),
-        async move {
-            let listener = Listener::bind(&options.common.bind)
-                .await
-                .map_err(|e| e.to_string())?
-                .with_tls(tls);
-            let config = AdminConfig {
-                cluster: options.common.cluster.clone(),
-                masters: options.common.all_masters(),
-                nid: options.common.nid,
-                bind: listener.local_address().clone(),
-                monitor_backup: options.monitor_backup.clone(),
-                monitor,
-            };
-            tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
-            let services = Services {
-                smtp,
-                status: monitoring::status_listener(&options).await?,
-            };
-            neo_admin::run_with(config, listener, services, shutdown_signal())
-                .await
-                .map_err(|e| e.to_string())
-        },
-    )
+    serve(PROGRAM, LogSetup::of(&options.common), async move {
+        let listener = listen(&options.common, tls).await?;
+        let config = AdminConfig {
+            cluster: options.common.cluster.clone(),
+            masters: options.common.all_masters(),
+            nid: options.common.nid,
+            bind: listener.local_address().clone(),
+            monitor_backup: options.monitor_backup.clone(),
+            monitor,
+        };
+        let services = Services {
+            smtp,
+            status: monitoring::status_listener(&options).await?,
+            metrics: serve_metrics(options.common.metrics.as_ref(), AdminMetrics::new).await?,
+        };
+        tracing::info!(address = %config.bind, tls = listener.tls().is_some(), "admin listening");
+        neo_admin::run_with(config, listener, services, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
 }

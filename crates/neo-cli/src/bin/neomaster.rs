@@ -2,10 +2,10 @@
 
 use std::process::ExitCode;
 
-use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
+use neo_cli::daemon::{fail, listen, load_tls, serve, serve_metrics, shutdown_signal, LogSetup};
 use neo_cli::options::{parse_master, report_and_exit};
-use neo_master::MasterConfig;
-use neo_net::{resolve, Listener};
+use neo_master::{MasterConfig, MasterMetrics};
+use neo_net::resolve;
 use neo_proto::Address;
 
 const PROGRAM: &str = "neomaster";
@@ -20,37 +20,28 @@ fn main() -> ExitCode {
     if options.upstream_cluster.is_some() || options.backup {
         return fail(PROGRAM, "backup mode is not supported yet");
     }
-    let logfile = options.common.logfile.clone();
-    let log_level = options.common.log_level.clone();
-    serve(
-        PROGRAM,
-        logfile.as_deref(),
-        log_level.as_deref(),
-        async move {
-            let listener = Listener::bind(&options.common.bind)
-                .await
-                .map_err(|e| e.to_string())?
-                .with_tls(tls);
-            let own = [
-                listener.local_address().clone(),
-                options.common.bind.clone(),
-            ];
-            let masters = other_masters(&options.common.all_masters(), &own).await;
-            let config = MasterConfig {
-                cluster: options.common.cluster.clone(),
-                address: listener.local_address().clone(),
-                partitions: options.partitions,
-                replicas: options.replicas,
-                autostart: options.autostart,
-                masters,
-                nid: options.common.nid,
-            };
-            tracing::info!(address = %config.address, cluster = %config.cluster, tls = listener.tls().is_some(), "master listening");
-            neo_master::run(config, listener, shutdown_signal())
-                .await
-                .map_err(|e| e.to_string())
-        },
-    )
+    serve(PROGRAM, LogSetup::of(&options.common), async move {
+        let listener = listen(&options.common, tls).await?;
+        let own = [
+            listener.local_address().clone(),
+            options.common.bind.clone(),
+        ];
+        let masters = other_masters(&options.common.all_masters(), &own).await;
+        let config = MasterConfig {
+            cluster: options.common.cluster.clone(),
+            address: listener.local_address().clone(),
+            partitions: options.partitions,
+            replicas: options.replicas,
+            autostart: options.autostart,
+            masters,
+            nid: options.common.nid,
+        };
+        let metrics = serve_metrics(options.common.metrics.as_ref(), MasterMetrics::new).await?;
+        tracing::info!(address = %config.address, cluster = %config.cluster, tls = listener.tls().is_some(), "master listening");
+        neo_master::run(config, listener, metrics, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// The masters of `masters` that are not this one (listening on `own`),

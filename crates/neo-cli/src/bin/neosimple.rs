@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use neo_cli::daemon::{serve, shutdown_signal};
+use neo_cli::daemon::{serve, shutdown_signal, LogSetup};
 use neo_cli::simple::{run, SimpleOptions};
 
 const PROGRAM: &str = "neosimple";
@@ -21,10 +21,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    serve(
-        PROGRAM,
-        logfile.as_deref(),
-        None,
-        run(options, shutdown_signal()),
-    )
+    let log = LogSetup {
+        file: logfile,
+        level: None,
+    };
+    serve(PROGRAM, log, run(options, shutdown_signal()))
 }

@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use neo_cli::daemon::{fail, load_tls, serve, shutdown_signal};
+use neo_cli::daemon::{fail, listen, load_tls, serve, serve_metrics, shutdown_signal, LogSetup};
 use neo_cli::options::{parse_storage, report_and_exit};
-use neo_net::Listener;
 use neo_storage::backend::{self, OpenOptions};
 use neo_storage::db::Database;
 use neo_storage::node::{Limits, Storage, StorageConfig};
+use neo_storage::StorageMetrics;
 
 const PROGRAM: &str = "neostorage";
 
@@ -33,45 +33,39 @@ fn main() -> ExitCode {
         },
         ..OpenOptions::default()
     };
-    let logfile = options.common.logfile.clone();
-    let log_level = options.common.log_level.clone();
-    serve(
-        PROGRAM,
-        logfile.as_deref(),
-        log_level.as_deref(),
-        async move {
-            let backend = backend::open(options.adapter, &options.database, &open)
-                .map_err(|e| e.to_string())?;
-            if options.reset {
-                // `--reset` erases the database and exits, as NEO/py does.
-                return Ok(());
+    serve(PROGRAM, LogSetup::of(&options.common), async move {
+        let backend =
+            backend::open(options.adapter, &options.database, &open).map_err(|e| e.to_string())?;
+        if options.reset {
+            // `--reset` erases the database and exits, as NEO/py does.
+            return Ok(());
+        }
+        let mut db = Database::new(backend).map_err(|e| e.to_string())?;
+        if let Some(nid) = options.common.nid {
+            // As NEO/py: an id the database already has takes precedence.
+            if db.nid().map_err(|e| e.to_string())?.is_none() {
+                db.set_nid(nid).map_err(|e| e.to_string())?;
+                db.commit().map_err(|e| e.to_string())?;
             }
-            let mut db = Database::new(backend).map_err(|e| e.to_string())?;
-            if let Some(nid) = options.common.nid {
-                // As NEO/py: an id the database already has takes precedence.
-                if db.nid().map_err(|e| e.to_string())?.is_none() {
-                    db.set_nid(nid).map_err(|e| e.to_string())?;
-                    db.commit().map_err(|e| e.to_string())?;
-                }
-            }
-            let listener = Listener::bind(&options.common.bind)
-                .await
-                .map_err(|e| e.to_string())?
-                .with_tls(tls);
-            let config = StorageConfig {
-                cluster: options.common.cluster.clone(),
-                address: listener.local_address().clone(),
-                masters: options.common.all_masters(),
-                limits: Limits::default(),
-                devpath: db.topology_path(),
-            };
-            let mut storage = Storage::new(config, db)?;
-            storage.set_disable_pack(options.disable_pack);
-            storage.set_disable_drop_partitions(options.disable_drop_partitions);
-            tracing::info!(address = %listener.local_address(), tls = listener.tls().is_some(), "storage listening");
-            neo_storage::run(storage, listener, shutdown_signal())
-                .await
-                .map_err(|e| e.to_string())
-        },
-    )
+        }
+        let listener = listen(&options.common, tls).await?;
+        let config = StorageConfig {
+            cluster: options.common.cluster.clone(),
+            address: listener.local_address().clone(),
+            masters: options.common.all_masters(),
+            limits: Limits::default(),
+            devpath: db.topology_path(),
+        };
+        let mut storage = Storage::new(config, db)?;
+        storage.set_disable_pack(options.disable_pack);
+        storage.set_disable_drop_partitions(options.disable_drop_partitions);
+        let metrics = serve_metrics(options.common.metrics.as_ref(), StorageMetrics::new).await?;
+        if let Some(metrics) = metrics {
+            storage.set_metrics(metrics);
+        }
+        tracing::info!(address = %listener.local_address(), tls = listener.tls().is_some(), "storage listening");
+        neo_storage::run(storage, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
 }

@@ -174,6 +174,7 @@ impl Storage {
         self.db.store_transaction(ttid, &rows, meta, true)?;
         // The vote is durable before it is answered (§12.2).
         self.commit_owed = true;
+        self.counters.votes.inc();
         if let Some(transaction) = self.locks.transactions.get_mut(&ttid) {
             transaction.voted = true;
             transaction.has_metadata |= meta.is_some();
@@ -220,6 +221,7 @@ impl Storage {
         };
         let conflict = match outcome {
             LockOutcome::Conflict(serial) => {
+                self.counters.conflicts.inc();
                 self.answer(
                     conn,
                     msg_id,
@@ -261,6 +263,7 @@ impl Storage {
                 },
             );
         }
+        self.counters.stores.inc();
         self.answer(conn, msg_id, p::AnswerStoreObject { conflict });
         Ok(())
     }
@@ -279,7 +282,10 @@ impl Storage {
             return Ok(());
         };
         let conflict = match outcome {
-            LockOutcome::Conflict(serial) => return self.answer_check(conn, msg_id, Some(serial)),
+            LockOutcome::Conflict(serial) => {
+                self.counters.conflicts.inc();
+                return self.answer_check(conn, msg_id, Some(serial));
+            }
             LockOutcome::Locked => None,
             // Recorded too: once the partition is replicated, it locks as
             // a checked oid (§9.1 step 9).
@@ -332,6 +338,7 @@ impl Storage {
         };
         let conflict = match outcome {
             LockOutcome::Conflict(conflict_tid) => {
+                self.counters.conflicts.inc();
                 // Give the data back and forget it: the client may not have it.
                 let data = match stored.data_id {
                     Some(data_id) => {
@@ -453,6 +460,7 @@ impl Storage {
             return Ok(());
         };
         self.db.unlock_transaction(ttid, tid)?;
+        self.counters.commits.inc();
         // Committed with the next vote or lock, or within a second.
         self.commit_due
             .get_or_insert(self.now + DEFERRED_COMMIT_SECONDS);
@@ -519,6 +527,7 @@ impl Storage {
         let Some(transaction) = self.locks.transactions.get(&ttid) else {
             return Ok(());
         };
+        self.counters.aborts.inc();
         if transaction.voted {
             self.db.abort_transaction(ttid)?;
             self.db.commit()?;

@@ -206,6 +206,9 @@ impl Storage {
 
     /// Counts what came, for the log.
     fn count_fetched(&mut self, transactions: u64, objects: u64, bytes: u64) {
+        self.counters.replicated_transactions.inc_by(transactions);
+        self.counters.replicated_objects.inc_by(objects);
+        self.counters.replicated_bytes.inc_by(bytes);
         if let Some(current) = &mut self.replicator.current {
             current.transactions += transactions;
             current.objects += objects;

@@ -28,13 +28,15 @@ mod replication;
 use std::collections::BTreeMap;
 
 use neo_cluster::{NodeTable, PrimaryFinder, UnixTime};
+use neo_net::metrics::Durations;
 use neo_net::{ConnId, Input, Node, Outbox, Output, Requests, Token};
 use neo_proto::packets as p;
-use neo_proto::{Address, Checksum, ErrorCode, NodeId, Packet, Partition};
+use neo_proto::{Address, Checksum, ErrorCode, NodeId, NodeType, Packet, Partition};
 use sha1::{Digest, Sha1};
 
 use crate::backend::{Error, FatalError, RequestError};
 use crate::db::Database;
+use crate::metrics::{Counters, Observed, StorageMetrics};
 use check::Checker;
 pub use check::MAX_CHECK_LENGTH;
 use commit::Waiting;
@@ -150,6 +152,10 @@ pub struct Storage {
     dropping: Dropping,
     now: UnixTime,
     out: Outbox,
+    /// What the node counts; registered only with `--metrics`.
+    counters: Counters,
+    /// The gauges, recounted after each batch, with `--metrics`.
+    metrics: Option<StorageMetrics>,
 }
 
 /// The outcome of one handler: a request error is answered to the peer
@@ -204,7 +210,48 @@ impl Storage {
             dropping: Dropping::default(),
             now: 0.0,
             out: Outbox::default(),
+            counters: Counters::default(),
+            metrics: None,
         })
+    }
+
+    /// Keeps `metrics` (`--metrics`).
+    pub fn set_metrics(&mut self, metrics: StorageMetrics) {
+        self.counters = metrics.counters.clone();
+        self.metrics = Some(metrics);
+    }
+
+    /// Where the shell times requests, with `--metrics`.
+    pub fn request_durations(&self) -> Option<Durations> {
+        self.metrics
+            .as_ref()
+            .map(|metrics| metrics.durations.clone())
+    }
+
+    /// Recounts the gauges of the metrics, if kept.
+    fn observe(&mut self) {
+        let Some(mut metrics) = self.metrics.take() else {
+            return;
+        };
+        let master = self.master().map(|_| NodeType::Master.name());
+        let connections = self
+            .peers
+            .values()
+            .map(|peer| match peer {
+                Peer::Unidentified => "UNIDENTIFIED",
+                Peer::Client(_) => NodeType::Client.name(),
+                Peer::Storage(_) => NodeType::Storage.name(),
+            })
+            .chain(master);
+        metrics.observe(Observed {
+            waiting: self.waiting.len(),
+            transactions: self.locks.transactions.len(),
+            replicating: self.replicator.pending(),
+            connections,
+            nid: self.nid,
+            pt: self.db.partition_table(),
+        });
+        self.metrics = Some(metrics);
     }
 
     /// `--disable-pack`: pack orders are not carried out, only reported as
@@ -318,6 +365,7 @@ impl Storage {
         {
             let (conn, msg_id) = request.sender();
             tracing::warn!(%conn, waiting = self.waiting.len(), "too many requests waiting for locks");
+            self.counters.refused.inc();
             let message = "too many requests waiting for locks: retry later";
             self.error(conn, msg_id, ErrorCode::NotReady, message);
             return;
@@ -547,6 +595,7 @@ impl Node for Storage {
                 self.fatal(error);
             }
         }
+        self.observe();
         self.out.take()
     }
 

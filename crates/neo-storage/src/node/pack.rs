@@ -204,6 +204,7 @@ impl Storage {
             .pack(partition, &job.order, job.next_oid, PACK_BATCH)?;
         match next {
             Some(next_oid) => {
+                self.counters.pack_steps.inc();
                 job.next_oid = next_oid;
                 // Committed with the next vote or lock, or within a second.
                 self.commit_due
@@ -211,6 +212,7 @@ impl Storage {
             }
             None => {
                 let id = job.order.id;
+                self.counters.pack_steps.inc();
                 job.partitions.pop_front();
                 job.next_oid = Oid(0);
                 let finished = job.partitions.is_empty();
@@ -228,6 +230,7 @@ impl Storage {
     fn pack_done(&mut self) -> Handled {
         if let Some(job) = self.pack.job.take() {
             tracing::info!(pack_id = %job.order.id, "pack completed");
+            self.counters.packs_completed.inc();
         }
         self.report_pack_completed()?;
         self.maybe_pack()

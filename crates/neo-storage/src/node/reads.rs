@@ -26,6 +26,12 @@ impl Storage {
         let lookup = self
             .db
             .get_object(request.oid, request.at, request.before)?;
+        let counter = match &lookup {
+            ObjectLookup::Found(_) => &self.counters.loads_found,
+            ObjectLookup::NoMatchingRevision => &self.counters.loads_no_revision,
+            ObjectLookup::OidDoesNotExist => &self.counters.loads_no_object,
+        };
+        counter.inc();
         match lookup {
             ObjectLookup::Found(record) => self.answer(
                 conn,

@@ -130,6 +130,11 @@ pub(super) enum LockMode {
 }
 
 impl Replicator {
+    /// Partitions still to fetch, the one in progress included.
+    pub(super) fn pending(&self) -> usize {
+        self.todo.len() + usize::from(self.current.is_some())
+    }
+
     /// How writes to `partition` are locked, if the cell is not readable.
     pub(super) fn lock_mode(&self, partition: Partition) -> LockMode {
         match self.cells.get(&partition).map(|cell| cell.phase) {
@@ -530,6 +535,7 @@ impl Storage {
             }
             let tid = replicated.get(&partition).copied().unwrap_or(Tid::ZERO);
             tracing::info!(partition, %tid, "replication done");
+            self.counters.replicated_partitions.inc();
             self.notify(master, p::NotifyReplicationDone { partition, tid });
         }
         for (ttid, oid, serial) in relocks {

@@ -265,7 +265,7 @@ class Storage(ConflictResolvingStorage):
                  read_only=False, cache_size=20 * 1024 * 1024,
                  dynamic_master_list=None, ignore_wrong_checksum=False,
                  ca=None, cert=None, key=None, cache_file=None,
-                 _ready_timeout=10.0, _cache_save_interval=30.0,
+                 metrics=None, _ready_timeout=10.0, _cache_save_interval=30.0,
                  _cache_check_limit=None):
         tls = None
         if ca or cert or key:
@@ -307,9 +307,13 @@ class Storage(ConflictResolvingStorage):
                 ignore_wrong_checksum=bool(ignore_wrong_checksum),
                 cache_file=(os.path.expanduser(str(cache_file))
                             if cache_file else None),
+                metrics=str(metrics) if metrics else None,
                 **persist)
         except _neo.NeoError as e:
             raise _error(e) from None
+        if metrics:
+            logger.info('metrics listening on %s',
+                        self._client.metrics_address())
         self._log_cache_file()
         self._ltid = self._call(self._client.last_tid)
 
@@ -454,6 +458,11 @@ class Storage(ConflictResolvingStorage):
         missing_now = set(self._call(self._client.missing, written,
                                      p64(u64(last) + 1)))
         return count + len(missing_then) - len(missing_now)
+
+    def metrics(self):
+        """This client's metrics (cache, round trips to the cluster) as
+        OpenMetrics text: what the ``metrics`` option serves."""
+        return self._client.metrics()
 
     def isReadOnly(self):
         return self._is_read_only

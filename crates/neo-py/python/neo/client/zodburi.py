@@ -12,6 +12,7 @@ from ZODB.config import getDbSchema
 _STORAGE_KEYS = (
     'compress', 'read-only', 'logfile', 'cache-size', 'cache-file',
     'dynamic_master_list', 'ignore-wrong-checksum', 'ca', 'cert', 'key',
+    'metrics',
 )
 
 
