@@ -12,29 +12,14 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use common::{Cluster, NEOADMIN, NEOMASTER, NEOSTORAGE};
-use neo_client::{BlockingClient, TxnMeta};
-use neo_proto::Tid;
+use common::{commit_new_object, Cluster, NEOADMIN, NEOMASTER, NEOSTORAGE};
+use neo_client::BlockingClient;
 
 const NEOLOG: &str = env!("CARGO_BIN_EXE_neolog");
 
 /// One transaction of one new object.
 fn commit_one(client: &BlockingClient) {
-    let mut txn = client.begin(None).unwrap();
-    let oid = client.new_oid().unwrap();
-    assert!(txn
-        .store(oid, Tid::ZERO, Bytes::from_static(b"logged"))
-        .unwrap()
-        .is_empty());
-    let meta = TxnMeta {
-        user: Bytes::from_static(b"tests"),
-        description: Bytes::new(),
-        extension: Bytes::new(),
-        pack: None,
-    };
-    txn.vote(&meta).unwrap();
-    txn.finish().unwrap();
+    commit_new_object(client, b"logged");
 }
 
 /// A cluster of one master, one storage and an admin, each logging to

@@ -12,8 +12,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{free_port, Cluster, NEOADMIN};
-use neo_client::{BlockingClient, TxnMeta};
+use common::{commit_new_object, free_port, meta, Cluster, NEOADMIN};
+use neo_client::BlockingClient;
 use neo_proto::{Oid, Tid};
 use prometheus_client::registry::Registry;
 
@@ -22,15 +22,6 @@ const COMMITS: usize = 5;
 const OBJECTS: usize = 4;
 /// Loads of existing objects.
 const LOADS: usize = 7;
-
-fn meta() -> TxnMeta {
-    TxnMeta {
-        user: Bytes::from_static(b"tests"),
-        description: Bytes::from_static(b"metrics"),
-        extension: Bytes::new(),
-        pack: None,
-    }
-}
 
 /// The samples of an OpenMetrics text, by `name{labels}` as written;
 /// panics on anything that is not OpenMetrics.
@@ -348,14 +339,7 @@ fn a_storage_back_from_down_counts_what_it_replicated() {
     let client = cluster.client();
     let commit = |count: usize| {
         for _ in 0..count {
-            let mut txn = client.begin(None).unwrap();
-            let oid = client.new_oid().unwrap();
-            assert!(txn
-                .store(oid, Tid::ZERO, Bytes::from_static(b"replicated"))
-                .unwrap()
-                .is_empty());
-            txn.vote(&meta()).unwrap();
-            txn.finish().unwrap();
+            commit_new_object(&client, b"replicated");
         }
     };
     commit(3);
@@ -391,14 +375,7 @@ fn a_pack_is_counted_by_the_master_and_every_storage() {
     let mut cluster = Cluster::new("metricspack");
     let endpoints = start_with_metrics(&mut cluster);
     let client = cluster.client();
-    let mut txn = client.begin(None).unwrap();
-    let oid = client.new_oid().unwrap();
-    assert!(txn
-        .store(oid, Tid::ZERO, Bytes::from_static(b"packed"))
-        .unwrap()
-        .is_empty());
-    txn.vote(&meta()).unwrap();
-    let tid = txn.finish().unwrap();
+    let tid = commit_new_object(&client, b"packed");
     let pack_id = client.pack(tid, None).unwrap().unwrap();
     client.wait_for_pack(pack_id).unwrap();
     let master = scrape_until(&endpoints.master, |s| {

@@ -18,6 +18,31 @@ pub const NEOADMIN: &str = env!("CARGO_BIN_EXE_neoadmin");
 pub const NEOCTL: &str = env!("CARGO_BIN_EXE_neoctl");
 pub const NEOSIMPLE: &str = env!("CARGO_BIN_EXE_neosimple");
 
+/// Metadata of the tests' transactions.
+pub fn meta() -> neo_client::TxnMeta {
+    neo_client::TxnMeta {
+        user: bytes::Bytes::from_static(b"tests"),
+        description: bytes::Bytes::new(),
+        extension: bytes::Bytes::new(),
+        pack: None,
+    }
+}
+
+/// Commits one new object holding `data`; its TID.
+pub fn commit_new_object(
+    client: &neo_client::BlockingClient,
+    data: &'static [u8],
+) -> neo_proto::Tid {
+    let mut txn = client.begin(None).unwrap();
+    let oid = client.new_oid().unwrap();
+    let conflicts = txn
+        .store(oid, neo_proto::Tid::ZERO, bytes::Bytes::from_static(data))
+        .unwrap();
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    txn.vote(&meta()).unwrap();
+    txn.finish().unwrap()
+}
+
 /// Runs a program that must fail at once with one line on stderr.
 pub fn one_line_error(program: &str, args: &[&str]) -> String {
     let output = Command::new(program).args(args).output().unwrap();
