@@ -230,6 +230,12 @@ impl Admin {
         })
     }
 
+    /// Since when the cell OUT_OF_DATE the longest has been so, as this
+    /// admin saw it (UNIX time), if any.
+    pub fn out_of_date_since(&self) -> Option<UnixTime> {
+        self.watch.out_of_date_since()
+    }
+
     /// Whether the admin is identified to a primary master (and so serves
     /// `neoctl`).
     pub fn is_connected(&self) -> bool {

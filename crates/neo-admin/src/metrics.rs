@@ -3,6 +3,8 @@
 //! inputs (cells only when the table's version moved), and the `neoctl`
 //! requests served, timed from arrival to answer by the shell.
 
+use std::sync::atomic::AtomicU64;
+
 use neo_cluster::UnixTime;
 use neo_net::metrics::{durations, Durations, Tally, Timed};
 use neo_net::{Input, Node, Output};
@@ -18,6 +20,8 @@ use crate::app::Admin;
 pub struct AdminMetrics {
     durations: Durations,
     connected: Gauge,
+    /// A float gauge: UNIX times have fractions.
+    out_of_date_since: Gauge<f64, AtomicU64>,
     cluster_state: Tally<1>,
     nodes: Tally<2>,
     cells: Tally<1>,
@@ -34,9 +38,17 @@ impl AdminMetrics {
             "1 while identified to the primary master (neoctl is served)",
             connected.clone(),
         );
+        let out_of_date_since = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "neo_admin_out_of_date_since_seconds",
+            "UNIX time since which the cell out of date the longest has been so (replication \
+             lag: time() minus this); 0 when every cell is up to date",
+            out_of_date_since.clone(),
+        );
         AdminMetrics {
             durations: durations(registry, "neo_admin_request_duration"),
             connected,
+            out_of_date_since,
             cluster_state: Tally::new(
                 registry,
                 "neo_admin_cluster_state",
@@ -58,6 +70,8 @@ impl AdminMetrics {
 
     fn observe(&mut self, admin: &Admin) {
         self.connected.set(i64::from(admin.is_connected()));
+        self.out_of_date_since
+            .set(admin.out_of_date_since().unwrap_or(0.0));
         self.cluster_state
             .set(admin.cluster_state().map(|state| [("state", state.name())]));
         self.nodes.set(admin.nodes().iter().map(|node| {

@@ -222,6 +222,14 @@ impl Watch {
         self.alerts.contains_key(&Concern::Lag)
     }
 
+    /// Since when the cell OUT_OF_DATE the longest has been so, if any.
+    pub fn out_of_date_since(&self) -> Option<UnixTime> {
+        self.out_of_date_since
+            .values()
+            .copied()
+            .min_by(f64::total_cmp)
+    }
+
     /// Whether the admin ever had a primary master.
     pub fn had_master(&self) -> bool {
         self.had_master

@@ -335,7 +335,7 @@ fn a_metrics_address_that_cannot_be_used_stops_the_node_with_one_line() {
 #[test]
 fn a_storage_back_from_down_counts_what_it_replicated() {
     let mut cluster = Cluster::new("metricsrepl");
-    cluster.start(2, 1);
+    let endpoints = start_with_metrics(&mut cluster);
     let client = cluster.client();
     let commit = |count: usize| {
         for _ in 0..count {
@@ -343,14 +343,31 @@ fn a_storage_back_from_down_counts_what_it_replicated() {
         }
     };
     commit(3);
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let since = "neo_admin_out_of_date_since_seconds";
+    scrape_until(&endpoints.admin, |s| s.get(since) == Some(&0.0));
+    let lost_at = unix_now();
     cluster.kill("storage1");
     let missed = 12;
     commit(missed);
+    // The admin dates the lag from when it saw the cells outdated.
+    let admin = scrape_until(&endpoints.admin, |s| value(s, since) > 0.0);
+    let outdated_at = value(&admin, since);
+    assert!(
+        outdated_at >= lost_at && outdated_at <= unix_now(),
+        "{outdated_at}"
+    );
     let address = format!("127.0.0.1:{}", free_port());
     cluster.start_storage_with(1, &["--metrics", &address]);
     let samples = scrape_until(&address, |s| {
         value(s, r#"neo_storage_cells{state="UP_TO_DATE"}"#) == 4.0
     });
+    scrape_until(&endpoints.admin, |s| s.get(since) == Some(&0.0));
     // Every cell was outdated: each partition is fetched and announced.
     assert_eq!(
         value(&samples, "neo_storage_replicated_partitions_total"),
