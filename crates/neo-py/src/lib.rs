@@ -17,6 +17,7 @@
 mod cache;
 mod cache_file;
 mod persist;
+mod references;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -1063,10 +1064,20 @@ impl Txn {
     }
 }
 
+/// `references(record)`: the oids `ZODB.serialize.referencesf(record)`
+/// returns (a list of `bytes`, in its order), or `None` when this cannot
+/// tell and `referencesf` must be asked (see `references.rs`).
+#[pyfunction(name = "references")]
+fn py_references<'py>(py: Python<'py>, record: &[u8]) -> Option<Vec<Bound<'py, PyBytes>>> {
+    let oids = references::references(record)?;
+    Some(oids.into_iter().map(|oid| PyBytes::new(py, oid)).collect())
+}
+
 #[pymodule]
 fn _neo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
     m.add_class::<Txn>()?;
     m.add("NeoError", m.py().get_type::<NeoError>())?;
+    m.add_function(wrap_pyfunction!(py_references, m)?)?;
     Ok(())
 }
