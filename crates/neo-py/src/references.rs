@@ -291,8 +291,11 @@ impl<'a> Machine<'a> {
                 self.skip_then_scalar(len)
             }
             INT => {
+                // Protocols 0 and 1 write False and True as "00" and "01".
                 let line = self.line()?;
-                decimal(line, MAX_INT_DIGITS)?;
+                if line != b"00" && line != b"01" {
+                    decimal(line, MAX_INT_DIGITS)?;
+                }
                 self.push(Val::Scalar)
             }
             LONG => {
@@ -926,12 +929,9 @@ mod tests {
             CLASS1,
             b"(I12\nI-3\nL123456789012345678901234567890L\nI01\ntN.",
         );
-        assert_eq!(refs(&ok), None); // I01 is not plain decimal
-        let ok = record(
-            CLASS1,
-            b"(I12\nI-3\nL123456789012345678901234567890L\nI1\ntN.",
-        );
-        assert_eq!(refs(&ok), Some(vec![]));
+        assert_eq!(refs(&ok), Some(vec![])); // I01: True
+        assert_eq!(refs(&record(CLASS1, b"I010\n.")), None); // octal
+        assert_eq!(refs(&record(CLASS1, b"I08\n.")), None); // invalid
         assert_eq!(refs(&record(CLASS1, b"F1.5\n.")), None);
         assert_eq!(refs(&record(CLASS1, b"I0x10\n.")), None);
     }
