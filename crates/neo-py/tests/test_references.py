@@ -313,6 +313,12 @@ def pickler_records():
     return _pickler_corpus(3000)
 
 
+def test_the_scanner_is_used():
+    """ZODB's referencesf runs zodbpickle's C unpickler here, the one the
+    scanner follows: Storage uses it."""
+    assert storage_module._SCANNER
+
+
 def test_every_record_zodb_writes_is_answered_exactly(zodb_records):
     """ZODB's records (protocol 3) are all answered, none left to Python:
     otherwise the scanner would save nothing."""

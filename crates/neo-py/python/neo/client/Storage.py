@@ -121,12 +121,27 @@ def _is_record(data):
     return data.startswith(_RECORD_STARTS)
 
 
+def _scanner_follows_referencesf():
+    """Whether ZODB's referencesf runs zodbpickle's C unpickler, whose
+    ``noload`` the native scanner follows (as on CPython; not with
+    zodbpickle's pure-Python one, under ``PURE_PYTHON``)."""
+    try:
+        import ZODB._compat
+        from zodbpickle import _pickle
+    except ImportError:
+        return False
+    return issubclass(ZODB._compat.Unpickler, _pickle.Unpickler)
+
+
+_SCANNER = _scanner_follows_referencesf()
+
+
 def _scanned_references(data):
     """``ZODB.serialize.referencesf(data)``: the native scanner's answer,
     which is referencesf's exactly, or referencesf's own when the scanner
     cannot tell (it reads no protocol 4 or 5, no escaped text, nothing
     malformed: see ``references.rs``). Raises as referencesf does."""
-    if type(data) is bytes:
+    if _SCANNER and type(data) is bytes:
         refs = _neo.references(data)
         if refs is not None:
             return refs
