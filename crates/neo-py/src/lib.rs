@@ -1066,10 +1066,11 @@ impl Txn {
 
 /// `references(record)`: the oids `ZODB.serialize.referencesf(record)`
 /// returns (a list of `bytes`, in its order), or `None` when this cannot
-/// tell and `referencesf` must be asked (see `references.rs`).
+/// tell and `referencesf` must be asked (see `references.rs`). It does not
+/// panic on any bytes; were it to, the answer would be `None` too.
 #[pyfunction(name = "references")]
 fn py_references<'py>(py: Python<'py>, record: &[u8]) -> Option<Vec<Bound<'py, PyBytes>>> {
-    let oids = references::references(record)?;
+    let oids = catch_unwind(|| references::references(record)).ok()??;
     Some(oids.into_iter().map(|oid| PyBytes::new(py, oid)).collect())
 }
 
