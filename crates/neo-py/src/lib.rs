@@ -19,6 +19,7 @@ mod cache_file;
 mod log;
 mod metrics;
 mod persist;
+mod references;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -1097,6 +1098,16 @@ impl Txn {
     }
 }
 
+/// `references(record)`: the oids `ZODB.serialize.referencesf(record)`
+/// returns (a list of `bytes`, in its order), or `None` when this cannot
+/// tell and `referencesf` must be asked (see `references.rs`). It does not
+/// panic on any bytes; were it to, the answer would be `None` too.
+#[pyfunction(name = "references")]
+fn py_references<'py>(py: Python<'py>, record: &[u8]) -> Option<Vec<Bound<'py, PyBytes>>> {
+    let oids = catch_unwind(|| references::references(record)).ok()??;
+    Some(oids.into_iter().map(|oid| PyBytes::new(py, oid)).collect())
+}
+
 #[pymodule]
 fn _neo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
@@ -1105,5 +1116,6 @@ fn _neo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log::log_to, m)?)?;
     m.add_function(wrap_pyfunction!(log::reopen_log, m)?)?;
     m.add_function(wrap_pyfunction!(log::log, m)?)?;
+    m.add_function(wrap_pyfunction!(py_references, m)?)?;
     Ok(())
 }

@@ -151,12 +151,39 @@ def _is_record(data):
     return data.startswith(_RECORD_STARTS)
 
 
+def _scanner_follows_referencesf():
+    """Whether ZODB's referencesf runs zodbpickle's C unpickler, whose
+    ``noload`` the native scanner follows (as on CPython; not with
+    zodbpickle's pure-Python one, under ``PURE_PYTHON``)."""
+    try:
+        import ZODB._compat
+        from zodbpickle import _pickle
+    except ImportError:
+        return False
+    return issubclass(ZODB._compat.Unpickler, _pickle.Unpickler)
+
+
+_SCANNER = _scanner_follows_referencesf()
+
+
+def _scanned_references(data):
+    """``ZODB.serialize.referencesf(data)``: the native scanner's answer,
+    which is referencesf's exactly, or referencesf's own when the scanner
+    cannot tell (it reads no protocol 4 or 5, no escaped text, nothing
+    malformed: see ``references.rs``). Raises as referencesf does."""
+    if _SCANNER and type(data) is bytes:
+        refs = _neo.references(data)
+        if refs is not None:
+            return refs
+    return _referencesf(data)
+
+
 def _oid_references(data):
     """The oids a ZODB record references (none if it is not one)."""
     if not _is_record(data):
         return set()
     try:
-        refs = _referencesf(data)
+        refs = _scanned_references(data)
     except Exception:
         return set()
     return {ref for ref in refs if isinstance(ref, bytes) and len(ref) == 8}
@@ -877,6 +904,10 @@ class Storage(ConflictResolvingStorage):
     def _references(self, referencesf, oid, data):
         if not _is_record(data):
             raise _GCImpossible('%s is not a ZODB record' % oid.hex())
+        # ZODB's own referencesf (what DB.pack passes) is answered by the
+        # scanner, which returns the same list; any other is called.
+        if referencesf is _referencesf:
+            referencesf = _scanned_references
         try:
             return referencesf(data)
         except Exception as e:
