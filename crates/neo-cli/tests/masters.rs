@@ -219,6 +219,13 @@ fn neosimple_runs_several_masters_with_neo_py_options() {
         log("stderr"),
         log("neosimple.log")
     );
+    // Its nodes share the log: no NID names its lines.
+    let lines = log("neosimple.log");
+    assert!(lines.lines().count() > 10, "{lines}");
+    for line in lines.lines() {
+        let parsed = neo_log::parse_line(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(parsed.node, "neosimple", "{line}");
+    }
 }
 
 /// SIGINT, as an operator's Ctrl-C.

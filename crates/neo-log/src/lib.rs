@@ -25,6 +25,7 @@ mod line;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::SystemTime;
 
@@ -101,8 +102,22 @@ pub fn logging() -> Result<&'static Logging, LogError> {
     LOGGING.get().ok_or(LogError::NotSetUp)
 }
 
-/// Names the node in every later line (its NID once it is identified).
+/// Whether the label is the process's, whatever its nodes say.
+static PINNED: AtomicBool = AtomicBool::new(false);
+
+/// Names every later line `label`, and keeps it: for a process running
+/// several nodes (`neosimple`), whose NIDs would overwrite each other.
+pub fn pin_node(label: &str) {
+    set_node(label);
+    PINNED.store(true, Ordering::Relaxed);
+}
+
+/// Names the node in every later line (its NID once it is identified),
+/// unless the label is pinned.
 pub fn set_node(label: &str) {
+    if PINNED.load(Ordering::Relaxed) {
+        return;
+    }
     // The column is one word: `neolog` splits on spaces.
     let label: String = label
         .chars()
