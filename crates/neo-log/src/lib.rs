@@ -97,6 +97,22 @@ pub fn init(options: LogOptions<'_>) -> Result<(), LogError> {
     LOGGING.set(logging).map_err(|_| LogError::AlreadySetUp)
 }
 
+/// Logs this process to `path` from now on: sets the log up (as
+/// `program`, filtered by `RUST_LOG`) the first time, switches the file
+/// after (a library configured again: one log per process, the last file
+/// configured wins).
+pub fn log_to(program: &str, path: &Path) -> Result<(), LogError> {
+    let options = LogOptions {
+        program,
+        file: Some(path),
+        filter: None,
+    };
+    match init(options) {
+        Err(LogError::AlreadySetUp) => logging()?.log_to(path),
+        outcome => outcome,
+    }
+}
+
 /// The process's log, if [`init`] set it up.
 pub fn logging() -> Result<&'static Logging, LogError> {
     LOGGING.get().ok_or(LogError::NotSetUp)

@@ -927,6 +927,26 @@ async fn read_loop<R: AsyncRead + Unpin>(
 /// would otherwise fill it.
 const PACKET_LOG_ARGUMENTS: usize = 512;
 
+/// Text that takes at most [`PACKET_LOG_ARGUMENTS`] bytes, then refuses
+/// more (an error ends the formatting).
+struct Bounded(String);
+
+impl std::fmt::Write for Bounded {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let room = PACKET_LOG_ARGUMENTS - self.0.len();
+        if text.len() <= room {
+            self.0.push_str(text);
+            return Ok(());
+        }
+        let mut end = room;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.0.push_str(&text[..end]);
+        Err(std::fmt::Error)
+    }
+}
+
 /// A line of the packet log (`neo_log::PACKET_TARGET`), when it is on:
 /// `#0x0012 AskObject > 127.0.0.1:40000 | «arguments»`, `>` sent to the
 /// peer, `<` received from it.
@@ -934,15 +954,13 @@ fn log_packet(msg_id: u32, packet: &Packet, direction: char, peer: &str) {
     if !tracing::enabled!(target: neo_log::PACKET_TARGET, tracing::Level::DEBUG) {
         return;
     }
-    let mut arguments = format!("{packet:?}");
-    if arguments.len() > PACKET_LOG_ARGUMENTS {
-        let mut end = PACKET_LOG_ARGUMENTS;
-        while !arguments.is_char_boundary(end) {
-            end -= 1;
-        }
-        arguments.truncate(end);
-        arguments.push_str("...");
+    // Formatting stops at the bound: a 64 MiB object is not rendered
+    // whole to keep 512 bytes of it.
+    let mut arguments = Bounded(String::new());
+    if std::fmt::write(&mut arguments, format_args!("{packet:?}")).is_err() {
+        arguments.0.push_str("...");
     }
+    let arguments = arguments.0;
     tracing::debug!(
         target: neo_log::PACKET_TARGET,
         "#0x{msg_id:04x} {} {direction} {peer} | {arguments}",

@@ -243,14 +243,12 @@ where
     let line = head.split(|byte| *byte == b'\r').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut words = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (words.next(), words.next(), words.next(), words.next())
-    else {
-        return Response::error(400, "not an HTTP/1 request line").encode(false);
+    let (method, target) = match (words.next(), words.next(), words.next(), words.next()) {
+        (Some(method), Some(target), Some(version), None) if version.starts_with("HTTP/1.") => {
+            (method, target)
+        }
+        _ => return Response::error(400, "not an HTTP/1 request line").encode(false),
     };
-    if !version.starts_with("HTTP/1.") {
-        return Response::error(400, "not an HTTP/1 request line").encode(false);
-    }
     let path = target.split('?').next().unwrap_or("").to_owned();
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {

@@ -15,18 +15,7 @@ fn os_error(error: neo_log::LogError) -> PyErr {
 /// last one configured wins, as with NEO/py).
 #[pyfunction]
 pub fn log_to(path: PathBuf) -> PyResult<()> {
-    let options = neo_log::LogOptions {
-        program: "client",
-        file: Some(&path),
-        filter: None,
-    };
-    match neo_log::init(options) {
-        Ok(()) => Ok(()),
-        Err(neo_log::LogError::AlreadySetUp) => neo_log::logging()
-            .and_then(|logging| logging.log_to(&path))
-            .map_err(os_error),
-        Err(error) => Err(os_error(error)),
-    }
+    neo_log::log_to("client", &path).map_err(os_error)
 }
 
 /// Opens the log file's path again, after logrotate moved it.

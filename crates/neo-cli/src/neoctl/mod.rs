@@ -181,16 +181,7 @@ impl Outcome {
 /// neoctl logs everything it does). A second run in the same process
 /// switches the file.
 fn log_to(path: &Path) -> Result<(), neo_log::LogError> {
-    let options = neo_log::LogOptions {
-        program: "neoctl",
-        file: Some(path),
-        filter: None,
-    };
-    match neo_log::init(options) {
-        Ok(()) => {}
-        Err(neo_log::LogError::AlreadySetUp) => neo_log::logging()?.log_to(path)?,
-        Err(error) => return Err(error),
-    }
+    neo_log::log_to("neoctl", path)?;
     neo_log::set_packet_log(true)
 }
 

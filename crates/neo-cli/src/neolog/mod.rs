@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone};
 use clap::Parser;
@@ -89,7 +89,7 @@ fn parse_time(text: &str) -> Result<f64, String> {
             return Ok(if number > 0.0 {
                 number
             } else {
-                unix_now() + number
+                neo_net::shell::now() + number
             });
         }
     }
@@ -122,12 +122,6 @@ fn parse_time(text: &str) -> Result<f64, String> {
 
 fn seconds_of(seconds: i64, micros: u32) -> f64 {
     seconds as f64 + f64::from(micros) / 1e6
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64())
 }
 
 /// The filters of one run.
