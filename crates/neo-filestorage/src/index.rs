@@ -304,11 +304,24 @@ pub fn ignored_tail(
     pos: u64,
     header: &TxnHeader,
 ) -> Result<Option<&'static str>> {
-    if pos.saturating_add(header.total_len()) > file_len {
-        return Ok(Some("transaction cut short"));
-    }
-    if header.status == STATUS_CHECKPOINT {
-        return Ok(Some("transaction still being committed (status 'c')"));
+    let reason = if pos.saturating_add(header.total_len()) > file_len {
+        "transaction cut short"
+    } else if header.status == STATUS_CHECKPOINT {
+        "transaction still being committed (status 'c')"
+    } else {
+        ""
+    };
+    if !reason.is_empty() {
+        // ZODB drops everything from here on. Where the file still ends
+        // with a whole transaction after this one, this is damage, not a
+        // crash's tail: report it rather than lose what follows.
+        if let Some(last) = whole_transaction_ending_file(data, file_len, pos) {
+            return Err(data.corrupt(
+                pos,
+                format!("{reason}, yet the file ends with a whole transaction at {last}"),
+            ));
+        }
+        return Ok(Some(reason));
     }
     if header.tlen < header.header_len() {
         // ZODB: garbage at the end after a crash if the file's last
@@ -327,6 +340,21 @@ pub fn ignored_tail(
         ));
     }
     Ok(None)
+}
+
+/// The position of the transaction the file's last 8 bytes (its redundant
+/// length) designate, if one is there, after `pos`, whole to the end.
+fn whole_transaction_ending_file(data: &DataFile, file_len: u64, pos: u64) -> Option<u64> {
+    let tlen = data
+        .read_u64(file_len.checked_sub(U64_LEN as u64)?, file_len, "")
+        .ok()?;
+    let tpos = (file_len - U64_LEN as u64)
+        .checked_sub(tlen)
+        .filter(|&tpos| tpos > pos)?;
+    let header = data.read_txn_header(tpos, file_len).ok()?;
+    let whole = header.tlen == tlen && tlen >= header.header_len();
+    let known = [STATUS_COMMITTED, STATUS_PACKED, STATUS_UNDONE].contains(&header.status);
+    (whole && known).then_some(tpos)
 }
 
 /// Transactions must come in tid order (ZODB only warns; everything here,
