@@ -28,7 +28,7 @@ pub struct RecordHeader {
 }
 
 impl DataFile {
-    pub fn open(path: &Path, file: File) -> DataFile {
+    pub fn new(path: &Path, file: File) -> DataFile {
         DataFile {
             path: path.to_owned(),
             file,

@@ -42,7 +42,7 @@ impl FileStorage {
     pub fn open(path: impl AsRef<Path>) -> Result<FileStorage> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let data = DataFile::open(path, file);
+        let data = DataFile::new(path, file);
         let file_len = data.len()?;
         let scanned = if file_len == 0 {
             // ZODB reads an empty file as an empty storage.

@@ -3,7 +3,7 @@
 //! saved on close.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ impl Writer {
             .truncate(false)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
-        let data = DataFile::open(path, file);
+        let data = DataFile::new(path, file);
         if data.len()? == 0 {
             data.file
                 .write_all_at(MAGIC, 0)
@@ -56,6 +56,12 @@ impl Writer {
         let scanned = index::build(&data, file_len)?;
         if file_len > scanned.size {
             save_tail(&data, scanned.size, file_len)?;
+        }
+        if !scanned.index_used {
+            // An index that did not match the file might match it once we
+            // have appended (a position falling on one of our transactions'
+            // ends): it goes, as ZODB replaces it.
+            remove_index(&data.path)?;
         }
         Ok(Writer {
             data,
@@ -290,6 +296,14 @@ fn take_lock(path: &Path) -> Result<LockFile> {
     lock.write_all(pid.as_bytes()).map_err(io_error)?;
     lock.set_len(pid.len() as u64).map_err(io_error)?;
     Ok(LockFile(lock))
+}
+
+fn remove_index(data_path: &Path) -> Result<()> {
+    let path = index::index_path(data_path);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+        _ => Ok(()),
+    }
 }
 
 /// Copies the ignored tail to the first free «path».trN and cuts it off.

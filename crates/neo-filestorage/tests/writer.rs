@@ -392,6 +392,10 @@ fn a_crash_cut_tail_is_saved_aside_and_cut_off_as_zodb_does() {
 
     let mut writer = Writer::open(&path).expect("open a cut file");
     assert_eq!(writer.last_tid(), Some(T1));
+    assert!(
+        !index_path(&path).exists(),
+        "the index of the whole file is gone"
+    );
     let saved = fs::read(format!("{}.tr0", path.display())).expect("the tail saved");
     assert_eq!(saved, whole[first_end..cut]);
     writer
