@@ -14,3 +14,4 @@ pub mod neolog;
 pub mod options;
 pub mod simple;
 pub mod timestamp;
+mod tool;
