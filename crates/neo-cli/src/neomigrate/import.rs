@@ -26,12 +26,22 @@ const READ_AHEAD: usize = 16;
 /// A source transaction and its length in the file (for the progress).
 type Read = Result<(Transaction, u64), neo_filestorage::Error>;
 
-/// Copies the FileStorage at `source` into the cluster.
-pub async fn run(client: &Client, source: &Path, progress: &Progress) -> Result<(), MigrateError> {
+/// Opens the source (scanning it if it has no usable index), before the
+/// cluster is contacted: a bad file is reported at once.
+pub async fn open(source: &Path) -> Result<FileStorage, MigrateError> {
     let path = source.to_owned();
     let storage = tokio::task::spawn_blocking(move || FileStorage::open(path))
         .await
         .map_err(|e| MigrateError::Internal(format!("opening the source: {e}")))??;
+    Ok(storage)
+}
+
+/// Copies `storage` into the cluster.
+pub async fn run(
+    client: &Client,
+    storage: FileStorage,
+    progress: &Progress,
+) -> Result<(), MigrateError> {
     progress.start_bytes(storage.size());
     // Oids of a cluster that had no transaction need no lookup.
     let cluster_empty = client.last_transaction().is_none_or(|tid| tid == Tid::ZERO);

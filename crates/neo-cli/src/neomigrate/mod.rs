@@ -306,8 +306,9 @@ pub async fn run(options: &MigrateOptions, stdout: &mut impl Write) -> Result<()
     let start = Instant::now();
     match direction {
         Direction::Import { source, masters } => {
+            let storage = import::open(&source).await?;
             let client = connect(options.client_config(masters, false)?).await?;
-            let outcome = import::run(&client, &source, &progress).await;
+            let outcome = import::run(&client, storage, &progress).await;
             client.close().await;
             outcome?;
         }
