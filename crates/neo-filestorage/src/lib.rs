@@ -17,7 +17,10 @@
 //! file's size before anything is allocated for them.
 
 mod error;
+mod file;
 mod format;
+mod index;
+mod pickle;
 mod reader;
 mod writer;
 
