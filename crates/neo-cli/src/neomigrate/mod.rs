@@ -323,6 +323,7 @@ pub async fn run(options: &MigrateOptions, stdout: &mut impl Write) -> Result<()
         }
     }
     progress.finish();
+    tracing::info!(transactions = progress.transactions(), "migration done");
     say(format!(
         "Migration done in {:.5}",
         start.elapsed().as_secs_f64()
