@@ -13,7 +13,7 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}: not a FileStorage (magic {magic:?}, expected \"FS21\")", path.display())]
+    #[error("{}: not a FileStorage (magic {magic:?}, expected \"FS30\" or \"FS21\")", path.display())]
     NotFileStorage { path: PathBuf, magic: [u8; 4] },
     #[error("{}: corrupt at offset {offset}: {reason}", path.display())]
     Corrupt {

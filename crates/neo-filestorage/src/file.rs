@@ -9,7 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::format::{
-    read_u64, DataHeader, TxnHeader, DATA_HEADER_LEN, FIRST_TXN_POS, MAGIC, TXN_HEADER_LEN, U64_LEN,
+    read_u64, DataHeader, TxnHeader, DATA_HEADER_LEN, FIRST_TXN_POS, MAGIC, MAGIC_PYTHON2,
+    TXN_HEADER_LEN, U64_LEN,
 };
 use crate::{Error, Oid, Result, Tid};
 
@@ -45,7 +46,7 @@ impl DataFile {
     pub fn check_magic(&self, file_len: u64) -> Result<()> {
         let mut magic = [0; MAGIC.len()];
         self.read_exact_at(&mut magic, 0, file_len, "magic")?;
-        if &magic != MAGIC {
+        if &magic != MAGIC && &magic != MAGIC_PYTHON2 {
             return Err(Error::NotFileStorage {
                 path: self.path.clone(),
                 magic,

@@ -1,8 +1,8 @@
-//! The on-disk layout of a Data.fs, format version 1 (magic `FS21`), as
-//! ZODB's `FileStorage/format.py` documents it. Every number is big-endian.
+//! The on-disk layout of a Data.fs, as ZODB's `FileStorage/format.py`
+//! documents it. Every number is big-endian.
 //!
 //! ```text
-//! file        = "FS21" transaction*
+//! file        = magic transaction*       -- "FS30", or "FS21" (Python 2)
 //! transaction = tid(8) tlen(8) status(1) ulen(2) dlen(2) elen(2)
 //!               user(ulen) description(dlen) extension(elen)
 //!               record* tlen(8)            -- tlen counts all but this copy
@@ -16,7 +16,11 @@
 
 use crate::{Oid, Tid};
 
-pub const MAGIC: &[u8; 4] = b"FS21";
+/// The magic ZODB writes on Python 3, and the only one it opens there.
+pub const MAGIC: &[u8; 4] = b"FS30";
+/// The magic of files written by ZODB on Python 2: the same layout, whose
+/// pickles are Python 2's. ZODB on Python 3 refuses it; we read both.
+pub const MAGIC_PYTHON2: &[u8; 4] = b"FS21";
 /// Offset of the first transaction.
 pub const FIRST_TXN_POS: u64 = MAGIC.len() as u64;
 pub const TXN_HEADER_LEN: usize = 23;

@@ -68,7 +68,7 @@ pub fn index_path(data_path: &Path) -> PathBuf {
 pub fn build(data: &DataFile, file_len: u64) -> Result<Scanned> {
     let saved = index_path(&data.path);
     if let Some((pos, index)) = load_saved(&saved) {
-        match trusted_tid(data, file_len, pos, &index)? {
+        match trusted_tid(data, file_len, pos, &index) {
             Some(last_tid) => {
                 let mut scanned = scan(data, file_len, pos, index, Some(last_tid), None)?;
                 scanned.index_used = true;
@@ -186,33 +186,34 @@ fn parse_old_format(dict: &Value<'_>) -> std::result::Result<(u64, OidIndex), St
 /// first records of that transaction are where the index says, and no entry
 /// points past it (ZODB's `_check_sanity`, plus the last check, which keeps
 /// a stale index from pointing into transactions it never saw).
-fn trusted_tid(data: &DataFile, file_len: u64, pos: u64, index: &OidIndex) -> Result<Option<Tid>> {
+fn trusted_tid(data: &DataFile, file_len: u64, pos: u64, index: &OidIndex) -> Option<Tid> {
+    // Whatever fails to read here only means the index is not trusted: the
+    // scan that follows reports what is wrong with the file, if anything.
     if pos > file_len || pos < FIRST_TXN_POS + (TXN_HEADER_LEN + U64_LEN) as u64 {
-        return Ok(None);
+        return None;
     }
     if index
         .values()
         .any(|&p| p >= pos || p < FIRST_TXN_POS + TXN_HEADER_LEN as u64)
     {
-        return Ok(None);
+        return None;
     }
-    let tlen = data.read_u64(
-        pos - U64_LEN as u64,
-        file_len,
-        "redundant transaction length",
-    )?;
-    let Some(tpos) = (pos - U64_LEN as u64)
+    let tlen = data
+        .read_u64(
+            pos - U64_LEN as u64,
+            file_len,
+            "redundant transaction length",
+        )
+        .ok()?;
+    let tpos = (pos - U64_LEN as u64)
         .checked_sub(tlen)
-        .filter(|&t| t >= FIRST_TXN_POS)
-    else {
-        return Ok(None);
-    };
-    let header = data.read_txn_header(tpos, file_len)?;
+        .filter(|&t| t >= FIRST_TXN_POS)?;
+    let header = data.read_txn_header(tpos, file_len).ok()?;
     if header.tlen != tlen
         || ![STATUS_COMMITTED, STATUS_PACKED].contains(&header.status)
         || tlen < header.header_len()
     {
-        return Ok(None);
+        return None;
     }
     let tend = tpos + tlen;
     let mut rpos = tpos + header.header_len();
@@ -220,15 +221,13 @@ fn trusted_tid(data: &DataFile, file_len: u64, pos: u64, index: &OidIndex) -> Re
         if rpos >= tend {
             break;
         }
-        let Ok(rec) = data.read_record_header(rpos, tend, None) else {
-            return Ok(None);
-        };
+        let rec = data.read_record_header(rpos, tend, None).ok()?;
         if rec.header.tpos != tpos || index.get(&rec.header.oid) != Some(&rpos) {
-            return Ok(None);
+            return None;
         }
         rpos += rec.header.record_len();
     }
-    Ok(Some(header.tid))
+    Some(header.tid)
 }
 
 /// Reads the transactions from `start` on, adding their records to

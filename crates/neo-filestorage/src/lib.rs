@@ -1,6 +1,6 @@
-//! ZODB's FileStorage, `Data.fs` in format version 1 (magic `FS21`): a
-//! reader ([`FileStorage`]) and an appending writer ([`Writer`]), without
-//! ZODB and without Python.
+//! ZODB's FileStorage, `Data.fs` (magic `FS30`, or `FS21` from Python 2:
+//! the same layout): a reader ([`FileStorage`]) and an appending writer
+//! ([`Writer`]), without ZODB and without Python.
 //!
 //! The reader sees a file as ZODB's `FileStorage` and its iterator do:
 //! the same transactions, the same data (backpointers resolved), the same

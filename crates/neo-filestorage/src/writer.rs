@@ -17,9 +17,10 @@ use crate::format::{
 use crate::index::{self, OidIndex, MAX_POSITION};
 use crate::{Error, NewRecord, NewTransaction, Oid, Result, Tid};
 
-/// Appends transactions to a Data.fs (created if missing, with the FS21
-/// magic), holding «path».lock as ZODB does. Dropping it without
-/// [`Writer::close`] leaves no `.index` (the next open scans), as a crash would.
+/// Appends transactions to a Data.fs, holding «path».lock as ZODB does. A
+/// new file gets the FS30 magic: the one ZODB writes on Python 3, and the
+/// only one it opens there. Dropping the writer without [`Writer::close`]
+/// leaves no `.index` (the next open scans), as a crash would.
 pub struct Writer {
     data: DataFile,
     /// Holds the flock on «path».lock for as long as the writer lives.
