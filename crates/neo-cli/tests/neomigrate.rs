@@ -184,26 +184,42 @@ fn failure(args: &[&str], status: i32) -> String {
     stderr.trim_end().to_owned()
 }
 
-/// A damaged source is reported with its file and offset before any
-/// cluster is contacted; a source that is neither a file nor masters too.
+/// A damaged or truncated source is reported with its file and offset
+/// before any cluster is contacted; a source that is neither a file nor
+/// masters too.
 #[test]
 fn bad_sources_fail_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let source = zodb_source(dir.path());
     std::fs::remove_file(dir.path().join("source.fs.index")).unwrap();
-    // The second transaction's length (after the magic, the first
-    // transaction and its trailing length) made to point past the end.
+    // The first transaction's redundant length, after it, made wrong
+    // (a length past the end would be a crash-truncated tail, which ZODB
+    // ignores silently).
     let mut bytes = std::fs::read(&source).unwrap();
-    let first_length = u64::from_be_bytes(bytes[12..20].try_into().unwrap());
-    let second = 4 + first_length as usize + 8;
-    bytes[second + 8..second + 16].copy_from_slice(&[0x7f; 8]);
+    // A copy cut in its last transaction, which ZODB would ignore silently.
+    let end = bytes.len();
+    let last_length = u64::from_be_bytes(bytes[end - 8..].try_into().unwrap());
+    let last = end - 8 - last_length as usize;
+    let cut = dir.path().join("cut.fs");
+    std::fs::write(&cut, &bytes[..end - 10]).unwrap();
+    let cut_text = cut.to_str().unwrap();
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let line = failure(&["-c", "x", cut_text, &nowhere], 1);
+    assert!(line.contains(cut_text), "{line}");
+    assert!(
+        line.contains(&format!("truncated at offset {last}")),
+        "{line}"
+    );
+
+    let length = u64::from_be_bytes(bytes[12..20].try_into().unwrap());
+    let trailer = 4 + length as usize;
+    bytes[trailer..trailer + 8].copy_from_slice(&(length + 1).to_be_bytes());
     std::fs::write(&source, &bytes).unwrap();
     let source_text = source.to_str().unwrap();
-    let nowhere = format!("127.0.0.1:{}", free_port());
     let line = failure(&["-c", "x", source_text, &nowhere], 1);
     assert!(line.starts_with("neomigrate: error: "), "{line}");
     assert!(line.contains(source_text), "{line}");
-    assert!(line.contains(&format!("offset {second}")), "{line}");
+    assert!(line.contains(&format!("offset {trailer}")), "{line}");
 
     let missing = dir.path().join("missing.fs");
     let line = failure(&["-c", "x", missing.to_str().unwrap(), &nowhere], 1);

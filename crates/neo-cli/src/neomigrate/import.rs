@@ -27,13 +27,30 @@ const READ_AHEAD: usize = 16;
 type Read = Result<(Transaction, u64), neo_filestorage::Error>;
 
 /// Opens the source (scanning it if it has no usable index), before the
-/// cluster is contacted: a bad file is reported at once.
+/// cluster is contacted: a bad file is reported at once. A file that goes
+/// on past its last complete transaction is refused: ZODB would ignore
+/// that tail without a word, and it may be a commit in progress.
 pub async fn open(source: &Path) -> Result<FileStorage, MigrateError> {
     let path = source.to_owned();
-    let storage = tokio::task::spawn_blocking(move || FileStorage::open(path))
-        .await
-        .map_err(|e| MigrateError::Internal(format!("opening the source: {e}")))??;
-    Ok(storage)
+    tokio::task::spawn_blocking(move || {
+        let storage = FileStorage::open(&path)?;
+        let length = std::fs::metadata(&path)
+            .map_err(|source| neo_filestorage::Error::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        if length > storage.size() {
+            return Err(MigrateError::IncompleteTail {
+                path,
+                offset: storage.size(),
+                bytes: length - storage.size(),
+            });
+        }
+        Ok(storage)
+    })
+    .await
+    .map_err(|e| MigrateError::Internal(format!("opening the source: {e}")))?
 }
 
 /// Copies `storage` into the cluster.
