@@ -1,12 +1,15 @@
 //! The progress bar on stderr: drawn only on a terminal and without `-q`,
 //! so that scripts and logs get NEO/py's output alone.
 
+use std::fmt;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use indicatif::{HumanBytes, HumanCount, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{
+    HumanBytes, HumanCount, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle,
+};
 
 /// How often the bar is redrawn at most; more is only terminal traffic.
 const REFRESH_PER_SECOND: u8 = 4;
@@ -17,7 +20,7 @@ const BYTES_TEMPLATE: &str =
 
 /// The bar of an export, whose number of transactions is known.
 const TRANSACTIONS_TEMPLATE: &str =
-    "{wide_bar} {human_pos}/{human_len} transactions {per_sec} ETA {eta} {msg}";
+    "{wide_bar} {human_pos}/{human_len} transactions {rate} ETA {eta} {msg}";
 
 /// What the bar's position counts.
 #[derive(Clone, Copy, Debug)]
@@ -74,7 +77,13 @@ impl Progress {
         // The templates are constants: one that does not parse is a bug
         // that a test of this module shows, not worth failing a copy.
         if let Ok(style) = ProgressStyle::with_template(template) {
-            self.bar.set_style(style.progress_chars("=> "));
+            let style = style
+                .progress_chars("=> ")
+                // indicatif's {per_sec} has four decimals.
+                .with_key("rate", |state: &ProgressState, out: &mut dyn fmt::Write| {
+                    let _ = write!(out, "{:.0}/s", state.per_sec());
+                });
+            self.bar.set_style(style);
         }
         self.bar.set_length(total);
         self.bar.enable_steady_tick(Duration::from_millis(500));
