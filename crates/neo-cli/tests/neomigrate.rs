@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, Cluster};
 use neo_cli::neomigrate::IMPORT_WARNING;
+use neo_proto::Tid;
 
 const NEOMIGRATE: &str = env!("CARGO_BIN_EXE_neomigrate");
 
@@ -172,6 +173,73 @@ fn round_trip_keeps_zodb_history() {
         std::fs::read(&again).unwrap(),
         std::fs::read(&exported).unwrap()
     );
+}
+
+/// Into a cluster that has data already, each oid's first store is based
+/// on its revision there (NEO/py's `importFrom`): the import conflicts
+/// with nothing and the source's history follows the cluster's.
+#[test]
+fn import_follows_what_the_cluster_has() {
+    let mut cluster = Cluster::new("migrate-more");
+    cluster.start(1, 0);
+    let client = cluster.client();
+    let oid = client.new_oid().unwrap();
+    let mut transaction = client.begin(None).unwrap();
+    let data = bytes::Bytes::from_static(b"before the import");
+    assert!(transaction.store(oid, Tid::ZERO, data).unwrap().is_empty());
+    transaction.vote(&common::meta()).unwrap();
+    let before = transaction.finish().unwrap();
+    client.close().unwrap();
+    // Made after that commit, so its TIDs come after it.
+    let source = zodb_source(cluster.dir.path());
+    let mut expected = zodb_dump(&source);
+    let mut records = expected
+        .iter()
+        .flat_map(|t| t["records"].as_array().unwrap());
+    assert!(
+        records.any(|r| r["oid"] == hex(oid.0)),
+        "oid {oid} not in the source"
+    );
+
+    let output = neomigrate(&[
+        "-q",
+        "-c",
+        "migrate-more",
+        source.to_str().unwrap(),
+        &cluster.master,
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(
+        text(&output.stdout),
+        "",
+        "-q prints nothing, warning included"
+    );
+
+    let exported = cluster.dir.path().join("export.fs");
+    let output = neomigrate(&[
+        "-q",
+        "-c",
+        "migrate-more",
+        &cluster.master,
+        exported.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let mut actual = zodb_dump(&exported);
+    assert_eq!(actual[0]["tid"], hex(before.0));
+    assert_eq!(actual[0]["records"][0]["oid"], hex(oid.0));
+    actual.remove(0);
+    for transaction in actual.iter_mut().chain(expected.iter_mut()) {
+        transaction.as_object_mut().unwrap().remove("status");
+    }
+    assert!(
+        actual == expected,
+        "the source's history differs once imported"
+    );
+}
+
+/// An id as `dump.py` prints it.
+fn hex(id: u64) -> String {
+    format!("{id:016x}")
 }
 
 /// Runs neomigrate expecting a failure with one line on stderr; that line.
