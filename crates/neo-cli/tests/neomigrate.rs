@@ -173,6 +173,17 @@ fn round_trip_keeps_zodb_history() {
         std::fs::read(&again).unwrap(),
         std::fs::read(&exported).unwrap()
     );
+    // Into a file that has these transactions already: refused, the file
+    // as it was.
+    let line = failure(&["-q", "-c", "migrate", &cluster.master, again_text], 1);
+    assert!(
+        line.contains(again_text) && line.contains("not after"),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(&exported).unwrap()
+    );
 }
 
 /// Into a cluster that has data already, each oid's first store is based
