@@ -24,8 +24,9 @@ const TIDS_PER_CHUNK: u32 = 1000;
 /// few in parallel keep the storages busy.
 const FETCH_WINDOW: usize = 16;
 
-/// Transactions fetched but not yet written.
-const WRITE_BEHIND: usize = 16;
+/// Transactions fetched but not yet written: appending is faster than
+/// fetching, so a few are enough (and bound memory with the window).
+const WRITE_BEHIND: usize = 4;
 
 /// One transaction as read from the cluster.
 struct Fetched {

@@ -19,9 +19,10 @@ use tokio::sync::mpsc;
 
 use super::{MigrateError, Progress};
 
-/// Transactions read ahead of the one being committed: enough to hide the
-/// file's latency, few enough to bound memory with big transactions.
-const READ_AHEAD: usize = 16;
+/// Transactions read ahead of the one being committed: reading is much
+/// faster than committing, so a few hide the file's latency, and memory
+/// stays bounded by a few of the biggest transactions.
+const READ_AHEAD: usize = 4;
 
 /// A source transaction and its length in the file (for the progress).
 type Read = Result<(Transaction, u64), neo_filestorage::Error>;
@@ -63,10 +64,7 @@ pub async fn run(
     // Oids of a cluster that had no transaction need no lookup.
     let cluster_empty = client.last_transaction().is_none_or(|tid| tid == Tid::ZERO);
     let (sender, mut receiver) = mpsc::channel(READ_AHEAD);
-    let reader = std::thread::Builder::new()
-        .name("neomigrate-read".into())
-        .spawn(move || read(&storage, &sender))
-        .map_err(|e| MigrateError::Internal(format!("cannot start the reader: {e}")))?;
+    let reader = tokio::task::spawn_blocking(move || read(&storage, &sender));
     let mut importer = Importer {
         client,
         cluster_empty,
@@ -91,8 +89,8 @@ pub async fn run(
     // Lets the reader end if we stopped early.
     drop(receiver);
     reader
-        .join()
-        .map_err(|_| MigrateError::Internal("the reader panicked".into()))?;
+        .await
+        .map_err(|e| MigrateError::Internal(format!("the reader: {e}")))?;
     outcome
 }
 
