@@ -253,6 +253,22 @@ fn hex(id: u64) -> String {
     format!("{id:016x}")
 }
 
+/// `--ca --cert --key` reach the cluster's TLS; an empty cluster exports
+/// to a FileStorage with no transaction.
+#[test]
+fn tls_and_an_empty_cluster() {
+    let mut cluster = Cluster::with_tls("migrate-tls");
+    cluster.start(1, 0);
+    let exported = cluster.dir.path().join("empty.fs");
+    let mut args = cluster.tls_args();
+    args.extend(["-q", "-c", "migrate-tls", &cluster.master].map(str::to_owned));
+    args.push(exported.to_str().unwrap().to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = neomigrate(&args);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(zodb_dump(&exported).is_empty());
+}
+
 /// Runs neomigrate expecting a failure with one line on stderr; that line.
 fn failure(args: &[&str], status: i32) -> String {
     let output = neomigrate(args);
