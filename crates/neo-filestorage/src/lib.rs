@@ -104,3 +104,19 @@ pub struct NewRecord<'a> {
     /// must exist. `data` and `data_txn` both None: a no-data record.
     pub data_txn: Option<Tid>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The storage node loads on its thread while an import thread
+    /// iterates the same file.
+    #[test]
+    fn readers_and_iterators_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<FileStorage>();
+        send_sync::<TransactionIter>();
+        send_sync::<Writer>();
+        send_sync::<Error>();
+    }
+}

@@ -42,11 +42,7 @@ impl FileStorage {
     pub fn open(path: impl AsRef<Path>) -> Result<FileStorage> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        FileStorage::from_file(DataFile::open(path, file))
-    }
-
-    /// Opens an already open file (the writer's, after appending).
-    pub(crate) fn from_file(data: DataFile) -> Result<FileStorage> {
+        let data = DataFile::open(path, file);
         let file_len = data.len()?;
         let scanned = if file_len == 0 {
             // ZODB reads an empty file as an empty storage.
@@ -60,10 +56,6 @@ impl FileStorage {
         } else {
             None
         };
-        let txns = OnceLock::new();
-        if let Some(list) = scanned.txns {
-            let _ = txns.set(list);
-        }
         Ok(FileStorage {
             inner: Arc::new(Inner {
                 size: scanned.size,
@@ -72,7 +64,7 @@ impl FileStorage {
                 last_oid: scanned.index.keys().max().copied(),
                 index: scanned.index,
                 index_used: scanned.index_used,
-                txns,
+                txns: scanned.txns.map_or_else(OnceLock::new, OnceLock::from),
                 data,
             }),
         })

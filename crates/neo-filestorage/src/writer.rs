@@ -24,7 +24,7 @@ use crate::{Error, NewRecord, NewTransaction, Oid, Result, Tid};
 pub struct Writer {
     data: DataFile,
     /// Holds the flock on «path».lock for as long as the writer lives.
-    _lock: File,
+    _lock: LockFile,
     index: OidIndex,
     /// End of the committed transactions, where the next one goes.
     size: u64,
@@ -253,9 +253,21 @@ enum Payload<'a> {
     Back(u64),
 }
 
+/// «path».lock, locked.
+struct LockFile(File);
+
+impl Drop for LockFile {
+    /// Unlocks explicitly: a child process forked meanwhile by another
+    /// thread shares the open file (until its exec closes it), and with it
+    /// the lock, which closing our descriptor alone would leave held.
+    fn drop(&mut self) {
+        let _ = flock(&self.0, FlockOperation::Unlock);
+    }
+}
+
 /// Takes «path».lock as zc.lockfile does: an exclusive, non-blocking flock,
 /// then our pid written into it.
-fn take_lock(path: &Path) -> Result<File> {
+fn take_lock(path: &Path) -> Result<LockFile> {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
@@ -277,7 +289,7 @@ fn take_lock(path: &Path) -> Result<File> {
     let pid = format!(" {}\n", std::process::id());
     lock.write_all(pid.as_bytes()).map_err(io_error)?;
     lock.set_len(pid.len() as u64).map_err(io_error)?;
-    Ok(lock)
+    Ok(LockFile(lock))
 }
 
 /// Copies the ignored tail to the first free «path».trN and cuts it off.

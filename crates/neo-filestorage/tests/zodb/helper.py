@@ -2,7 +2,6 @@
 and dumps what ZODB sees in them, as JSON, for the Rust tests to compare.
 
     helper.py make PATH [--small] [--pack]   a file with everything the format has
-    helper.py make-big PATH MB               1 KiB records until the file has MB MiB
     helper.py append PATH                    two more transactions, by ZODB
     helper.py dump PATH                      ZODB's view of the file, read-only
     helper.py reindex PATH                   open for writing and close: ZODB saves PATH.index
@@ -103,21 +102,6 @@ def make(path, small, pack):
     db.close()
 
 
-def make_big(path, megabytes):
-    storage = FileStorage(path)
-    db = ZODB.DB(storage)
-    conn = db.open()
-    root = conn.root()
-    n = 0
-    while storage.getSize() < megabytes << 20:
-        for _ in range(1000):
-            root[n] = PersistentMapping({'d': b'%1000d' % n})
-            n += 1
-        commit('big', 'batch')
-    conn.close()
-    db.close()
-
-
 def append(path):
     db = ZODB.DB(FileStorage(path))
     conn = db.open()
@@ -185,8 +169,6 @@ def main():
     command, path = sys.argv[1], sys.argv[2]
     if command == 'make':
         make(path, '--small' in sys.argv, '--pack' in sys.argv)
-    elif command == 'make-big':
-        make_big(path, int(sys.argv[3]))
     elif command == 'append':
         append(path)
     elif command == 'dump':
