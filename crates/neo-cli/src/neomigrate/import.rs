@@ -205,3 +205,57 @@ impl Importer<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use neo_filestorage::{NewRecord, NewTransaction, Writer};
+
+    /// The reader's lengths cover the file from the first transaction to
+    /// the end, each one its transaction's span: the progress ends at the
+    /// source's size.
+    #[test]
+    fn read_gives_each_transaction_its_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Data.fs");
+        let mut writer = Writer::open(&path).unwrap();
+        for (tid, data) in [(1, Some(&b"a"[..])), (2, Some(&[7; 3000][..])), (3, None)] {
+            writer
+                .append(&NewTransaction {
+                    tid,
+                    status: b' ',
+                    user: b"user",
+                    description: b"",
+                    extension: b"",
+                    records: vec![NewRecord {
+                        oid: tid,
+                        data,
+                        data_txn: None,
+                    }],
+                })
+                .unwrap();
+        }
+        writer.close().unwrap();
+        let storage = FileStorage::open(&path).unwrap();
+        let (sender, mut receiver) = mpsc::channel(READ_AHEAD);
+        std::thread::scope(|scope| {
+            // The sender moves in: its drop at the end closes the channel.
+            scope.spawn(|| {
+                let sender = sender;
+                read(&storage, &sender)
+            });
+            let mut spans = Vec::new();
+            while let Some(read) = receiver.blocking_recv() {
+                let (transaction, length) = read.unwrap();
+                spans.push((transaction.tid, transaction.position, length));
+            }
+            assert_eq!(spans.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2, 3]);
+            for pair in spans.windows(2) {
+                assert_eq!(pair[0].1 + pair[0].2, pair[1].1, "{spans:?}");
+            }
+            let (_, position, length) = spans[2];
+            assert_eq!(position + length, storage.size());
+            assert!(spans[1].2 > 3000, "{spans:?}");
+        });
+    }
+}
