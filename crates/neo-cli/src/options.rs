@@ -427,7 +427,7 @@ impl Values {
         let args = std::iter::once(OsString::from(program)).chain(args.into_iter().map(Into::into));
         let matches = command
             .try_get_matches_from(args)
-            .map_err(|e| OptionsError::Usage(crate::neoctl::clap_message(&e)))?;
+            .map_err(|e| OptionsError::Usage(crate::tool::clap_message(&e)))?;
         if matches.get_flag("help") {
             return Err(OptionsError::Help(help));
         }

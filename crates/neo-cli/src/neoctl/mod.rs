@@ -16,7 +16,10 @@ use neo_proto::Address;
 
 use crate::daemon::load_tls;
 use crate::options::TlsFiles;
+use crate::tool;
 
+/// NEO/py's message when only some TLS files are given.
+pub use crate::options::TLS_INCOMPLETE;
 pub use client::{AdminConnection, CtlError};
 pub use command::{parse_command, CheckTarget, Command, CommandError, NodeSelection};
 
@@ -72,45 +75,16 @@ impl CtlUsageError {
     }
 }
 
-/// NEO/py's message when only some TLS files are given.
-pub const TLS_INCOMPLETE: &str = "To enable encryption, 3 files must be provided: the CA \
-     certificate, and the certificate of this node with its private key.";
-
 fn clap_command() -> clap::Command {
     use clap::{Arg, ArgAction};
-    let value = |id: &'static str, long: &'static str| {
-        Arg::new(id)
-            .long(long)
-            .action(ArgAction::Set)
-            .value_parser(clap::builder::NonEmptyStringValueParser::new())
-    };
-    clap::Command::new("neoctl")
-        .disable_help_flag(true)
-        .disable_version_flag(true)
-        .arg(
-            Arg::new("help")
-                .short('h')
-                .long("help")
-                .action(ArgAction::SetTrue),
-        )
-        .arg(value("logfile", "logfile").short('l'))
-        .arg(value("ca", "ca"))
-        .arg(value("cert", "cert"))
-        .arg(value("key", "key"))
-        .arg(value("address", "address").short('a'))
+    tool::command("neoctl")
+        .arg(tool::value_arg("address", "address").short('a'))
         .arg(
             Arg::new("cmd")
                 .num_args(0..)
                 .trailing_var_arg(true)
                 .action(ArgAction::Append),
         )
-}
-
-/// The one-line message of a clap error, without its usage block.
-pub(crate) fn clap_message(error: &clap::Error) -> String {
-    let rendered = error.render().to_string();
-    let first = rendered.lines().next().unwrap_or_default();
-    first.strip_prefix("error: ").unwrap_or(first).to_owned()
 }
 
 /// Parses the arguments (without the program name).
@@ -122,20 +96,11 @@ where
     let args = std::iter::once(OsString::from("neoctl")).chain(args.into_iter().map(Into::into));
     let matches = clap_command()
         .try_get_matches_from(args)
-        .map_err(|e| CtlUsageError::Usage(clap_message(&e)))?;
+        .map_err(|e| CtlUsageError::Usage(tool::clap_message(&e)))?;
     if matches.get_flag("help") {
         return Ok(Invocation::Help);
     }
-    let path = |id| {
-        matches
-            .get_one::<String>(id)
-            .map(|path| crate::options::expand_user(path))
-    };
-    let tls = match (path("ca"), path("cert"), path("key")) {
-        (None, None, None) => None,
-        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
-        _ => return Err(CtlUsageError::Tls(TLS_INCOMPLETE)),
-    };
+    let tls = tool::tls_files(&matches).map_err(CtlUsageError::Tls)?;
     let address = match matches.get_one::<String>("address") {
         Some(text) => Address::parse(text, DEFAULT_ADMIN_PORT).map_err(|e| {
             CtlUsageError::Usage(format!(
@@ -146,7 +111,7 @@ where
     };
     Ok(Invocation::Run(CtlOptions {
         address,
-        logfile: path("logfile"),
+        logfile: tool::path(&matches, "logfile"),
         tls,
         words: matches
             .get_many::<String>("cmd")
