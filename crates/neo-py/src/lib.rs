@@ -19,7 +19,6 @@ mod cache_file;
 mod log;
 mod metrics;
 mod persist;
-mod references;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -1100,11 +1099,11 @@ impl Txn {
 
 /// `references(record)`: the oids `ZODB.serialize.referencesf(record)`
 /// returns (a list of `bytes`, in its order), or `None` when this cannot
-/// tell and `referencesf` must be asked (see `references.rs`). It does not
+/// tell and `referencesf` must be asked (see `neo_pickle::references`). It does not
 /// panic on any bytes; were it to, the answer would be `None` too.
 #[pyfunction(name = "references")]
 fn py_references<'py>(py: Python<'py>, record: &[u8]) -> Option<Vec<Bound<'py, PyBytes>>> {
-    let oids = catch_unwind(|| references::references(record)).ok()??;
+    let oids = catch_unwind(|| neo_pickle::references(record)).ok()??;
     Some(oids.into_iter().map(|oid| PyBytes::new(py, oid)).collect())
 }
 

@@ -82,7 +82,17 @@ enum Val {
     Tuple {
         head: Head,
         hashable: bool,
+        /// How a tuple of two items was built, for rewriting.
+        pair: Option<Pair>,
     },
+}
+
+/// Where a tuple of two items was built: its `TUPLE2` or `TUPLE` opcode,
+/// and the `MARK` of the latter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pair {
+    opcode: u32,
+    mark: Option<u32>,
 }
 
 impl Val {
@@ -106,18 +116,20 @@ impl Val {
 
 /// What `referencesf` makes of one persistent id.
 enum Reference {
-    Oid(Span),
+    /// The oid, and the tuple it heads if it is `(oid, class)`.
+    Oid(Span, Option<Pair>),
     /// A list: a weak or cross-database reference, left out.
     Skipped,
 }
 
 fn reference_of(pid: Val) -> Option<Reference> {
     match pid {
-        Val::Bytes(span) | Val::Ascii(span) => Some(Reference::Oid(span)),
+        Val::Bytes(span) | Val::Ascii(span) => Some(Reference::Oid(span, None)),
         Val::Tuple {
             head: Head::Oid(span),
+            pair,
             ..
-        } => Some(Reference::Oid(span)),
+        } => Some(Reference::Oid(span, pair)),
         Val::List => Some(Reference::Skipped),
         // An empty tuple, a tuple of anything else, non-ASCII text, a
         // number, None, a dict: referencesf raises.
@@ -130,20 +142,9 @@ fn reference_of(pid: Val) -> Option<Reference> {
 pub fn references(record: &[u8]) -> Option<Vec<&[u8]>> {
     // Spans are u32: larger records are left to Python.
     u32::try_from(record.len()).ok()?;
-    let mut machine = Machine {
-        data: record,
-        pos: 0,
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: Vec::new(),
-        refs: Vec::new(),
-    };
-    // The class metadata, then the state: one memo for both.
-    machine.run()?;
-    machine.run()?;
-    let refs = machine.refs;
+    let refs = Machine::scan(record, false)?;
     refs.into_iter()
-        .map(|span| record.get(span.start as usize..span.end as usize))
+        .map(|(span, _)| record.get(span.start as usize..span.end as usize))
         .collect()
 }
 
@@ -156,10 +157,16 @@ struct Machine<'a> {
     /// Stack lengths at each open `MARK` (never above the stack's length:
     /// a pickle that pops below a mark is left to Python).
     marks: Vec<usize>,
+    /// Where each open `MARK` is in the record.
+    mark_positions: Vec<u32>,
     /// Memoized values by index; kept from one pickle to the next.
     memo: Vec<Option<Val>>,
-    /// The oids found so far, in order.
-    refs: Vec<Span>,
+    /// The oids found so far, in order, with the `(oid, class)` tuple
+    /// they head, if any.
+    refs: Vec<(Span, Option<Pair>)>,
+    /// Rewriting: Python 2 `str` oids are raw bytes, whatever they hold
+    /// (`referencesf` would refuse the non-ASCII ones).
+    raw_strings: bool,
 }
 
 // Opcodes (pickletools' names).
@@ -223,11 +230,31 @@ const SHORT_BINBYTES: u8 = b'C';
 const HIGHEST_PROTOCOL: u8 = 3;
 
 impl<'a> Machine<'a> {
+    /// The references of a record: its two pickles, one memo for both.
+    fn scan(record: &'a [u8], raw_strings: bool) -> Option<Vec<(Span, Option<Pair>)>> {
+        // Spans are u32: larger records are left to Python.
+        u32::try_from(record.len()).ok()?;
+        let mut machine = Machine {
+            data: record,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            mark_positions: Vec::new(),
+            memo: Vec::new(),
+            refs: Vec::new(),
+            raw_strings,
+        };
+        machine.run()?;
+        machine.run()?;
+        Some(machine.refs)
+    }
+
     /// Runs one pickle to its `STOP`, as `noload` does: a fresh stack and
     /// marks, the memo kept.
     fn run(&mut self) -> Option<()> {
         self.stack.clear();
         self.marks.clear();
+        self.mark_positions.clear();
         loop {
             let opcode = self.byte()?;
             if opcode == STOP {
@@ -256,12 +283,13 @@ impl<'a> Machine<'a> {
                     return None;
                 }
                 self.marks.push(self.stack.len());
+                self.mark_positions.push(self.opcode_position()?);
                 Some(())
             }
             POP => {
                 // The top mark goes first if nothing was pushed after it.
                 if self.marks.last() == Some(&self.stack.len()) {
-                    self.marks.pop();
+                    self.marker()?;
                 } else {
                     self.pop()?;
                 }
@@ -348,13 +376,24 @@ impl<'a> Machine<'a> {
             EMPTY_TUPLE => self.push(Val::Tuple {
                 head: Head::Empty,
                 hashable: true,
+                pair: None,
             }),
             TUPLE1 => self.counted_tuple(1),
             TUPLE2 => self.counted_tuple(2),
             TUPLE3 => self.counted_tuple(3),
             TUPLE => {
+                let mark_position = self.mark_positions.last().copied();
                 let mark = self.marker()?;
-                let tuple = tuple_of(self.stack.get(mark..)?);
+                let opcode = self.opcode_position()?;
+                let mut tuple = tuple_of(self.stack.get(mark..)?);
+                if let Val::Tuple { pair, .. } = &mut tuple {
+                    if self.stack.len() - mark == 2 {
+                        *pair = Some(Pair {
+                            opcode,
+                            mark: mark_position,
+                        });
+                    }
+                }
                 self.stack.truncate(mark);
                 self.push(tuple)
             }
@@ -489,12 +528,19 @@ impl<'a> Machine<'a> {
 
     /// Closes the top mark: the stack length when it was opened.
     fn marker(&mut self) -> Option<usize> {
+        self.mark_positions.pop();
         self.marks.pop()
+    }
+
+    /// Where the opcode being run is: the byte before the cursor of a
+    /// one-byte opcode.
+    fn opcode_position(&self) -> Option<u32> {
+        u32::try_from(self.pos.checked_sub(1)?).ok()
     }
 
     fn persistent(&mut self, pid: Val) -> Option<()> {
         match reference_of(pid)? {
-            Reference::Oid(span) => self.refs.push(span),
+            Reference::Oid(span, pair) => self.refs.push((span, pair)),
             Reference::Skipped => {}
         }
         // The hook (list.append) returns None, which takes the id's place.
@@ -503,7 +549,15 @@ impl<'a> Machine<'a> {
 
     fn counted_tuple(&mut self, len: usize) -> Option<()> {
         let start = self.stack.len().checked_sub(len)?;
-        let tuple = tuple_of(self.stack.get(start..)?);
+        let mut tuple = tuple_of(self.stack.get(start..)?);
+        if let Val::Tuple { pair, .. } = &mut tuple {
+            if len == 2 {
+                *pair = Some(Pair {
+                    opcode: self.opcode_position()?,
+                    mark: None,
+                });
+            }
+        }
         self.stack.truncate(start);
         self.push(tuple)
     }
@@ -592,6 +646,9 @@ impl<'a> Machine<'a> {
     /// `referencesf`'s unpickler is configured), an error otherwise.
     fn old_string(&mut self, len: usize) -> Option<()> {
         let span = self.take(len)?;
+        if self.raw_strings {
+            return self.push(Val::Bytes(span));
+        }
         if !self.slice(span)?.is_ascii() {
             return None;
         }
@@ -693,11 +750,92 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// What becomes of one referenced oid when a record is rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewReference {
+    /// The same oid.
+    Keep,
+    /// Another oid; an `(oid, class)` reference keeps its class.
+    Oid(u64),
+    /// Another oid, of an object whose class the reference can not know
+    /// (a mount point's target): an `(oid, class)` reference becomes a
+    /// plain oid, and ZODB reads the class from the object's record.
+    OidWithoutClass(u64),
+}
+
+/// `record` with the oid of each persistent reference replaced as `map`
+/// says, or `None` when the record can not be scanned or a reference to
+/// change is not an 8-byte binary string. Only the oids' bytes change, and
+/// for a dropped class, the tuple's opcodes: `TUPLE2` becomes `POP` (of the
+/// class), `MARK … TUPLE` loses its `MARK` and ends with `POP`; the memo
+/// and everything else are untouched.
+pub fn rewrite_references(record: &[u8], map: impl Fn(u64) -> NewReference) -> Option<Vec<u8>> {
+    enum Edit {
+        Oid([u8; 8]),
+        Byte(u8),
+        Delete,
+    }
+    let mut edits = std::collections::BTreeMap::new();
+    for (span, pair) in Machine::scan(record, true)? {
+        let (start, end) = (span.start as usize, span.end as usize);
+        let oid = u64::from_be_bytes(record.get(start..end)?.try_into().ok()?);
+        let (new, drop_class) = match map(oid) {
+            NewReference::Keep => continue,
+            NewReference::Oid(new) => (new, false),
+            NewReference::OidWithoutClass(new) => (new, true),
+        };
+        if !is_binary_string(record, start) {
+            return None;
+        }
+        edits.insert(start, Edit::Oid(new.to_be_bytes()));
+        if let Some(pair) = pair.filter(|_| drop_class) {
+            edits.insert(pair.opcode as usize, Edit::Byte(POP));
+            if let Some(mark) = pair.mark {
+                edits.insert(mark as usize, Edit::Delete);
+            }
+        }
+    }
+    let mut rewritten = Vec::with_capacity(record.len());
+    let mut copied = 0;
+    for (at, edit) in edits {
+        rewritten.extend_from_slice(record.get(copied..at)?);
+        copied = match edit {
+            Edit::Oid(oid) => {
+                rewritten.extend_from_slice(&oid);
+                at + 8
+            }
+            Edit::Byte(byte) => {
+                rewritten.push(byte);
+                at + 1
+            }
+            Edit::Delete => at + 1,
+        };
+    }
+    rewritten.extend_from_slice(record.get(copied..)?);
+    Some(rewritten)
+}
+
+/// Whether the 8 bytes at `start` are the whole value of a binary string
+/// opcode (`SHORT_BINBYTES`, `SHORT_BINSTRING`, `BINBYTES`, `BINSTRING`),
+/// so that other 8 bytes can take their place.
+fn is_binary_string(record: &[u8], start: usize) -> bool {
+    let short = start
+        .checked_sub(2)
+        .and_then(|at| record.get(at..start))
+        .is_some_and(|head| matches!(head, [SHORT_BINBYTES | SHORT_BINSTRING, 8]));
+    let long = start
+        .checked_sub(5)
+        .and_then(|at| record.get(at..start))
+        .is_some_and(|head| matches!(head, [BINBYTES | BINSTRING, 8, 0, 0, 0]));
+    short || long
+}
+
 /// A tuple of these items.
 fn tuple_of(items: &[Val]) -> Val {
     Val::Tuple {
         head: items.first().map_or(Head::Empty, |first| first.as_head()),
         hashable: items.iter().all(|item| item.hashable()),
+        pair: None,
     }
 }
 
@@ -1050,6 +1188,88 @@ mod tests {
                 }
             }
             let _ = references(&data);
+            let _ = rewrite_references(&data, |oid| NewReference::OidWithoutClass(!oid));
         }
+    }
+
+    fn shift(by: u64) -> impl Fn(u64) -> NewReference {
+        move |oid| NewReference::Oid(oid + by)
+    }
+
+    #[test]
+    fn oids_are_rewritten_in_place_and_classes_kept() {
+        let state = mapping_state(&pid_with_class(short_bytes(OID1)));
+        let original = record(CLASS3, &state);
+        let rewritten = rewrite_references(&original, shift(0x100)).unwrap();
+        assert_eq!(rewritten.len(), original.len());
+        assert_eq!(
+            refs(&rewritten).unwrap(),
+            vec![b"\0\0\0\0\0\0\x01\x01".to_vec()]
+        );
+        // Nothing but the oid changed.
+        let changed: Vec<usize> = (0..original.len())
+            .filter(|&i| original[i] != rewritten[i])
+            .collect();
+        assert_eq!(changed.len(), 1);
+        assert!(rewrite_references(&original, |_| NewReference::Keep).unwrap() == original);
+    }
+
+    #[test]
+    fn a_dropped_class_leaves_a_plain_oid_in_both_tuple_forms() {
+        // Protocol 3: (oid, class) built by TUPLE2.
+        let state = mapping_state(&pid_with_class(short_bytes(OID1)));
+        let original = record(CLASS3, &state);
+        let rewritten =
+            rewrite_references(&original, |_| NewReference::OidWithoutClass(7)).unwrap();
+        let oid7 = 7u64.to_be_bytes().to_vec();
+        assert_eq!(refs(&rewritten).unwrap(), vec![oid7.clone()]);
+        let machine = Machine::scan(&rewritten, true).unwrap();
+        assert_eq!(machine.len(), 1);
+        assert_eq!(machine[0].1, None, "the reference is a plain oid now");
+        // Protocol 1: MARK oid class TUPLE, with a Python 2 str oid that is
+        // not ASCII.
+        let mut pid = vec![MARK];
+        pid.extend(short_string(OID_HIGH));
+        pid.extend_from_slice(b"cBTrees.OOBTree\nOOBucket\nq\x05tQ");
+        let mut state = b"}q\x01U\x01aq\x02".to_vec();
+        state.extend(pid);
+        state.extend_from_slice(b"s.");
+        let original = record(CLASS1, &state);
+        let rewritten =
+            rewrite_references(&original, |_| NewReference::OidWithoutClass(7)).unwrap();
+        assert_eq!(rewritten.len(), original.len() - 1);
+        let machine = Machine::scan(&rewritten, true).unwrap();
+        assert_eq!(machine.len(), 1);
+        assert_eq!(machine[0].1, None);
+        let span = machine[0].0;
+        assert_eq!(
+            &rewritten[span.start as usize..span.end as usize],
+            &oid7[..]
+        );
+    }
+
+    #[test]
+    fn a_memoized_reference_is_rewritten_once() {
+        // The same (oid, class) tuple memoized, then fetched again.
+        let mut state = b"\x80\x03]q\x01(".to_vec();
+        state.extend(short_bytes(OID2));
+        state.extend_from_slice(b"cBTrees.OOBTree\nOOBucket\n\x86q\x02Qh\x02Qe.");
+        let original = record(CLASS3, &state);
+        assert_eq!(refs(&original).unwrap().len(), 2);
+        let rewritten = rewrite_references(&original, shift(1)).unwrap();
+        let three = 3u64.to_be_bytes().to_vec();
+        assert_eq!(refs(&rewritten).unwrap(), vec![three.clone(), three]);
+    }
+
+    #[test]
+    fn references_that_are_not_binary_strings_can_not_be_rewritten() {
+        // A text oid (BINUNICODE) can not hold any 8 bytes.
+        let state = mapping_state(&pid_with_class(unicode(b"abcdefgh")));
+        let original = record(CLASS3, &state);
+        assert!(rewrite_references(&original, shift(1)).is_none());
+        // Kept as it is, it needs no rewriting.
+        assert!(rewrite_references(&original, |_| NewReference::Keep).is_some());
+        // A truncated record can not be scanned.
+        assert!(rewrite_references(&original[..original.len() - 3], shift(1)).is_none());
     }
 }
