@@ -74,6 +74,25 @@ impl FileStorage {
         &self.inner.data.path
     }
 
+    /// Refuses a file that goes on past its last whole transaction: the
+    /// tail a crash leaves (or a commit in progress), which ZODB ignores
+    /// without a word. A migration must not leave it behind unnoticed.
+    pub fn check_complete(&self) -> Result<()> {
+        let length = self.inner.data.len()?;
+        if length > self.inner.size {
+            return Err(Error::truncated(
+                &self.inner.data.path,
+                self.inner.size,
+                format!(
+                    "{} bytes of an incomplete transaction after the last whole one (a crash, \
+                     or a commit in progress); opening the file once with ZODB cuts them off",
+                    length - self.inner.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Bytes of committed transactions, the magic included (ZODB's getSize).
     pub fn size(&self) -> u64 {
         self.inner.size

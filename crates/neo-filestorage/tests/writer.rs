@@ -409,3 +409,40 @@ fn a_crash_cut_tail_is_saved_aside_and_cut_off_as_zodb_does() {
     let tids: Vec<u64> = read_all(&fs).iter().map(|t| t.tid).collect();
     assert_eq!(tids, [T1, T3]);
 }
+
+#[test]
+fn a_file_cut_in_its_last_transaction_reads_but_is_not_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Data.fs");
+    let mut writer = Writer::open(&path).unwrap();
+    writer
+        .append(&txn(0x10, b' ', vec![data(1, b"one")]))
+        .unwrap();
+    writer
+        .append(&txn(0x20, b' ', vec![data(1, b"two")]))
+        .unwrap();
+    writer.close().unwrap();
+    let whole = FileStorage::open(&path).unwrap();
+    whole.check_complete().unwrap();
+    let length = fs::metadata(&path).unwrap().len();
+    let first_end = whole.transaction(0x20).unwrap().unwrap().position;
+    drop(whole);
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(length - 3)
+        .unwrap();
+    fs::remove_file(index_path(&path)).unwrap();
+    // Read as ZODB reads it: up to the last whole transaction...
+    let cut = FileStorage::open(&path).unwrap();
+    assert_eq!(cut.last_tid(), Some(0x10));
+    // ...but a migration is told.
+    match cut.check_complete() {
+        Err(Error::Truncated { offset, reason, .. }) => {
+            assert_eq!(offset, first_end);
+            assert!(reason.contains("incomplete transaction"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

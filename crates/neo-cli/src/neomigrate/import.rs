@@ -35,19 +35,7 @@ pub async fn open(source: &Path) -> Result<FileStorage, MigrateError> {
     let path = source.to_owned();
     tokio::task::spawn_blocking(move || {
         let storage = FileStorage::open(&path)?;
-        let length = std::fs::metadata(&path)
-            .map_err(|source| neo_filestorage::Error::Io {
-                path: path.clone(),
-                source,
-            })?
-            .len();
-        if length > storage.size() {
-            return Err(MigrateError::IncompleteTail {
-                path,
-                offset: storage.size(),
-                bytes: length - storage.size(),
-            });
-        }
+        storage.check_complete()?;
         Ok(storage)
     })
     .await

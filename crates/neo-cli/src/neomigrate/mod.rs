@@ -109,20 +109,6 @@ pub enum MigrateError {
     /// file and, for a bad file, the offset.
     #[error(transparent)]
     FileStorage(#[from] neo_filestorage::Error),
-    /// The source ends with an incomplete transaction.
-    #[error(
-        "{}: truncated at offset {offset}: {bytes} bytes of an incomplete transaction after \
-         the last complete one (a crash, or a file in use); opening it once with ZODB cuts them off",
-        path.display()
-    )]
-    IncompleteTail {
-        /// The FileStorage.
-        path: PathBuf,
-        /// Where its committed transactions end.
-        offset: u64,
-        /// How many bytes follow.
-        bytes: u64,
-    },
     /// No primary master of this cluster answered in time.
     #[error("cannot reach cluster {cluster:?} at {masters}: {source}")]
     Connect {
