@@ -23,6 +23,7 @@ use neo_net::{ConnId, Input, Node, Outbox, Output, Requests, Token};
 use neo_proto::packets::{self as p, NodeInfo};
 use neo_proto::{Address, ClusterState, ErrorCode, Map, NodeId, NodeType, Oid, Packet, Tid, Value};
 
+use crate::imports::Imports;
 use crate::mail::{EmailConfig, Mail, Notifier};
 use crate::monitor::{Alert, Level, Watch, ALERT_TARGET};
 use crate::status::{Activity, View, ACTIVITY_WINDOW, STATUS_POLL_INTERVAL};
@@ -109,6 +110,8 @@ enum Pending {
     Forward { ctl: ConnId, msg_id: u32 },
     /// Refreshing the last TID (or backup TID) for a summary.
     Monitor,
+    /// `AskMonitorInformation` to this storage: its import's progress.
+    Import(NodeId),
 }
 
 /// Why the last TID is asked of the master.
@@ -185,6 +188,8 @@ pub struct Admin {
     /// When the page last asked its data: the master is asked only while
     /// someone looks.
     status_seen_at: Option<UnixTime>,
+    /// The storages' import progress.
+    imports: Imports,
     out: Outbox,
 }
 
@@ -226,6 +231,7 @@ impl Admin {
             activity: Activity::default(),
             status_poll_at: None,
             status_seen_at: None,
+            imports: Imports::default(),
             out: Outbox::default(),
         })
     }
@@ -293,6 +299,15 @@ impl Admin {
     }
 
     fn on_connected(&mut self, conn: ConnId, token: Token) {
+        if let Some(nid) = self.imports.connected(token, conn) {
+            self.pending.send(
+                &mut self.out,
+                conn,
+                Pending::Import(nid),
+                p::AskMonitorInformation {},
+            );
+            return;
+        }
         if self.link != (Link::Connecting { token: Some(token) }) {
             // Not the attempt we are waiting for.
             self.out.close(conn);
@@ -454,6 +469,22 @@ impl Admin {
                 }
             }
             Pending::Monitor => self.on_monitor_answer(packet, now),
+            Pending::Import(nid) => {
+                self.imports.answered(nid, packet, now);
+                self.out.close(conn);
+            }
+        }
+    }
+
+    /// Asks the storages due their import's progress.
+    fn ask_imports(&mut self, now: UnixTime) {
+        if !self.is_connected() {
+            return;
+        }
+        self.imports.update(&self.nodes, now);
+        let pending = &mut self.pending;
+        for (token, address) in self.imports.due(&self.nodes, now, || pending.fresh()) {
+            self.out.connect(token, address);
         }
     }
 
@@ -497,6 +528,10 @@ impl Admin {
     }
 
     fn on_closed(&mut self, conn: ConnId, now: UnixTime) {
+        if self.imports.closed(conn) {
+            self.pending.closed(conn);
+            return;
+        }
         if self.ctl.remove(&conn) {
             self.pending
                 .retain(|_, why| !matches!(why, Pending::Forward { ctl, .. } if *ctl == conn));
@@ -818,7 +853,7 @@ impl Admin {
             Severity::Warning => warning.push(None),
             Severity::Ok => {}
         }
-        let text = report.line() + failure.as_deref().unwrap_or("");
+        let text = report.line() + failure.as_deref().unwrap_or("") + &self.imports.lines();
         for (conn, msg_id) in waiters {
             if self.ctl.contains(conn) {
                 self.answer(
@@ -992,6 +1027,8 @@ impl Node for Admin {
             Input::ConnectFailed { token } => {
                 if self.link == (Link::Connecting { token: Some(token) }) {
                     self.connect_next(None, now);
+                } else {
+                    self.imports.connect_failed(token, now);
                 }
             }
             Input::Accepted { conn } => {
@@ -1006,6 +1043,11 @@ impl Node for Admin {
                     self.on_ctl_packet(conn, msg_id, packet, now);
                 } else if self.master_conn() == Some(conn) {
                     self.on_master_packet(conn, msg_id, packet, now);
+                } else if self.imports.owns(conn) {
+                    // A storage we asked about its import, probing us.
+                    if let Packet::Ping(_) = packet {
+                        self.answer(conn, msg_id, p::Pong {});
+                    }
                 } else {
                     // A master connection we gave up (redirected): whatever
                     // it still says is moot.
@@ -1023,6 +1065,7 @@ impl Node for Admin {
             Input::Timeout => self.on_timeout(now),
         }
         self.watch(now);
+        self.ask_imports(now);
     }
 
     fn poll_output(&mut self) -> Vec<Output> {
@@ -1041,9 +1084,17 @@ impl Node for Admin {
             .filter(|due| due.is_finite());
         let notify = self.notifier.as_ref().and_then(Notifier::deadline);
         let lag = self.watch.lag_deadline(self.config.monitor.max_lag);
-        [reconnect, monitor, notify, lag, self.status_poll_at]
-            .into_iter()
-            .flatten()
-            .min_by(f64::total_cmp)
+        let imports = self.imports.deadline().filter(|_| self.is_connected());
+        [
+            reconnect,
+            monitor,
+            notify,
+            lag,
+            self.status_poll_at,
+            imports,
+        ]
+        .into_iter()
+        .flatten()
+        .min_by(f64::total_cmp)
     }
 }

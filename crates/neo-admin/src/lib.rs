@@ -8,6 +8,7 @@
 
 mod app;
 pub mod http;
+mod imports;
 pub mod mail;
 mod metrics;
 pub mod monitor;

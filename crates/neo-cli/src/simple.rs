@@ -14,8 +14,8 @@ use neo_master::MasterConfig;
 use neo_net::{connect_alone, ConnectionConfig, Listener, Tls};
 use neo_proto::packets::{AskClusterState, SetClusterState};
 use neo_proto::{Address, ClusterState};
-use neo_storage::backend::{self, Adapter, OpenOptions};
-use neo_storage::db::Database;
+use neo_storage::backend::{Adapter, OpenOptions};
+use neo_storage::importer::open_database;
 use neo_storage::node::{Limits, Storage, StorageConfig};
 use tokio::task::JoinHandle;
 
@@ -197,8 +197,8 @@ pub async fn run(
             reset: options.clear_databases,
             ..OpenOptions::default()
         };
-        let backend = backend::open(adapter, &database, &open).map_err(|e| e.to_string())?;
-        let mut db = Database::new(backend).map_err(|e| format!("{database}: {e}"))?;
+        let mut db =
+            open_database(adapter, &database, &open).map_err(|e| format!("{database}: {e}"))?;
         let listener = bind(0).await?;
         let config = StorageConfig {
             cluster: options.name.clone(),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Cluster};
+use common::{free_port, python, Cluster};
 use neo_cli::neomigrate::IMPORT_WARNING;
 use neo_proto::Tid;
 
@@ -25,22 +25,6 @@ fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/neomigrate")
         .join(name)
-}
-
-/// The Python with ZODB: `$NEO_PY_VENV/bin/python`, else the workspace's
-/// `target/py-venv`.
-fn python() -> PathBuf {
-    let venv = std::env::var_os("NEO_PY_VENV").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py-venv"),
-        PathBuf::from,
-    );
-    let python = venv.join("bin/python");
-    assert!(
-        python.is_file(),
-        "no Python with ZODB at {} (set NEO_PY_VENV to a virtualenv with ZODB, as .ci/run does)",
-        python.display()
-    );
-    python
 }
 
 /// Runs a script of ours with ZODB's Python; its stdout.

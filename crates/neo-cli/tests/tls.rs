@@ -7,29 +7,14 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{one_line_error, tls_args, Cluster, NEOADMIN, NEOCTL, NEOMASTER, NEOSTORAGE};
 use neo_client::{BlockingClient, ClientConfig, ClientError};
 use neo_net::test_pki::Credentials;
 
-/// Waits until the log of `label` contains `text` (bounded).
-fn wait_log(cluster: &Cluster, label: &str, text: &str) -> String {
-    let path = cluster.dir.path().join(format!("{label}.log"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let log = std::fs::read_to_string(&path).unwrap_or_default();
-        if log.contains(text) {
-            return log;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{label} never logged {text:?}:\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// How long a log line may take to appear.
+const LOG_WAIT: Duration = Duration::from_secs(20);
 
 /// neoctl with these arguments: its stderr, which must be one line, and
 /// its exit status.
@@ -64,8 +49,8 @@ fn nodes_with_and_without_tls_do_not_mix_and_both_say_why() {
     let admin = format!("127.0.0.1:{}", common::free_port());
     let args = ["-c", "mixed", "-m", &cluster.master, "-b", &admin].map(str::to_owned);
     cluster.spawn_plain("plain-admin", NEOADMIN, &args);
-    wait_log(&cluster, "plain-admin", USES_TLS);
-    let master = wait_log(&cluster, "master", WITHOUT_TLS);
+    cluster.wait_log("plain-admin", USES_TLS, LOG_WAIT);
+    let master = cluster.wait_log("master", WITHOUT_TLS, LOG_WAIT);
     assert!(
         !master.contains("packet"),
         "no malformed-packet noise: {master}"
@@ -103,7 +88,7 @@ fn storage_is_refused(cluster: &mut Cluster, label: &str, credentials: &Credenti
     .to_vec();
     args.extend(tls_args(credentials));
     cluster.spawn_plain(label, NEOSTORAGE, &args);
-    wait_log(cluster, label, "TLS handshake failed");
+    cluster.wait_log(label, "TLS handshake failed", LOG_WAIT);
     let nodes = cluster.neoctl_stdout("print node");
     assert_eq!(nodes.matches("STORAGE").count(), 1, "{nodes}");
     cluster.kill(label);
@@ -116,11 +101,11 @@ fn a_certificate_of_another_ca_or_revoked_is_refused() {
     let pki = cluster.pki.clone().unwrap();
 
     storage_is_refused(&mut cluster, "foreign", &pki.foreign);
-    wait_log(&cluster, "master", "TLS handshake failed");
+    cluster.wait_log("master", "TLS handshake failed", LOG_WAIT);
     // The revoked node's CA file predates the CRL: it starts, and the
     // master, which has the CRL, refuses it.
     storage_is_refused(&mut cluster, "revoked", &pki.revoked);
-    wait_log(&cluster, "master", "revoked by a CRL of the CA file");
+    cluster.wait_log("master", "revoked by a CRL of the CA file", LOG_WAIT);
 
     let master = neo_proto::Address::parse(&cluster.master, 0).unwrap();
     let mut config = ClientConfig::new(vec![master], cluster.name.clone());

@@ -51,10 +51,14 @@ class Cluster:
     """One neosimple process: a master, `storages` storages, an admin."""
 
     def __init__(self, storages=1, replicas=0, name=None, partitions=4,
-                 tls=False):
+                 tls=False, adapter=None, databases=None):
         _counter[0] += 1
         self.name = name or 'pytest%d_%d' % (os.getpid(), _counter[0])
         self.storages = storages
+        # Another engine than SQLite, with one database string per storage
+        # (e.g. ``adapter='Importer'`` and the paths of importer.conf files).
+        self.adapter = adapter
+        self.databases = databases
         self.replicas = replicas
         self.partitions = partitions
         self.process = None
@@ -65,7 +69,8 @@ class Cluster:
         self.tls = credentials(self.pki) if tls else {}
 
     def start(self, timeout=30):
-        names = ['s%d' % i for i in range(self.storages)]
+        names = self.databases or ['s%d' % i for i in range(self.storages)]
+        adapter = ['--adapter', self.adapter] if self.adapter else []
         self.log = open(os.path.join(self.dir, 'neosimple.log'), 'wb+')
         self.process = subprocess.Popen(
             [os.path.join(bin_dir(), 'neosimple'), *names,
@@ -73,7 +78,7 @@ class Cluster:
              '--name', self.name,
              '--replicas', str(self.replicas),
              '--partitions', str(self.partitions),
-             '--master_port', '0', '--admin_port', '0',
+             '--master_port', '0', '--admin_port', '0', *adapter,
              *('--%s=%s' % item for item in sorted(self.tls.items()))],
             stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL)
         deadline = time.time() + timeout

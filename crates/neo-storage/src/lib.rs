@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod db;
+pub mod importer;
 mod metrics;
 pub mod node;
 mod shell;

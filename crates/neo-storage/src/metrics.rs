@@ -47,6 +47,11 @@ pub struct StorageMetrics {
     waiting: Gauge,
     transactions: Gauge,
     replicating: Gauge,
+    /// The Importer's bytes imported and to import since this start,
+    /// transactions imported.
+    import_bytes: Gauge,
+    import_total_bytes: Gauge,
+    import_transactions: Gauge,
     connections: Tally<1>,
     cells: Tally<1>,
     /// The table version the cells were counted at.
@@ -146,9 +151,32 @@ impl StorageMetrics {
             "Partitions still to fetch by replication, the one in progress included",
             replicating.clone(),
         );
+        let import_bytes = Gauge::default();
+        registry.register_with_unit(
+            "neo_storage_import",
+            "Importer: data of the sources imported since the node started",
+            Unit::Bytes,
+            import_bytes.clone(),
+        );
+        let import_total_bytes = Gauge::default();
+        registry.register_with_unit(
+            "neo_storage_import_total",
+            "Importer: data of the sources to import when the node started",
+            Unit::Bytes,
+            import_total_bytes.clone(),
+        );
+        let import_transactions = Gauge::default();
+        registry.register(
+            "neo_storage_import_transactions",
+            "Importer: transactions imported since the node started",
+            import_transactions.clone(),
+        );
         StorageMetrics {
             counters,
             replicating,
+            import_bytes,
+            import_total_bytes,
+            import_transactions,
             durations: durations(registry, "neo_storage_request_duration"),
             waiting,
             transactions,
@@ -171,6 +199,12 @@ impl StorageMetrics {
         self.waiting.set(gauge_value(state.waiting));
         self.transactions.set(gauge_value(state.transactions));
         self.replicating.set(gauge_value(state.replicating));
+        if let Some(import) = state.import {
+            let value = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.import_bytes.set(value(import.bytes));
+            self.import_total_bytes.set(value(import.total));
+            self.import_transactions.set(value(import.transactions));
+        }
         self.connections
             .set(state.connections.map(|peer| [("peer", peer)]));
         let ptid = state.pt.and_then(|pt| pt.ptid());
@@ -196,6 +230,8 @@ pub(crate) struct Observed<'a, Connections> {
     pub connections: Connections,
     pub nid: Option<NodeId>,
     pub pt: Option<&'a neo_cluster::PartitionTable>,
+    /// With the Importer.
+    pub import: Option<crate::importer::ImportProgress>,
 }
 
 /// The requests whose time to answer is measured, by operation.

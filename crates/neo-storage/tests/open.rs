@@ -5,6 +5,7 @@
 
 use neo_storage::backend::{self, Adapter, OpenError, OpenOptions};
 use neo_storage::db::Database;
+use neo_storage::importer::open_database;
 
 #[test]
 fn adapters_go_by_neopy_names() {
@@ -26,15 +27,45 @@ fn adapters_go_by_neopy_names() {
 }
 
 #[test]
-fn the_importer_is_refused_by_name() {
+fn the_importer_is_opened_through_its_configuration_file() {
     let error = backend::open(Adapter::Importer, "importer.conf", &OpenOptions::default())
         .err()
-        .expect("not supported yet");
-    assert!(matches!(error, OpenError::Unsupported { .. }), "{error}");
-    assert_eq!(
-        error.to_string(),
-        "the Importer adapter is not supported yet"
+        .expect("not an engine");
+    assert!(matches!(error, OpenError::NotAnEngine { .. }), "{error}");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("importer.conf");
+    let open = |path: &std::path::Path| {
+        open_database(
+            Adapter::Importer,
+            path.to_str().unwrap(),
+            &OpenOptions::default(),
+        )
+        .err()
+        .expect("refused")
+        .to_string()
+    };
+    let error = open(&conf);
+    assert!(
+        error.starts_with(&format!("{}: ", conf.display())),
+        "{error}"
     );
+    std::fs::write(&conf, "[neo]\nadapter = SQLite\n").unwrap();
+    assert!(open(&conf).contains("`database` is missing"));
+    let source = dir.path().join("missing.fs");
+    std::fs::write(
+        &conf,
+        format!(
+            "[neo]\nadapter = SQLite\ndatabase = {}\n[root]\nstorage = <filestorage>\n  \
+             path {}\n  </filestorage>\n",
+            dir.path().join("neo.sqlite").display(),
+            source.display()
+        ),
+    )
+    .unwrap();
+    let error = open(&conf);
+    assert!(error.contains(&source.display().to_string()), "{error}");
+    std::fs::write(&source, b"FS30").unwrap();
+    assert!(open(&conf).contains("Can not import empty storage"));
 }
 
 /// NEO/py's three names of MySQL (two of them chose its Python binding)

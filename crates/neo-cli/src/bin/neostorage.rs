@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use neo_cli::daemon::{fail, listen, load_tls, serve, serve_metrics, shutdown_signal, LogSetup};
 use neo_cli::options::{parse_storage, report_and_exit};
-use neo_storage::backend::{self, OpenOptions};
-use neo_storage::db::Database;
+use neo_storage::backend::OpenOptions;
+use neo_storage::importer::open_database;
 use neo_storage::node::{Limits, Storage, StorageConfig};
 use neo_storage::StorageMetrics;
 
@@ -34,13 +34,12 @@ fn main() -> ExitCode {
         ..OpenOptions::default()
     };
     serve(PROGRAM, LogSetup::of(&options.common), async move {
-        let backend =
-            backend::open(options.adapter, &options.database, &open).map_err(|e| e.to_string())?;
+        let mut db =
+            open_database(options.adapter, &options.database, &open).map_err(|e| e.to_string())?;
         if options.reset {
             // `--reset` erases the database and exits, as NEO/py does.
             return Ok(());
         }
-        let mut db = Database::new(backend).map_err(|e| e.to_string())?;
         if let Some(nid) = options.common.nid {
             // As NEO/py: an id the database already has takes precedence.
             if db.nid().map_err(|e| e.to_string())?.is_none() {

@@ -53,6 +53,23 @@ pub fn one_line_error(program: &str, args: &[&str]) -> String {
     stderr.trim().to_owned()
 }
 
+/// The Python with ZODB: `$NEO_PY_VENV/bin/python`, else the workspace's
+/// `target/py-venv` (`.ci/run` and `scripts/test` make it). Missing, the
+/// test fails.
+pub fn python() -> PathBuf {
+    let venv = std::env::var_os("NEO_PY_VENV").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/py-venv"),
+        PathBuf::from,
+    );
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "no Python with ZODB at {} (set NEO_PY_VENV to a virtualenv with ZODB, as .ci/run does)",
+        python.display()
+    );
+    python
+}
+
 /// A free port on 127.0.0.1, for a node to bind a moment later. Taken
 /// below Linux's ephemeral range (32768 and up): the kernel gives those to
 /// outgoing connections, which could take a port between this check and
@@ -409,6 +426,25 @@ impl Cluster {
     pub fn stop(&mut self) {
         assert!(self.neoctl("set cluster STOPPING").status.success());
         assert!(self.wait_exit(), "{}", self.logs());
+    }
+
+    /// Polls the log of `label` until it holds `text` (bounded by
+    /// `within`); the log.
+    pub fn wait_log(&self, label: &str, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let path = self.dir.path().join(format!("{label}.log"));
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{label} did not log {text:?} in time; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn logs(&self) -> String {

@@ -77,12 +77,18 @@ pub enum OpenError {
         /// What is wrong, and what to do about it.
         reason: String,
     },
-    /// The engine is not implemented yet.
-    #[error("the {} adapter is not supported yet", adapter.name())]
-    Unsupported {
+    /// An adapter that is not an engine (the Importer wraps one).
+    #[error(
+        "the {} adapter is not an engine: it is opened with importer::open_database",
+        adapter.name()
+    )]
+    NotAnEngine {
         /// The engine asked for.
         adapter: Adapter,
     },
+    /// The Importer's configuration or sources can not be used.
+    #[error(transparent)]
+    Import(#[from] crate::importer::ImportError),
     /// The database failed while it was being opened.
     #[error("opening {database}: {source}")]
     Failed {
@@ -129,6 +135,12 @@ pub enum RequestError {
         /// The partition named.
         partition: Partition,
     },
+    /// What this node can not do yet while it imports (§12.7: undo).
+    #[error("{what} is not possible before the import is finished")]
+    Importing {
+        /// What was asked.
+        what: &'static str,
+    },
     /// The partition table is empty, so partitions can not be computed.
     #[error("no partition table: the number of partitions is unknown ({context})")]
     NoPartitionTable {
@@ -170,6 +182,9 @@ pub enum FatalError {
     /// Connecting again to the database server after it went away failed.
     #[error("reconnecting to the database server: {0}")]
     Reconnect(String),
+    /// The import can not go on: a source can not be read.
+    #[error("import: {0}")]
+    Import(String),
     /// `-e/--engine` names an engine the database server does not have.
     #[error(
         "the database server has no {engine} engine: install it (for MariaDB, its \

@@ -111,7 +111,7 @@ pub fn open(
         Adapter::MySql | Adapter::MySqlDb | Adapter::PyMySql => {
             Ok(Box::new(MysqlBackend::open(database, options)?))
         }
-        Adapter::Importer => Err(OpenError::Unsupported { adapter }),
+        Adapter::Importer => Err(OpenError::NotAnEngine { adapter }),
     }
 }
 

@@ -18,6 +18,7 @@
 //! method says it commits (§12.2): the node decides when to commit.
 
 mod data;
+mod import;
 mod pack;
 mod partitions;
 mod replication;
@@ -33,8 +34,10 @@ use neo_proto::{CellState, Checksum, NodeId, Oid, Partition, Ptid, Tid};
 pub use replication::digest;
 
 use crate::backend::{
-    Backend, CellRow, DataId, Error, FatalError, ObjectRecord, Result, Revision, TransactionMeta,
+    Backend, CellRow, DataId, Error, FatalError, ObjectRecord, Result, TransactionMeta,
 };
+use crate::importer::Importer;
+pub use import::ImportStep;
 
 /// Outcome of [`Database::get_object`]; the two misses map to different
 /// protocol errors.
@@ -99,6 +102,8 @@ pub struct Database {
     held: HashMap<DataId, u32>,
     /// Next free data id per partition, filled lazily from the engine.
     next_data_id: HashMap<Partition, DataId>,
+    /// The import in progress or done, with the Importer.
+    importer: Option<Importer>,
 }
 
 impl Database {
@@ -112,6 +117,7 @@ impl Database {
             own: BTreeMap::new(),
             held: HashMap::new(),
             next_data_id: HashMap::new(),
+            importer: None,
         };
         db.load()?;
         Ok(db)
@@ -256,26 +262,19 @@ impl Database {
         before: Option<Tid>,
     ) -> Result<ObjectLookup> {
         let partition = self.readable_partition_of_oid(oid)?;
-        let revision = match (at, before) {
-            (Some(at), _) => Revision::Serial(at),
-            (None, Some(before)) => Revision::Before(before),
-            (None, None) => Revision::Latest,
-        };
-        if let Some(record) = self.backend.load_object(partition, oid, revision)? {
-            return Ok(ObjectLookup::Found(record));
+        if self.importer.is_some() {
+            return self.import_get_object(partition, oid, at, before);
         }
-        // Only a miss costs a second read.
-        Ok(if self.backend.has_object(partition, oid)? {
-            ObjectLookup::NoMatchingRevision
-        } else {
-            ObjectLookup::OidDoesNotExist
-        })
+        self.backend_get_object(partition, oid, at, before)
     }
 
     /// Serial of the newest committed record of `oid` (conflict detection;
     /// any cell state).
     pub fn last_object_tid(&mut self, oid: Oid) -> Result<Option<Tid>> {
         let partition = self.partition_of_oid(oid, "reading the last serial of an object")?;
+        if self.importer.is_some() {
+            return self.import_last_object_tid(partition, oid);
+        }
         self.backend.last_serial(partition, oid)
     }
 
@@ -292,6 +291,9 @@ impl Database {
         } else {
             self.readable_partition_of_tid(tid)?
         };
+        if self.import_has_transaction(tid) {
+            return self.import_transaction(tid);
+        }
         let found = self.backend.transaction(partition, tid)?;
         if found.is_none() && include_temporary {
             return self.backend.temporary_transaction(tid);
@@ -308,6 +310,9 @@ impl Database {
         length: u64,
     ) -> Result<Vec<HistoryEntry>> {
         let partition = self.readable_partition_of_oid(oid)?;
+        if self.importer.is_some() {
+            return self.import_object_history(partition, oid, offset, length);
+        }
         self.backend.object_history(partition, oid, offset, length)
     }
 
@@ -379,7 +384,7 @@ impl Database {
             last.tid = last.tid.max(self.backend.last_tid(partition)?);
             last.oid = last.oid.max(self.backend.last_oid(partition)?);
         }
-        Ok(last)
+        Ok(self.import_last_ids(last))
     }
 
     /// Smallest committed tid over readable partitions, `Tid::MAX` if none.
@@ -390,7 +395,7 @@ impl Database {
                 first = first.min(tid);
             }
         }
-        Ok(first)
+        Ok(self.import_first_tid(first))
     }
 
     /// Transactions in the temporary tables: ttid → final tid once locked.

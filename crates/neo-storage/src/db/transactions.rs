@@ -5,7 +5,7 @@
 use neo_proto::Tid;
 
 use super::Database;
-use crate::backend::{DataId, ObjectRow, Result, TransactionMeta};
+use crate::backend::{DataId, FatalError, ObjectRow, Result, TransactionMeta};
 
 impl Database {
     /// Inserts object rows and optionally the transaction row: into
@@ -65,6 +65,7 @@ impl Database {
         self.backend.make_permanent(ttid, tid)?;
         // The pack order carried by the transaction takes its final id.
         self.backend.rekey_pack_order(ttid, tid)?;
+        self.writeback_committed();
         self.release_data(&ids, false)
     }
 
@@ -105,6 +106,17 @@ impl Database {
         let Some(tid) = self.truncate_tid()? else {
             return Ok(None);
         };
+        // Below the sources' last tid, a restart would import again what
+        // was cut.
+        if let Some(importer) = &self.importer {
+            if tid.0 < importer.last_tid() {
+                return Err(FatalError::Import(format!(
+                    "can not truncate at {tid} below the last tid of the imported databases                      ({:016x})",
+                    importer.last_tid()
+                ))
+                .into());
+            }
+        }
         for partition in 0..self.num_partitions() {
             let mut ids = self.backend.delete_objects_after(partition, tid)?;
             self.backend.delete_transactions_after(partition, tid)?;

@@ -19,6 +19,8 @@ impl Database {
         undone_tid: Tid,
         current: Option<Tid>,
     ) -> Result<UndoLookup> {
+        // The undo chain may run through revisions not imported yet.
+        self.refuse_while_importing("undo")?;
         let partition = self.readable_partition_of_oid(oid)?;
         let Some(undone) = self.backend.object(partition, oid, undone_tid)? else {
             return Ok(UndoLookup::NoRecord);

@@ -91,6 +91,12 @@ impl Storage {
             self.error(conn, msg_id, ErrorCode::ReplicationError, message);
             return Ok(());
         }
+        // What is still only in the sources would be missed (§12.7).
+        if self.db.importing() {
+            let message = "this storage imports: it can feed replicas once the import is finished";
+            self.error(conn, msg_id, ErrorCode::ReplicationError, message);
+            return Ok(());
+        }
         if self.feeding.pushes.len() >= MAX_PUSHES {
             let message = "too many replications in progress: retry later";
             self.error(conn, msg_id, ErrorCode::ReplicationError, message);

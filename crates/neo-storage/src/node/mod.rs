@@ -18,6 +18,7 @@ mod commit;
 mod drop;
 mod feeding;
 mod fetch;
+mod import;
 mod locks;
 mod master;
 mod pack;
@@ -43,6 +44,7 @@ use commit::Waiting;
 use drop::Dropping;
 use feeding::Feeding;
 pub use feeding::MAX_FETCH_LENGTH;
+use import::Importing;
 use locks::LockManager;
 use master::Link;
 use pack::PackState;
@@ -150,6 +152,8 @@ pub struct Storage {
     checker: Checker,
     /// Partitions whose data is to be deleted.
     dropping: Dropping,
+    /// The import's background steps, with the Importer.
+    importing: Importing,
     now: UnixTime,
     out: Outbox,
     /// What the node counts; registered only with `--metrics`.
@@ -208,6 +212,7 @@ impl Storage {
             feeding: Feeding::default(),
             checker: Checker::default(),
             dropping: Dropping::default(),
+            importing: Importing::default(),
             now: 0.0,
             out: Outbox::default(),
             counters: Counters::default(),
@@ -250,6 +255,7 @@ impl Storage {
             connections,
             nid: self.nid,
             pt: self.db.partition_table(),
+            import: self.db.import_progress(),
         });
         self.metrics = Some(metrics);
     }
@@ -332,6 +338,14 @@ impl Storage {
             RequestError::OutOfRange { .. } | RequestError::PartitionOutOfRange { .. } => {
                 self.refuse(conn, msg_id, ErrorCode::ProtocolError, &error.to_string());
             }
+            RequestError::Importing { .. } => {
+                self.error(
+                    conn,
+                    msg_id,
+                    ErrorCode::BackendNotImplemented,
+                    error.to_string(),
+                );
+            }
             RequestError::NoPartitionTable { .. } => {
                 self.refuse(conn, msg_id, ErrorCode::NotReady, &error.to_string());
             }
@@ -397,12 +411,14 @@ impl Storage {
             && (self.pack.job.is_some()
                 || self.dropping.has_step()
                 || self.feeding.has_step()
-                || self.replicator.has_step())
+                || self.replicator.has_step()
+                || self.has_import_step()
+                || self.db.writeback_due())
     }
 
     /// One bounded step of each kind of background work: deleting dropped
     /// partitions, pushing to replicating storages, the next chunk of
-    /// replication, pack.
+    /// replication, pack, import.
     fn background_step(&mut self) -> Handled {
         if !self.operational {
             return Ok(());
@@ -410,7 +426,9 @@ impl Storage {
         self.drop_step()?;
         self.feeding_step()?;
         self.replication_step()?;
-        self.pack_step()
+        self.pack_step()?;
+        self.import_step()?;
+        self.writeback_step()
     }
 
     /// Commits, which also covers any deferred unlock.
@@ -434,6 +452,10 @@ impl Storage {
             }
             (Peer::Unidentified, Packet::RequestIdentification(request)) => {
                 self.identify_peer(conn, msg_id, request);
+                Ok(())
+            }
+            (Peer::Unidentified, Packet::AskMonitorInformation(_)) => {
+                self.answer_monitor_information(conn, msg_id);
                 Ok(())
             }
             (Peer::Client(client), packet) => self.on_client_packet(conn, client, msg_id, packet),
@@ -608,7 +630,11 @@ impl Node for Storage {
         let background = self.has_background_work().then_some(self.now);
         let idle = self.links.idle_deadline();
         let retry = self.replicator.retry_at();
-        [reconnect, self.commit_due, background, idle, retry]
+        let import = self
+            .importing
+            .retry_at()
+            .filter(|_| self.operational && self.db.importing());
+        [reconnect, self.commit_due, background, idle, retry, import]
             .into_iter()
             .flatten()
             .min_by(f64::total_cmp)

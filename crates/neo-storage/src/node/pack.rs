@@ -119,10 +119,12 @@ impl Storage {
     /// "Maybe pack" (§11.3 step 6): asks the master for the next order when
     /// the up-to-date cells are behind the last approved one.
     pub(super) fn maybe_pack(&mut self) -> Handled {
+        // Pack waits for the end of an import (§12.7).
         if self.pack.disabled
             || !self.operational
             || self.pack.job.is_some()
             || self.pack.asked.is_some()
+            || self.db.importing()
         {
             return Ok(());
         }

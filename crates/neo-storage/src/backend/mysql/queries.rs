@@ -18,6 +18,9 @@ use crate::backend::{
 /// far below `max_allowed_packet`.
 const IDS_PER_STATEMENT: usize = 1000;
 
+/// Width of `config.value` as created (NEO/py's `VARBINARY(255)`).
+const CONFIG_VALUE_WIDTH: usize = 255;
+
 /// An object row joined with its data and followed by the serial of the
 /// next revision, as read by `load_object`, with the given condition; one
 /// statement per load, the next serial included.
@@ -55,6 +58,28 @@ fn aggregate(row: Option<Row>, what: &str) -> Result<Option<u64>, FatalError> {
 }
 
 impl MysqlBackend {
+    /// Makes `config.value` hold `length` bytes, as NEO/py does for the
+    /// Importer's state (several sources take more than 255 bytes). The
+    /// `ALTER TABLE` commits what was pending: only done at an import's
+    /// first start, before anything else is written.
+    fn widen_config_values(&mut self, length: usize) -> Result<(), FatalError> {
+        const CONTEXT: &str = "widening config values";
+        let row = self.row(
+            CONTEXT,
+            "SELECT CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'config' AND COLUMN_NAME = 'value'",
+            Vec::new(),
+        )?;
+        let width = aggregate(row, "config value width")?.unwrap_or(0);
+        if width < length as u64 {
+            self.write_text(
+                CONTEXT,
+                &format!("ALTER TABLE config MODIFY value VARBINARY({length}) NULL"),
+            )?;
+        }
+        Ok(())
+    }
+
     /// The value of a `data` row, read back from `bigdata` if it is there.
     fn value_of(&mut self, data: StoredData) -> Result<(u8, Checksum, Vec<u8>), FatalError> {
         let Some(big) = data.big()? else {
@@ -211,6 +236,9 @@ impl Backend for MysqlBackend {
 
     fn set_config(&mut self, key: &str, value: Option<&str>) -> Result<()> {
         const CONTEXT: &str = "writing configuration";
+        if let Some(value) = value.filter(|value| value.len() > CONFIG_VALUE_WIDTH) {
+            self.widen_config_values(value.len())?;
+        }
         match value {
             Some(value) => self.write(
                 CONTEXT,
