@@ -31,6 +31,8 @@ pub enum Store {
     /// This MySQL database (`neostorage -d` syntax), emptied first; one
     /// storage only.
     MySql(String),
+    /// The Importer, configured by this `importer.conf`; one storage only.
+    Importer(PathBuf),
 }
 
 /// The benchmark's cluster: killed on drop if not stopped.
@@ -134,9 +136,10 @@ impl Cluster {
                 let database = dir.join(format!("storage{index}.sqlite"));
                 ("SQLite", database.to_string_lossy().into_owned())
             }
-            Store::MySql(_) if index > 0 => {
-                return Err("one storage only on a MySQL database".to_owned());
+            Store::MySql(_) | Store::Importer(_) if index > 0 => {
+                return Err("one storage only on a MySQL database or an import".to_owned());
             }
+            Store::Importer(conf) => ("Importer", conf.to_string_lossy().into_owned()),
             Store::MySql(database) => {
                 reset(bin_dir, database)?;
                 ("MySQL", database.clone())

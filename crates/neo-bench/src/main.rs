@@ -11,6 +11,7 @@
 //! (seconds, to prove it works), `--size default` (a few minutes).
 
 mod cluster;
+mod import;
 mod python;
 mod replication;
 mod tls;
@@ -71,6 +72,13 @@ enum Mode {
     /// (internal) the other end of the loopback round-trip floor.
     #[command(hide = true)]
     Echo,
+    /// The Importer instead of the default run: time to RUNNING and
+    /// import throughput with a FileStorage of this size (and a tenth).
+    Import {
+        /// Size of the large source.
+        #[arg(long, default_value_t = 1.0)]
+        gigabytes: f64,
+    },
     /// Replication instead of the default run: a new replica of a large
     /// database, and a storage restarted after missing transactions.
     Replication {
@@ -1006,10 +1014,17 @@ fn sort_numeric(mut keys: Vec<String>) -> Vec<String> {
 
 /// `neobench replication`: its own cluster in a temporary directory, its
 /// table on standard output and `replication.json` in `--out`.
-fn replication_mode(cli: &Cli, gigabytes: f64, missed: usize) -> ExitCode {
+/// A measure run instead of the default one, in a directory of its own:
+/// its table is printed, its report written to `«out»/«name».json`.
+fn separate_mode(
+    cli: &Cli,
+    name: &str,
+    run: impl FnOnce(&Path) -> Result<Value, String>,
+    markdown: fn(&Value) -> String,
+) -> ExitCode {
     let result = tempfile::tempdir()
         .map_err(|e| e.to_string())
-        .and_then(|dir| replication::run(&cli.bin_dir, dir.path(), gigabytes, missed));
+        .and_then(|dir| run(dir.path()));
     let report = match result {
         Ok(report) => report,
         Err(message) => {
@@ -1017,9 +1032,9 @@ fn replication_mode(cli: &Cli, gigabytes: f64, missed: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    print!("{}", replication::markdown(&report));
+    print!("{}", markdown(&report));
     let written = std::fs::create_dir_all(&cli.out)
-        .and_then(|()| std::fs::write(cli.out.join("replication.json"), report.to_string()));
+        .and_then(|()| std::fs::write(cli.out.join(format!("{name}.json")), report.to_string()));
     if let Err(error) = written {
         eprintln!(
             "neobench: error: cannot write {}: {error}",
@@ -1043,7 +1058,12 @@ fn main() -> ExitCode {
             };
         }
         Some(Mode::Replication { gigabytes, missed }) => {
-            return replication_mode(&cli, gigabytes, missed);
+            let run = |dir: &Path| replication::run(&cli.bin_dir, dir, gigabytes, missed);
+            return separate_mode(&cli, "replication", run, replication::markdown);
+        }
+        Some(Mode::Import { gigabytes }) => {
+            let run = |dir: &Path| import::run(&cli.bin_dir, dir, gigabytes);
+            return separate_mode(&cli, "import", run, import::markdown);
         }
         None => {}
     }
