@@ -347,7 +347,9 @@ impl ClientTxn {
         self.in_flight_bytes = self.in_flight_bytes.saturating_sub(object.bytes) + bytes;
         object.generation = object.generation.wrapping_add(1);
         object.serial = serial;
-        object.deleted = data.is_none();
+        // A store without data is a deletion unless it is a back-pointer
+        // (an undo to a revision without data), as NEO/py's delete_list.
+        object.deleted = data.is_none() && data_serial.is_none();
         object.data = data;
         object.stored = false;
         object.conflict = None;

@@ -349,6 +349,15 @@ fn vote_and_finish_carry_the_oids_and_partitions() {
         ..record(2, BASE, b"")
     };
     requests.extend(txn.store(&pt, deletion, &mut next).unwrap());
+    // An undo back to a revision without data: a back-pointer, not a
+    // deletion (NEO/py's delete_list takes only stores with neither).
+    let back_pointer = Store {
+        data: None,
+        encoded: data::no_data(),
+        data_serial: Some(BASE),
+        ..record(3, BASE, b"")
+    };
+    requests.extend(txn.store(&pt, back_pointer, &mut next).unwrap());
     answer_all(&mut txn, &requests);
     assert!(matches!(
         txn.check_current(&pt, Oid(0), BASE, &mut next),
@@ -374,7 +383,7 @@ fn vote_and_finish_carry_the_oids_and_partitions() {
             user: Bytes::new(),
             description: Bytes::from_static(b"d"),
             extension: Bytes::new(),
-            oids: vec![Oid(0), Oid(1), Oid(2)],
+            oids: vec![Oid(0), Oid(1), Oid(2), Oid(3)],
             pack: Some(pack.clone()),
         })
     );
@@ -389,7 +398,7 @@ fn vote_and_finish_carry_the_oids_and_partitions() {
         txn.finish_request().unwrap(),
         packets::AskFinishTransaction {
             ttid: TTID,
-            oids: vec![Oid(0)],
+            oids: vec![Oid(0), Oid(3)],
             deleted: vec![0],
             checked: vec![1],
             pack: Some(pack),
