@@ -28,7 +28,9 @@ const CHUNKS_AHEAD: usize = 8;
 pub(crate) struct ImportedRecord {
     /// Merged oid.
     pub(crate) oid: u64,
-    /// `(checksum, compression, bytes)`; `None`: no data.
+    /// `(checksum, compression, bytes)`; `None`: no data. While the chunk
+    /// is read, the raw bytes (checksum zero, compression 0), compressed
+    /// and checksummed once the chunk is whole.
     pub(crate) data: Option<(Checksum, u8, Vec<u8>)>,
     /// The back-pointer of an undo record.
     pub(crate) data_tid: Option<u64>,
@@ -157,6 +159,7 @@ impl Reader {
         if transactions.is_empty() {
             return Ok(None);
         }
+        seal(self.compress, &mut transactions);
         Ok(Some(Chunk {
             transactions,
             position: self.position(),
@@ -214,7 +217,7 @@ impl Reader {
                 let data = match record.data {
                     Some(data) => {
                         let data = source.repickle(record.oid, data)?;
-                        Some(compressed(self.compress, data))
+                        Some((Checksum::ZERO, 0, data))
                     }
                     None => None,
                 };
@@ -227,6 +230,29 @@ impl Reader {
         }
         Ok(merged)
     }
+}
+
+/// Compresses and checksums the records of a chunk, on as many threads as
+/// the machine has cores (zlib is what sets the pace of an import with
+/// `compress`).
+fn seal(compress: Option<u32>, transactions: &mut [ImportedTransaction]) {
+    let mut records: Vec<&mut (Checksum, u8, Vec<u8>)> = transactions
+        .iter_mut()
+        .flat_map(|transaction| transaction.records.iter_mut())
+        .filter_map(|record| record.data.as_mut())
+        .collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let share = records.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| {
+        for part in records.chunks_mut(share) {
+            scope.spawn(move || {
+                for record in part {
+                    let raw = std::mem::take(&mut record.2);
+                    **record = compressed(compress, raw);
+                }
+            });
+        }
+    });
 }
 
 /// `(checksum, compression, bytes)` of a record: zlib-compressed at level
