@@ -24,7 +24,8 @@ mod tls;
 mod transport;
 
 pub use connection::{
-    is_answer_part, Announce, AskError, Connection, ConnectionConfig, Event, EventKind, Inbox, Side,
+    is_answer_part, Announce, AskError, Connection, ConnectionConfig, Event, EventKind, Inbox,
+    Outgoing, Side,
 };
 pub use error::NetError;
 pub use node::{ConnId, Input, Node, Outbox, Output, Requests, Token};

@@ -19,7 +19,7 @@ use neo_proto::{Address, ErrorCode, Packet, UnixTime};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::connection::{Announce, Connection, ConnectionConfig, Event, EventKind};
+use crate::connection::{Announce, Connection, ConnectionConfig, Event, EventKind, Outgoing};
 use crate::error::NetError;
 use crate::node::{ConnId, Input, Node, Output, Token};
 use crate::tcp::{connect_announced, Accepted, Listener};
@@ -234,13 +234,42 @@ async fn sleep(duration: Option<Duration>) {
     }
 }
 
-/// What to send on one connection.
-enum Outgoing {
-    Answer(u32, Packet),
-    Notify(Packet),
-    Request(Token, Packet),
+/// What to do on one connection, in order.
+enum Step {
+    /// Packets, written together.
+    Send(Vec<Outgoing>),
     CloseClient,
     Close,
+}
+
+/// The steps of one turn of the node, by connection, the connections in
+/// the order the node first named them. Packets on different connections
+/// are not ordered anyway (each peer reads its own socket), so this only
+/// groups each connection's packets into one write and keeps their order.
+#[derive(Default)]
+struct Plan {
+    connections: Vec<(ConnId, Vec<Step>)>,
+}
+
+impl Plan {
+    fn steps(&mut self, conn: ConnId) -> &mut Vec<Step> {
+        let index = match self.connections.iter().position(|(c, _)| *c == conn) {
+            Some(index) => index,
+            None => {
+                self.connections.push((conn, Vec::new()));
+                self.connections.len() - 1
+            }
+        };
+        &mut self.connections[index].1
+    }
+
+    fn send(&mut self, conn: ConnId, outgoing: Outgoing) {
+        let steps = self.steps(conn);
+        match steps.last_mut() {
+            Some(Step::Send(packets)) => packets.push(outgoing),
+            _ => steps.push(Step::Send(vec![outgoing])),
+        }
+    }
 }
 
 /// The shell's view of the node's connections.
@@ -300,21 +329,22 @@ impl Shell {
         tasks: &mut JoinSet<()>,
     ) -> Option<Result<(), String>> {
         let mut exit = None;
+        let mut plan = Plan::default();
         for output in outputs {
             match output {
                 Output::Answer {
                     conn,
                     msg_id,
                     packet,
-                } => self.send(conn, Outgoing::Answer(msg_id, packet)).await,
-                Output::Notify { conn, packet } => self.send(conn, Outgoing::Notify(packet)).await,
+                } => plan.send(conn, Outgoing::Answer(msg_id, packet)),
+                Output::Notify { conn, packet } => plan.send(conn, Outgoing::Notify(packet)),
                 Output::Request {
                     conn,
                     token,
                     packet,
-                } => self.send(conn, Outgoing::Request(token, packet)).await,
-                Output::CloseClient { conn } => self.send(conn, Outgoing::CloseClient).await,
-                Output::Close { conn } => self.send(conn, Outgoing::Close).await,
+                } => plan.send(conn, Outgoing::Request(token, packet)),
+                Output::CloseClient { conn } => plan.steps(conn).push(Step::CloseClient),
+                Output::Close { conn } => plan.steps(conn).push(Step::Close),
                 Output::Connect { token, address } => {
                     tasks.spawn(connect(
                         address,
@@ -327,31 +357,30 @@ impl Shell {
                 Output::Exit(result) => exit = Some(result),
             }
         }
+        for (conn, steps) in plan.connections {
+            for step in steps {
+                self.carry_out(conn, step).await;
+            }
+        }
         exit
     }
 
-    /// Sends on `conn`, if it is still there, within the send timeout. A
-    /// failed send means the connection is closing: its `Closed` event
-    /// tells the node.
-    async fn send(&self, conn: ConnId, send: Outgoing) {
+    /// Carries out a step on `conn`, if it is still there, within the send
+    /// timeout. A failed send means the connection is closing: its
+    /// `Closed` event tells the node.
+    async fn carry_out(&self, conn: ConnId, step: Step) {
         let Some(connection) = self.connections.get(&conn) else {
             return;
         };
         let limit = self.config.send_timeout;
-        match send {
-            Outgoing::Answer(msg_id, packet) => {
-                bounded(connection, limit, connection.answer(msg_id, packet)).await;
+        match step {
+            Step::Send(packets) => {
+                bounded(connection, limit, connection.send_batch(packets)).await;
             }
-            Outgoing::Notify(packet) => {
-                bounded(connection, limit, connection.notify(packet)).await;
-            }
-            Outgoing::Request(token, packet) => {
-                bounded(connection, limit, connection.send_request(packet, token)).await;
-            }
-            Outgoing::CloseClient => {
+            Step::CloseClient => {
                 bounded(connection, limit, connection.close_client()).await;
             }
-            Outgoing::Close => {
+            Step::Close => {
                 bounded(connection, limit, connection.close()).await;
             }
         }

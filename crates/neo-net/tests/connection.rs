@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use neo_net::{
     connect_alone, AskError, Connection, ConnectionConfig, EventKind, Inbox, Listener, NetError,
-    Side, Token,
+    Outgoing, Side, Token,
 };
 use neo_proto::packets::{
     AnswerObject, AskLastTransaction, AskObject, Error, InvalidateObjects, Ping, Pong,
@@ -412,6 +412,128 @@ async fn answers_to_send_request_come_in_order_with_other_packets() {
         other => panic!("expected Unanswered, got {other:?}"),
     }
     assert!(next_closed(&mut client_inbox).await.is_none());
+}
+
+/// A duplex pipe whose sending half counts the writes that carried bytes.
+struct CountingPipe {
+    pipe: tokio::io::DuplexStream,
+    writes: Arc<AtomicUsize>,
+}
+
+struct CountingWriter {
+    inner: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    writes: Arc<AtomicUsize>,
+}
+
+impl tokio::io::AsyncWrite for CountingWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl neo_net::Transport for CountingPipe {
+    type Reader = tokio::io::ReadHalf<tokio::io::DuplexStream>;
+    type Writer = CountingWriter;
+    fn split(self) -> (Self::Reader, CountingWriter) {
+        let (reader, inner) = tokio::io::split(self.pipe);
+        let writes = self.writes;
+        (reader, CountingWriter { inner, writes })
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_one_write_in_order_and_its_requests_are_answered() {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let counted = CountingPipe {
+        pipe: a,
+        writes: writes.clone(),
+    };
+    let config = config();
+    let (left, right) = tokio::join!(
+        Connection::open(counted, Side::Initiator, "left".into(), &config),
+        Connection::open(b, Side::Acceptor, "right".into(), &config)
+    );
+    let ((server, mut server_inbox), (client, mut client_inbox)) = (left.unwrap(), right.unwrap());
+    client.send_request(Ping {}, Token(1)).await.unwrap();
+    let ping = next_frame(&mut server_inbox).await;
+    let notification = InvalidateObjects {
+        tid: Tid(7),
+        oids: vec![Oid(3)],
+    };
+    let before = writes.load(Ordering::SeqCst);
+    server
+        .send_batch(vec![
+            Outgoing::Answer(ping.msg_id, Pong {}.into()),
+            Outgoing::Notify(notification.clone().into()),
+            Outgoing::Request(Token(9), AskLastTransaction {}.into()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(writes.load(Ordering::SeqCst), before + 1);
+
+    match client_inbox.recv().await.unwrap().kind {
+        EventKind::Answer { token, packet } => {
+            assert_eq!(token, Token(1));
+            assert_eq!(packet, Packet::Pong(Pong {}));
+        }
+        other => panic!("expected the answer to Ping, got {other:?}"),
+    }
+    assert_eq!(
+        next_frame(&mut client_inbox).await.packet,
+        Packet::InvalidateObjects(notification)
+    );
+    let request = next_frame(&mut client_inbox).await;
+    assert_eq!(
+        request.packet,
+        Packet::AskLastTransaction(AskLastTransaction {})
+    );
+    let answer = neo_proto::packets::AnswerLastTransaction { tid: Tid(8) };
+    client.answer(request.msg_id, answer.clone()).await.unwrap();
+    match server_inbox.recv().await.unwrap().kind {
+        EventKind::Answer { token, packet } => {
+            assert_eq!(token, Token(9));
+            assert_eq!(packet, Packet::AnswerLastTransaction(answer));
+        }
+        other => panic!("expected the answer to the batch's request, got {other:?}"),
+    }
+
+    // On a closed connection a batch fails, and its request is not left
+    // waiting for an answer (no Unanswered event for it).
+    server.close().await;
+    let refused = server
+        .send_batch(vec![Outgoing::Request(Token(10), Ping {}.into())])
+        .await;
+    assert!(refused.is_err());
+    loop {
+        match server_inbox.recv().await.unwrap().kind {
+            EventKind::Closed(_) => break,
+            EventKind::Unanswered { token } => panic!("{token:?} was never sent"),
+            _ => {}
+        }
+    }
 }
 
 /// A connection started with `Announce::Opened` says so on its channel
