@@ -23,7 +23,7 @@ mod schema;
 use std::path::{Path, PathBuf};
 
 use rusqlite::config::DbConfig;
-use rusqlite::{Connection, Params, Row};
+use rusqlite::{Connection, OpenFlags, Params, Row};
 
 use super::{FatalError, OpenError, OpenOptions};
 use codec::Context;
@@ -72,7 +72,17 @@ impl SqliteBackend {
                 source,
             })?;
         let lock = FileLock::acquire(&path)?;
-        let conn = Connection::open(&path)
+        // The frames of a commit go to the WAL in one write (our VFS,
+        // which relies on the sync at every commit that `configure` sets).
+        let vfs = neo_sqlite_wal::register().map_err(|reason| OpenError::Failed {
+            database: database.clone(),
+            source: FatalError::Engine {
+                engine: "SQLite",
+                context: "registering its WAL writer",
+                source: reason.into(),
+            },
+        })?;
+        let conn = Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), vfs)
             .ctx("opening the database")
             .map_err(failed)?;
         configure(&conn, options.wal, &database).map_err(failed)?;
