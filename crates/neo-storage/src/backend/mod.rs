@@ -26,6 +26,7 @@
 //! [`RequestError::OutOfRange`]; range bounds beyond them mean "no limit".
 
 mod error;
+mod lock;
 mod mysql;
 mod open;
 mod rows;
