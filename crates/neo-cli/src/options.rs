@@ -121,7 +121,9 @@ const MASTER: &[Spec] = &[
 ];
 
 /// Storage backends (`-a/--adapter`).
-const ADAPTERS: &[&str] = &["Importer", "MySQL", "MySQLdb", "PyMySQL", "SQLite"];
+const ADAPTERS: &[&str] = &[
+    "Importer", "MySQL", "MySQLdb", "PyMySQL", "SQLite", "Native",
+];
 
 const STORAGE: &[Spec] = &[
     spec("adapter", Some('a'), "adapter", Kind::Choice(ADAPTERS)),
@@ -953,7 +955,7 @@ mod tests {
         let error = parse_storage(["-c", "x", "-d", "y", "-a", "Foo"]).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "argument -a/--adapter: invalid choice: \"Foo\" (choose from 'Importer', 'MySQL', 'MySQLdb', 'PyMySQL', 'SQLite')"
+            "argument -a/--adapter: invalid choice: \"Foo\" (choose from 'Importer', 'MySQL', 'MySQLdb', 'PyMySQL', 'SQLite', 'Native')"
         );
         assert_eq!(error.exit_status(), 2);
     }

@@ -78,7 +78,7 @@ pub struct SimpleOptions {
     /// Delete the databases first.
     #[arg(long = "clear_databases")]
     pub clear_databases: bool,
-    /// Storage engine, by NEO/py's name (SQLite or MySQL).
+    /// Storage engine, by NEO/py's name (SQLite or MySQL), or Native.
     #[arg(long, default_value = "SQLite")]
     pub adapter: String,
     /// TLS for every node: CA certificate(s) and CRLs, PEM.
@@ -184,14 +184,20 @@ pub async fn run(
         }));
     }
     for db in &options.db {
-        // An SQLite database per name, in the data directory.
-        let database = if adapter == Adapter::Sqlite && !db.contains('/') {
-            let path = options.temp_dir.join(format!("{db}.sqlite"));
-            path.to_str()
-                .ok_or_else(|| format!("{} is not valid UTF-8", path.display()))?
-                .to_owned()
-        } else {
-            db.clone()
+        // A file per name, in the data directory, for the engines of files.
+        let extension = match adapter {
+            Adapter::Sqlite => Some("sqlite"),
+            Adapter::Native => Some("native"),
+            _ => None,
+        };
+        let database = match extension {
+            Some(extension) if !db.contains('/') => {
+                let path = options.temp_dir.join(format!("{db}.{extension}"));
+                path.to_str()
+                    .ok_or_else(|| format!("{} is not valid UTF-8", path.display()))?
+                    .to_owned()
+            }
+            _ => db.clone(),
         };
         let open = OpenOptions {
             reset: options.clear_databases,

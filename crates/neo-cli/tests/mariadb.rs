@@ -7,15 +7,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{mysql_admin, Cluster, PrivateServer, Store, NEOSTORAGE};
+use common::{mysql_admin, Cluster, CommitLoad, PrivateServer, Store, NEOSTORAGE};
 use mysql::prelude::Queryable;
-use neo_client::TxnMeta;
-use neo_proto::{Oid, Tid};
 
 /// Acknowledged commits wanted before the server is killed, and at most
 /// after it.
@@ -31,49 +27,17 @@ fn kill_9_of_mariadbd_under_a_commit_load_loses_no_acknowledged_commit() {
     let mut cluster = Cluster::with_store("sigkill", Store::MySql(server.socket.clone()));
     cluster.start(1, 0);
 
-    let acknowledged: Mutex<Vec<(Oid, Tid, Bytes)>> = Mutex::new(Vec::new());
-    let stop = AtomicBool::new(false);
-    let failures = AtomicUsize::new(0);
+    let load = CommitLoad::default();
     std::thread::scope(|scope| {
         for worker in 0..3u64 {
             let client = cluster.client();
-            let (acknowledged, stop, failures) = (&acknowledged, &stop, &failures);
-            scope.spawn(move || {
-                for round in 0..10_000u64 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let data = Bytes::from(format!("worker {worker} round {round}").repeat(20));
-                    let committed = (|| {
-                        let oid = client.new_oid()?;
-                        let mut txn = client.begin(None)?;
-                        txn.store(oid, Tid::ZERO, data.clone())?;
-                        txn.vote(&TxnMeta {
-                            user: Bytes::from_static(b"load"),
-                            ..TxnMeta::default()
-                        })?;
-                        Ok::<_, neo_client::ClientError>((oid, txn.finish()?))
-                    })();
-                    match committed {
-                        Ok((oid, tid)) => acknowledged.lock().unwrap().push((oid, tid, data)),
-                        // Not acknowledged: may or may not be there.
-                        Err(_) => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                    }
-                }
-                drop(client);
-            });
+            let load = &load;
+            scope.spawn(move || load.run(&client, worker, false));
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while acknowledged.lock().unwrap().len() < BEFORE_KILL {
-            assert!(Instant::now() < deadline, "the load does not commit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        load.wait_for_acknowledged(BEFORE_KILL);
         server.kill();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while failures.load(Ordering::Relaxed) == 0 {
+        while load.failures.load(Ordering::Relaxed) == 0 {
             assert!(Instant::now() < deadline, "commits still succeed");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -108,21 +72,13 @@ fn kill_9_of_mariadbd_under_a_commit_load_loses_no_acknowledged_commit() {
         cluster.start_storage_with(0, &["-w", "120"]);
         server.restart();
         cluster.wait_state("RUNNING");
-        stop.store(true, Ordering::Relaxed);
+        load.stop.store(true, Ordering::Relaxed);
     });
 
     let reader = cluster.client();
-    let acknowledged = acknowledged.into_inner().unwrap();
-    assert!(acknowledged.len() >= BEFORE_KILL);
-    for (oid, tid, data) in &acknowledged {
-        let loaded = reader.load(*oid).unwrap();
-        assert_eq!(loaded.serial, *tid, "{oid}");
-        assert!(loaded.data == *data, "{oid}");
-    }
-    eprintln!(
-        "{} acknowledged commits all found after kill -9 of mariadbd",
-        acknowledged.len()
-    );
+    let checked = load.check(&reader);
+    assert!(checked >= BEFORE_KILL);
+    eprintln!("{checked} acknowledged commits all found after kill -9 of mariadbd");
     reader.close().unwrap();
     cluster.stop();
 }

@@ -84,6 +84,30 @@ fn rows(cluster: &Cluster, index: usize) -> (Vec<String>, Vec<String>) {
             };
             (collect(trans), collect(obj))
         }
+        Store::Native => {
+            let log = neo_storage::backend::NativeSnapshot::read(cluster.database(index)).unwrap();
+            let trans = log
+                .transactions()
+                .into_iter()
+                .map(|(partition, tid, meta)| format!("{partition} {tid:?} {meta:?}"))
+                .collect();
+            let obj = log
+                .objects()
+                .into_iter()
+                .map(|row| {
+                    // Data ids are each storage's own: compared by content.
+                    let data = row.data_id.map(|id| {
+                        let (compression, checksum, value) = log.data(id).unwrap().unwrap();
+                        (compression, checksum, value.len())
+                    });
+                    format!(
+                        "{} {:?} {:?} {:?} {data:?}",
+                        row.partition, row.oid, row.serial, row.data_serial
+                    )
+                })
+                .collect();
+            (trans, obj)
+        }
     }
 }
 

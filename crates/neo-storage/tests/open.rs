@@ -1,5 +1,5 @@
 //! `backend::open`: the engine named by `-a`, on the database named by
-//! `-d`, as NEO/py spells them.
+//! `-d`, as NEO/py spells them (and `Native`, ours).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,6 +15,7 @@ fn adapters_go_by_neopy_names() {
         Adapter::MySqlDb,
         Adapter::PyMySql,
         Adapter::Sqlite,
+        Adapter::Native,
     ] {
         assert_eq!(Adapter::from_name(adapter.name()), Some(adapter));
     }

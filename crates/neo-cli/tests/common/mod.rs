@@ -1,9 +1,12 @@
 //! Test harness: a cluster of our processes on 127.0.0.1 with free ports,
-//! its storages on SQLite files or on MySQL databases.
+//! its storages on SQLite files, MySQL databases or Native logs; and a
+//! commit load that records what was acknowledged, for fault tests.
 #![allow(dead_code, unused_macros, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
@@ -102,6 +105,8 @@ pub enum Store {
     Sqlite,
     /// A database each on the MySQL server of this Unix socket.
     MySql(String),
+    /// A Native log each in the cluster's directory.
+    Native,
 }
 
 impl Store {
@@ -125,6 +130,8 @@ pub enum Setup {
     MySql,
     /// SQLite storages, and TLS for every node, neoctl and the clients.
     Tls,
+    /// Native storages.
+    Native,
 }
 
 impl Setup {
@@ -134,13 +141,14 @@ impl Setup {
             Setup::Sqlite => Cluster::new(name),
             Setup::MySql => Cluster::with_store(name, Store::mysql()),
             Setup::Tls => Cluster::with_tls(name),
+            Setup::Native => Cluster::with_store(name, Store::Native),
         }
     }
 }
 
 /// Each test function `name(setup)` given, as a test on SQLite storages
-/// (`sqlite::name`), one on MySQL storages (`mysql::name`) and one with
-/// TLS everywhere (`tls::name`).
+/// (`sqlite::name`), one on MySQL storages (`mysql::name`), one with TLS
+/// everywhere (`tls::name`) and one on Native storages (`native::name`).
 macro_rules! on_every_setup {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -159,6 +167,12 @@ macro_rules! on_every_setup {
             $(#[test]
             fn $test() {
                 super::$test(super::common::Setup::Tls);
+            })*
+        }
+        mod native {
+            $(#[test]
+            fn $test() {
+                super::$test(super::common::Setup::Native);
             })*
         }
     };
@@ -227,6 +241,7 @@ impl Cluster {
         match self.store {
             Store::Sqlite => Adapter::Sqlite,
             Store::MySql(_) => Adapter::MySql,
+            Store::Native => Adapter::Native,
         }
     }
 
@@ -238,6 +253,10 @@ impl Cluster {
                 path.to_str().unwrap().to_owned()
             }
             Store::MySql(socket) => format!("root@{}{socket}", self.mysql_database(index)),
+            Store::Native => {
+                let path = self.dir.path().join(format!("storage{index}.native"));
+                path.to_str().unwrap().to_owned()
+            }
         }
     }
 
@@ -545,5 +564,79 @@ impl Drop for PrivateServer {
             .arg("stop")
             .arg(self.dir.path())
             .status();
+    }
+}
+
+/// Clients committing new objects while faults hit the cluster, and the
+/// record of every commit acknowledged to them (`tpc_finish` returned):
+/// what no fault may lose.
+#[derive(Default)]
+pub struct CommitLoad {
+    /// `(oid, tid, data)` of each acknowledged commit.
+    pub acknowledged: Mutex<Vec<(neo_proto::Oid, neo_proto::Tid, bytes::Bytes)>>,
+    /// Set to end the workers (after their commit in progress).
+    pub stop: AtomicBool,
+    /// Commits that failed: not acknowledged, so they may or may not be
+    /// there.
+    pub failures: AtomicUsize,
+}
+
+impl CommitLoad {
+    /// Commits one new object per transaction with `client` until
+    /// `stop`; after a failed commit, goes on only with `retry` (a
+    /// moment later).
+    pub fn run(&self, client: &neo_client::BlockingClient, worker: u64, retry: bool) {
+        for round in 0..100_000u64 {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let data = bytes::Bytes::from(format!("worker {worker} round {round}").repeat(20));
+            let committed = (|| {
+                let oid = client.new_oid()?;
+                let mut txn = client.begin(None)?;
+                txn.store(oid, neo_proto::Tid::ZERO, data.clone())?;
+                txn.vote(&neo_client::TxnMeta {
+                    user: bytes::Bytes::from_static(b"load"),
+                    ..neo_client::TxnMeta::default()
+                })?;
+                Ok::<_, neo_client::ClientError>((oid, txn.finish()?))
+            })();
+            match committed {
+                Ok((oid, tid)) => self.acknowledged.lock().unwrap().push((oid, tid, data)),
+                Err(_) => {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
+                    if !retry {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// How many commits were acknowledged so far.
+    pub fn acknowledged_count(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// Waits until `count` commits were acknowledged (bounded).
+    pub fn wait_for_acknowledged(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.acknowledged_count() < count {
+            assert!(Instant::now() < deadline, "the load does not commit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Reads every acknowledged commit back with `reader`: the object,
+    /// at its TID, byte for byte. Returns how many there were.
+    pub fn check(&self, reader: &neo_client::BlockingClient) -> usize {
+        let acknowledged = self.acknowledged.lock().unwrap();
+        for (oid, tid, data) in acknowledged.iter() {
+            let loaded = reader.load(*oid).unwrap();
+            assert_eq!(loaded.serial, *tid, "{oid}");
+            assert!(loaded.data == *data, "{oid}");
+        }
+        acknowledged.len()
     }
 }

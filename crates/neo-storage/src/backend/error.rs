@@ -182,6 +182,16 @@ pub enum FatalError {
     /// Connecting again to the database server after it went away failed.
     #[error("reconnecting to the database server: {0}")]
     Reconnect(String),
+    /// A commit is larger than the Native engine writes at once.
+    #[error(
+        "a commit of {size} bytes is over the {limit}-byte limit of the Native engine's batches"
+    )]
+    BatchTooLarge {
+        /// The size of the commit's records.
+        size: u64,
+        /// The largest batch.
+        limit: u64,
+    },
     /// The import can not go on: a source can not be read.
     #[error("import: {0}")]
     Import(String),

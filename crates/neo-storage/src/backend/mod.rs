@@ -7,7 +7,8 @@
 //! no reference count and decides nothing about undo, pack or cell states:
 //! those rules are written once, above every engine, in
 //! [`crate::db::Database`]. An engine only turns each method into its
-//! storage (SQL statements for SQLite and MySQL).
+//! storage (SQL statements for SQLite and MySQL, records of an append-only
+//! log and maps in memory for Native).
 //!
 //! The trait is synchronous and takes `&mut self`: an engine is owned by
 //! one node task, and a write transaction of the engine is open between
@@ -26,13 +27,16 @@
 //! [`RequestError::OutOfRange`]; range bounds beyond them mean "no limit".
 
 mod error;
+mod lock;
 mod mysql;
+mod native;
 mod open;
 mod rows;
 mod sqlite;
 
 pub use self::mysql::{Engine, MysqlBackend, Target, MIN_MAX_ALLOWED_PACKET};
 pub use error::{Error, FatalError, OpenError, RequestError};
+pub use native::{NativeBackend, NativeSnapshot, SnapshotObject};
 pub use neo_proto::packets::{HistoryEntry, PackOrder};
 use std::path::PathBuf;
 

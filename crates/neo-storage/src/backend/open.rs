@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Backend, MysqlBackend, OpenError, SqliteBackend};
+use super::{Backend, MysqlBackend, NativeBackend, OpenError, SqliteBackend};
 
 /// Storage engine (`-a/--adapter`), by NEO/py's names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub enum Adapter {
     PyMySql,
     /// SQLite.
     Sqlite,
+    /// Ours, not NEO/py's: one append-only log, rows in memory.
+    Native,
 }
 
 impl Adapter {
@@ -30,6 +32,7 @@ impl Adapter {
             Adapter::MySqlDb => "MySQLdb",
             Adapter::PyMySql => "PyMySQL",
             Adapter::Sqlite => "SQLite",
+            Adapter::Native => "Native",
         }
     }
 
@@ -41,6 +44,7 @@ impl Adapter {
             Adapter::MySqlDb,
             Adapter::PyMySql,
             Adapter::Sqlite,
+            Adapter::Native,
         ]
         .into_iter()
         .find(|adapter| adapter.name() == name)
@@ -57,7 +61,7 @@ pub struct OpenOptions {
     /// does by default.
     pub wal: bool,
     /// `-e/--engine`: MySQL's engine for a new database (`InnoDB`, the
-    /// default, or `RocksDB`); SQLite has none.
+    /// default, or `RocksDB`); SQLite and Native have none.
     pub engine: Option<String>,
     /// `-w/--wait`: MySQL only, how long to keep trying to connect to the
     /// server, at start and when it went away; `None`: forever.
@@ -75,9 +79,9 @@ impl Default for OpenOptions {
     }
 }
 
-/// Opens `database` with the engine `adapter`. For SQLite, `database` is a
-/// path, where `~` and `~user` are expanded; for MySQL (any of NEO/py's
-/// three names), `[user[:password]@]database[socket]`.
+/// Opens `database` with the engine `adapter`. For SQLite and Native,
+/// `database` is a path, where `~` and `~user` are expanded; for MySQL (any
+/// of NEO/py's three names), `[user[:password]@]database[socket]`.
 pub fn open(
     adapter: Adapter,
     database: &str,
@@ -85,17 +89,7 @@ pub fn open(
 ) -> Result<Box<dyn Backend + Send>, OpenError> {
     match adapter {
         Adapter::Sqlite => {
-            if let Some(engine) = &options.engine {
-                return Err(OpenError::UnsupportedEngine {
-                    engine: engine.clone(),
-                });
-            }
-            if database.is_empty() {
-                return Err(OpenError::BadDatabase {
-                    database: database.to_owned(),
-                    reason: "an SQLite database is a path, and this one is empty",
-                });
-            }
+            let path = file_path(adapter, database, options)?;
             // A `file:` URI would be taken for a file name.
             if database.starts_with("file:") {
                 return Err(OpenError::BadDatabase {
@@ -103,16 +97,41 @@ pub fn open(
                     reason: "SQLite URIs are not supported yet; give a path",
                 });
             }
-            Ok(Box::new(SqliteBackend::open(
-                expand_user(database),
-                options,
-            )?))
+            Ok(Box::new(SqliteBackend::open(path, options)?))
+        }
+        Adapter::Native => {
+            let path = file_path(adapter, database, options)?;
+            Ok(Box::new(NativeBackend::open(path, options)?))
         }
         Adapter::MySql | Adapter::MySqlDb | Adapter::PyMySql => {
             Ok(Box::new(MysqlBackend::open(database, options)?))
         }
         Adapter::Importer => Err(OpenError::NotAnEngine { adapter }),
     }
+}
+
+/// The file of an engine that keeps one (SQLite, Native): no `-e`, and a
+/// path, `~` expanded.
+fn file_path(
+    adapter: Adapter,
+    database: &str,
+    options: &OpenOptions,
+) -> Result<PathBuf, OpenError> {
+    if let Some(engine) = &options.engine {
+        return Err(OpenError::UnsupportedEngine {
+            engine: engine.clone(),
+        });
+    }
+    if database.is_empty() {
+        return Err(OpenError::BadDatabase {
+            database: database.to_owned(),
+            reason: match adapter {
+                Adapter::Native => "a Native database is a path, and this one is empty",
+                _ => "an SQLite database is a path, and this one is empty",
+            },
+        });
+    }
+    Ok(expand_user(database))
 }
 
 /// `~` and `~user` at the start of a path, as Python's `expanduser`; left

@@ -6,15 +6,14 @@
 //! between SQLite values and NEO's, `queries.rs` is the
 //! [`Backend`](super::Backend) implementation (the statements of pack
 //! are in `pack.rs`, those of replication, replica checks and dropped
-//! partitions in `replication.rs`), and `lock.rs` keeps other processes
-//! away from the file.
+//! partitions in `replication.rs`); `backend/lock.rs` keeps other
+//! processes away from the file.
 //!
 //! Every statement is a literal prepared once and then found in the
 //! statement cache (except the partition list of `AskTIDs`, which is not on
 //! a hot path).
 
 mod codec;
-mod lock;
 mod pack;
 mod queries;
 mod replication;
@@ -25,9 +24,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, Params, Row};
 
+use super::lock::FileLock;
 use super::{FatalError, OpenError, OpenOptions};
 use codec::Context;
-use lock::FileLock;
 
 /// [`Backend`](super::Backend) on one SQLite file.
 #[derive(Debug)]

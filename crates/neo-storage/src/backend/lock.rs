@@ -1,4 +1,5 @@
-//! One process per database file.
+//! One process per database file, for the engines that keep a file
+//! (SQLite, Native).
 //!
 //! Like NEO/py, the lock is an abstract Unix socket named after the device
 //! and inode of the database file: the kernel releases it when the process
@@ -31,7 +32,7 @@ impl FileLock {
         };
         let metadata =
             std::fs::metadata(path).map_err(|e| io_error("reading database file metadata", e))?;
-        let name = format!("neo-storage:sqlite:{}:{}", metadata.dev(), metadata.ino());
+        let name = format!("neo-storage:{}:{}", metadata.dev(), metadata.ino());
         let address = SocketAddr::from_abstract_name(name.as_bytes())
             .map_err(|e| io_error("naming database lock", e))?;
         match UnixListener::bind_addr(&address) {
