@@ -28,6 +28,8 @@ pub struct Node {
 pub enum Store {
     /// An SQLite file each, in the benchmark's directory.
     Sqlite,
+    /// A file each of the Native engine, in the benchmark's directory.
+    Native,
     /// This MySQL database (`neostorage -d` syntax), emptied first; one
     /// storage only.
     MySql(String),
@@ -135,6 +137,10 @@ impl Cluster {
             Store::Sqlite => {
                 let database = dir.join(format!("storage{index}.sqlite"));
                 ("SQLite", database.to_string_lossy().into_owned())
+            }
+            Store::Native => {
+                let database = dir.join(format!("storage{index}.neo"));
+                ("Native", database.to_string_lossy().into_owned())
             }
             Store::MySql(_) | Store::Importer(_) if index > 0 => {
                 return Err("one storage only on a MySQL database or an import".to_owned());
