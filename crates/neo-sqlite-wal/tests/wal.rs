@@ -39,9 +39,9 @@ fn commit(conn: &Connection, ids: std::ops::Range<i64>, size: usize) {
     tx.commit().unwrap();
 }
 
-/// Every row `0..count` has its value, as a plain SQLite connection reads
-/// the file, and the file is sound.
-fn check_plain(path: &Path, count: i64, size: usize) {
+/// A plain SQLite connection to the file, checked sound, and its number
+/// of rows.
+fn open_plain(path: &Path) -> (Connection, i64) {
     let conn = Connection::open(path).unwrap();
     let integrity: String = conn
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
@@ -50,6 +50,13 @@ fn check_plain(path: &Path, count: i64, size: usize) {
     let rows: i64 = conn
         .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
         .unwrap();
+    (conn, rows)
+}
+
+/// Every row `0..count` has its value, as a plain SQLite connection reads
+/// the file, and the file is sound.
+fn check_plain(path: &Path, count: i64, size: usize) {
+    let (conn, rows) = open_plain(path);
     assert_eq!(rows, count);
     let mut stmt = conn.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
     let mut rows = stmt.query([]).unwrap();
@@ -161,14 +168,7 @@ fn kill_9_loses_no_acknowledged_commit() {
             .filter_map(|line| line.trim().parse::<i64>().ok())
             .max()
             .expect("the child committed nothing");
-        let conn = Connection::open(&path).unwrap();
-        let integrity: String = conn
-            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-            .unwrap();
-        assert_eq!(integrity, "ok");
-        let rows: i64 = conn
-            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
-            .unwrap();
+        let (conn, rows) = open_plain(&path);
         // Every acknowledged batch is there, and at most the one in
         // flight beyond it, whole.
         assert!(
