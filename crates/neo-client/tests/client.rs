@@ -399,6 +399,9 @@ async fn abort_goes_to_storages_then_master() {
     txn.store(Oid(0), Tid(FIRST_TID), Bytes::from_static(b"x"))
         .await
         .unwrap();
+    // The store goes out (stores are sent together when an answer is
+    // awaited).
+    txn.wait_stores().await.unwrap();
     txn.abort().await.unwrap();
     for storage in &cluster.storages {
         eventually("abort on storage", || {
@@ -431,6 +434,79 @@ async fn abort_goes_to_storages_then_master() {
     assert_eq!(abort.nids, vec![NodeId(1), NodeId(2)]);
 }
 
+/// Stores wait to go out together: aborted before they did, they go
+/// nowhere, and the storages, which never heard of the transaction, hear
+/// of its abort only from the master (told which storages it involved).
+#[tokio::test]
+async fn stores_not_yet_sent_are_dropped_by_an_abort() {
+    let cluster = Cluster::start(2, 1, 2).await;
+    let client = Client::connect(cluster.config()).await.unwrap();
+    let mut txn = client.begin(None).await.unwrap();
+    let ttid = txn.ttid();
+    for oid in 0..3 {
+        txn.store(Oid(oid), Tid(FIRST_TID), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    txn.abort().await.unwrap();
+    eventually("abort on master", || {
+        cluster.master.count("AbortTransaction") == 1
+    })
+    .await;
+    assert!(cluster
+        .master
+        .received()
+        .contains(&Packet::AbortTransaction(packets::AbortTransaction {
+            ttid,
+            nids: vec![NodeId(1), NodeId(2)]
+        })));
+    for storage in &cluster.storages {
+        assert_eq!(storage.count("AskStoreObject"), 0);
+        assert_eq!(storage.count("AbortTransaction"), 0);
+    }
+}
+
+/// Small stores wait for the vote, which sends them together (one write
+/// per storage) before it waits for their answers.
+#[tokio::test]
+async fn small_stores_go_out_together_at_the_vote() {
+    let cluster = Cluster::start(1, 1, 1).await;
+    let client = Client::connect(cluster.config()).await.unwrap();
+    let mut txn = client.begin(None).await.unwrap();
+    for oid in 0..10 {
+        txn.store(Oid(oid), Tid(FIRST_TID), Bytes::from(vec![oid as u8; 1000]))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(cluster.storages[0].count("AskStoreObject"), 0);
+    txn.vote(&TxnMeta::default()).await.unwrap();
+    assert_eq!(cluster.storages[0].count("AskStoreObject"), 10);
+    txn.finish().await.unwrap();
+    // 64 KiB of data waiting (as sent: incompressible here) goes out
+    // without waiting for the vote.
+    let mut txn = client.begin(None).await.unwrap();
+    let mut seed = 0x9e37_79b9_u32;
+    for oid in 10..20 {
+        let data: Vec<u8> = (0..10_000)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 24) as u8
+            })
+            .collect();
+        txn.store(Oid(oid), Tid(FIRST_TID), Bytes::from(data))
+            .await
+            .unwrap();
+    }
+    eventually("stores sent before the vote", || {
+        cluster.storages[0].count("AskStoreObject") >= 16
+    })
+    .await;
+    txn.vote(&TxnMeta::default()).await.unwrap();
+    txn.finish().await.unwrap();
+    assert_eq!(cluster.storages[0].count("AskStoreObject"), 20);
+}
+
 #[tokio::test]
 async fn dropping_an_open_transaction_aborts_it() {
     let cluster = Cluster::start(1, 1, 1).await;
@@ -439,6 +515,7 @@ async fn dropping_an_open_transaction_aborts_it() {
     txn.store(Oid(0), Tid(FIRST_TID), Bytes::from_static(b"x"))
         .await
         .unwrap();
+    txn.wait_stores().await.unwrap();
     drop(txn);
     eventually("abort on master", || {
         cluster.master.count("AbortTransaction") == 1
@@ -460,11 +537,13 @@ async fn deadlock_notification_is_answered_with_a_relock() {
     txn.store(Oid(0), Tid(FIRST_TID), Bytes::from_static(b"x"))
         .await
         .unwrap();
+    // The vote sends the store, and its wait for the answers handles the
+    // deadlock notification.
+    txn.vote(&TxnMeta::default()).await.unwrap();
     eventually("relock", || {
         cluster.storages[0].count("AskRelockObject") == 1
     })
     .await;
-    txn.vote(&TxnMeta::default()).await.unwrap();
     txn.finish().await.unwrap();
     assert!(cluster.storages[0]
         .received()

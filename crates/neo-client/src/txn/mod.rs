@@ -1,12 +1,17 @@
 //! Two-phase commit, client side (architecture.md §6): [`ClientTxn`] (in
 //! `machine`) decides, [`Transaction`] is its shell.
 //!
-//! Stores are pipelined: `store` sends the machine's `AskStoreObject`s to
-//! every cell of the oid's partition and returns. Each request is sent with
-//! a fresh [`Token`], registered with the storage dispatcher before it
-//! leaves; the dispatcher hands its answer back to the machine, where
-//! conflicts are collected for the caller to resolve at its next call, and
-//! wakes the shell. `vote` waits for every answer.
+//! Stores are pipelined: `store` queues the machine's `AskStoreObject`s to
+//! every cell of the oid's partition and returns. The queue goes out, one
+//! write per storage, as soon as an answer is awaited (the vote, a store
+//! over the in-flight budget) or 64 KiB of data wait: a transaction of ten
+//! small objects costs one `sendto` instead of ten, and the storage reads
+//! them at once. Each request is sent with a fresh [`Token`], registered
+//! with the storage dispatcher before it leaves; the dispatcher hands its
+//! answer back to the machine, where conflicts are collected for the caller
+//! to resolve at its next call, and wakes the shell. `vote` waits for every
+//! answer. An abort drops what is still queued: those storages never heard
+//! of the transaction, the master is told of them all.
 
 mod machine;
 
@@ -107,6 +112,30 @@ async fn send_routed(
     }
 }
 
+/// [`send_routed`] of several requests to one storage, in one write.
+async fn send_routed_batch(
+    shared: &Shared,
+    txn: &Arc<TxnShared>,
+    connection: &Connection,
+    requests: Vec<Outgoing>,
+) {
+    let tokens: Vec<Token> = requests.iter().map(|outgoing| outgoing.token).collect();
+    for token in &tokens {
+        shared.route(connection.id(), *token, Arc::downgrade(txn));
+    }
+    let batch = requests
+        .into_iter()
+        .map(|outgoing| neo_net::Outgoing::Request(outgoing.token, outgoing.packet))
+        .collect();
+    if let Err(error) = connection.send_batch(batch).await {
+        tracing::info!("requests to storage {} failed: {error}", connection.peer());
+        for token in tokens {
+            shared.unroute(connection.id(), token);
+            txn.on_answer(token, None);
+        }
+    }
+}
+
 /// `NotifyDeadlock(ttid, oid)` on storage connection `conn` (§6.5): the
 /// relock the machine decides on, if any, on that same connection.
 pub(crate) fn on_deadlock(shared: &Arc<Shared>, conn: ConnId, ttid: Tid, oid: Oid) {
@@ -157,7 +186,18 @@ pub struct Transaction {
     shared: Arc<Shared>,
     session: Arc<Session>,
     txn: Arc<TxnShared>,
+    /// Stores and checks decided but not sent yet: they go out together,
+    /// one write per storage, when an answer is awaited or enough data
+    /// waits (see [`Transaction::store_record`]).
+    queued: Vec<Outgoing>,
+    /// The object data in `queued`.
+    queued_bytes: usize,
 }
+
+/// Object data kept back before the queued stores go out: enough that a
+/// transaction of small objects costs one write per storage, little enough
+/// that a large transaction keeps the storages busy while it is stored.
+const QUEUED_BYTES: usize = 64 << 10;
 
 impl std::fmt::Debug for Transaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,6 +228,8 @@ impl Transaction {
             shared,
             session,
             txn,
+            queued: Vec::new(),
+            queued_bytes: 0,
         }
     }
 
@@ -262,6 +304,43 @@ impl Transaction {
         }
     }
 
+    /// Keeps requests for [`Transaction::flush`]: stores and checks are
+    /// only waited for later, so they can go out together.
+    fn queue(&mut self, requests: Vec<Outgoing>) {
+        for outgoing in &requests {
+            if let Packet::AskStoreObject(store) = &outgoing.packet {
+                self.queued_bytes += store.data.len();
+            }
+        }
+        self.queued.extend(requests);
+    }
+
+    /// Sends the queued requests: those to one storage in one write, in
+    /// the order they were decided.
+    async fn flush(&mut self) {
+        let queued = std::mem::take(&mut self.queued);
+        self.queued_bytes = 0;
+        let mut by_storage: Vec<(NodeId, Vec<Outgoing>)> = Vec::new();
+        for outgoing in queued {
+            match by_storage.iter_mut().find(|(nid, _)| *nid == outgoing.nid) {
+                Some((_, requests)) => requests.push(outgoing),
+                None => by_storage.push((outgoing.nid, vec![outgoing])),
+            }
+        }
+        for (nid, requests) in by_storage {
+            match self.link(nid).await {
+                Some(connection) => {
+                    send_routed_batch(&self.shared, &self.txn, &connection, requests).await
+                }
+                None => {
+                    for outgoing in requests {
+                        self.txn.on_answer(outgoing.token, None);
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits until `done` holds of the machine; fails as soon as the
     /// transaction cannot commit.
     async fn wait_until(&self, done: impl Fn(&ClientTxn) -> bool) -> Result<(), ClientError> {
@@ -325,8 +404,14 @@ impl Transaction {
             data_serial,
         };
         let requests = self.decide(|machine, pt, _| machine.store(pt, store, &mut next_token))?;
-        self.send(requests).await;
-        self.wait_until(|machine| !machine.over_budget()).await?;
+        self.queue(requests);
+        let over_budget = lock(&self.txn.core).machine.over_budget();
+        if over_budget || self.queued_bytes >= QUEUED_BYTES {
+            self.flush().await;
+        }
+        if over_budget {
+            self.wait_until(|machine| !machine.over_budget()).await?;
+        }
         Ok(self.take_conflicts())
     }
 
@@ -340,7 +425,7 @@ impl Transaction {
         self.check_open()?;
         let requests =
             self.decide(|machine, pt, _| machine.check_current(pt, oid, serial, &mut next_token))?;
-        self.send(requests).await;
+        self.queue(requests);
         lock(&self.txn.core).machine.check_fatal()?;
         Ok(self.take_conflicts())
     }
@@ -353,6 +438,7 @@ impl Transaction {
     /// Waits for the answer to every store and check; returns the conflicts
     /// not yet reported.
     pub async fn wait_stores(&mut self) -> Result<Vec<Conflict>, ClientError> {
+        self.flush().await;
         self.wait_until(ClientTxn::all_answered).await?;
         Ok(self.take_conflicts())
     }
