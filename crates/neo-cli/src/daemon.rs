@@ -103,8 +103,10 @@ pub async fn listen(common: &CommonOptions, tls: Option<Tls>) -> Result<Listener
         .with_tls(tls))
 }
 
-/// The multi-threaded runtime the daemons run on (2 workers: connections
-/// keep flowing while a node does database work on the other).
+/// The multi-threaded runtime the daemons start on (2 workers): the admin
+/// node with its tasks (e-mails, status page), signals and the metrics
+/// endpoint. The master and the storage nodes run on threads of their own
+/// (`neo_net::shell::run_on_own_thread`).
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

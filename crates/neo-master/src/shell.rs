@@ -1,5 +1,8 @@
-//! Runs [`Master`] on the node shell of `neo-net`. All decisions are the
-//! state machine's.
+//! Runs [`Master`] on the node shell of `neo-net`, on a thread of its own
+//! with a single-threaded runtime: a packet is read and handled, and the
+//! answers written, on that one thread (on the daemon's two workers, each
+//! packet woke the other one: 183 µs of master CPU per serial commit of
+//! 10 objects became 134). All decisions are the state machine's.
 
 use std::future::Future;
 
@@ -29,16 +32,17 @@ pub async fn run(
     config: MasterConfig,
     listener: Listener,
     metrics: Option<MasterMetrics>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let mut master = MasterNode::new(config)?;
     let durations = metrics.as_ref().map(|metrics| metrics.durations.clone());
     if let Some(metrics) = metrics {
         master = master.with_metrics(metrics);
     }
-    let mut master = Timed::new(master, timed, durations);
-    neo_net::shell::run(
-        &mut master,
+    let master = Timed::new(master, timed, durations);
+    neo_net::shell::run_on_own_thread(
+        "neo-master",
+        master,
         Some(listener),
         ShellConfig::default(),
         shutdown,
