@@ -96,18 +96,33 @@ fn file_length(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().len()
 }
 
+impl Native {
+    /// Where the log's last whole batch ends.
+    fn log_end(&self) -> u64 {
+        self.snapshot().log_end()
+    }
+
+    /// The file up to the end of its last whole batch (the room after
+    /// it left out).
+    fn log_bytes(&self) -> Vec<u8> {
+        let mut bytes = std::fs::read(self.path()).unwrap();
+        bytes.truncate(self.log_end() as usize);
+        bytes
+    }
+}
+
 /// A log with three committed transactions, then one voted (data and
-/// all) in the last batch; the lengths of the log after each commit.
+/// all) in the last batch; where the log ends after each commit.
 fn log_with_a_voted_transaction() -> (Native, Vec<u64>) {
     let (engine, mut db) = new_database::<Native>(&[]);
-    let mut ends = vec![file_length(&engine.path())];
+    let mut ends = vec![engine.log_end()];
     for n in 1..=3 {
         commit(
             &mut db,
             n,
             &[(Oid(n * 4), Some(format!("revision {n}").as_bytes()), None)],
         );
-        ends.push(file_length(&engine.path()));
+        ends.push(engine.log_end());
     }
     let value = [7; 150];
     vote(
@@ -120,7 +135,7 @@ fn log_with_a_voted_transaction() -> (Native, Vec<u64>) {
         ],
         None,
     );
-    ends.push(file_length(&engine.path()));
+    ends.push(engine.log_end());
     drop(db);
     (engine, ends)
 }
@@ -148,21 +163,36 @@ fn pt_rows_hold_what_neopy_columns_hold() {
 }
 
 /// The last batch of a log cut at any byte (a crash in the middle of its
-/// one write): the log opens with exactly the commits before it, cut back
+/// one write), at the end of the file or written in part into the room
+/// after it: the log opens with exactly the commits before it, cut back
 /// to them with a warning, and takes new commits that survive a reopen.
 #[test]
 fn a_log_cut_anywhere_in_its_last_batch_keeps_every_earlier_commit() {
     let (engine, ends) = log_with_a_voted_transaction();
-    let bytes = std::fs::read(engine.path()).unwrap();
+    let with_room = std::fs::read(engine.path()).unwrap();
+    let bytes = engine.log_bytes();
     let (last_start, last_end) = (ends[ends.len() - 2], ends[ends.len() - 1]);
     assert_eq!(last_end, bytes.len() as u64);
+    assert!(with_room.len() > bytes.len(), "no room after the log");
     let earlier = &bytes[..last_start as usize];
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("cut.native");
-    for cut in last_start + 1..last_end {
-        std::fs::write(&copy, &bytes[..cut as usize]).unwrap();
+    let torn_in_room = |cut: u64| {
+        let mut torn = with_room.clone();
+        torn[cut as usize..last_end as usize].fill(0);
+        torn
+    };
+    let cases = (last_start + 1..last_end)
+        .flat_map(|cut| [bytes[..cut as usize].to_vec(), torn_in_room(cut)]);
+    for (case, file) in cases.enumerate() {
+        std::fs::write(&copy, &file).unwrap();
         let mut db = open_at(&copy);
-        assert_eq!(std::fs::read(&copy).unwrap(), earlier, "cut at {cut}");
+        let opened = std::fs::read(&copy).unwrap();
+        assert_eq!(&opened[..last_start as usize], earlier, "case {case}");
+        assert!(
+            opened[last_start as usize..].iter().all(|&byte| byte == 0),
+            "case {case}: torn bytes left after the log"
+        );
         assert_eq!(
             found(db.get_object(Oid(4), None, None).unwrap()).data,
             b"revision 1"
@@ -186,13 +216,14 @@ fn a_log_cut_anywhere_in_its_last_batch_keeps_every_earlier_commit() {
     }
 }
 
-/// Bytes after the last batch that are no batch (zeros of a file
-/// extended by a crash, random bytes) are taken for the end a crash left:
-/// cut off, and the log opens with every commit.
+/// Bytes after the last batch that are no batch (random bytes, after
+/// room or not) are taken for the end a crash left: cut off, and the log
+/// opens with every commit. Zeros alone are room: kept.
 #[test]
 fn garbage_after_the_last_batch_is_cut_off() {
     let (engine, _) = log_with_a_voted_transaction();
-    let bytes = std::fs::read(engine.path()).unwrap();
+    let with_room = std::fs::read(engine.path()).unwrap();
+    let bytes = engine.log_bytes();
     let expected = engine.snapshot().rows().unwrap();
     let mut random = 0x9e37_79b9_7f4a_7c15u64;
     let noise: Vec<u8> = (0..3000)
@@ -203,14 +234,68 @@ fn garbage_after_the_last_batch_is_cut_off() {
             random as u8
         })
         .collect();
-    for garbage in [vec![0; 4096], noise, vec![0xff; 7]] {
-        let mut damaged = bytes.clone();
+    let mut room_then_noise = with_room.clone();
+    room_then_noise.extend_from_slice(&noise);
+    for (base, garbage) in [
+        (&bytes, noise),
+        (&bytes, vec![0xff; 7]),
+        (&room_then_noise, vec![]),
+    ] {
+        let mut damaged = base.clone();
         damaged.extend_from_slice(&garbage);
         std::fs::write(engine.path(), &damaged).unwrap();
         drop(engine.open());
         assert_eq!(std::fs::read(engine.path()).unwrap(), bytes);
         assert_eq!(engine.snapshot().rows().unwrap(), expected);
     }
+    for zeros in [with_room.clone(), [&bytes[..], &[0; 4096]].concat()] {
+        std::fs::write(engine.path(), &zeros).unwrap();
+        drop(engine.open());
+        assert_eq!(std::fs::read(engine.path()).unwrap(), zeros);
+        assert_eq!(engine.snapshot().rows().unwrap(), expected);
+    }
+}
+
+/// A commit that makes the file grow leaves room after its batch, zeros
+/// up to the next MiB, so that the next commits do not change the file's
+/// size (whose write is a second one to the device on ext4); the room
+/// is kept at open, and a batch too big to take room makes the file end
+/// with it.
+#[test]
+fn small_commits_write_into_room_the_file_already_has() {
+    let (engine, mut db) = new_database::<Native>(&[]);
+    commit(&mut db, 1, &[(Oid(1), Some(b"first"), None)]);
+    let length = file_length(&engine.path());
+    assert_eq!(length, 1 << 20);
+    for n in 2..=40 {
+        let value = vec![n as u8; 1024];
+        let writes: Vec<database::Write<'_>> = (0..10)
+            .map(|i| (Oid(n * 16 + i), Some(&value[..]), None))
+            .collect();
+        commit(&mut db, n, &writes);
+        assert_eq!(file_length(&engine.path()), length, "commit {n}");
+    }
+    let end = engine.log_end();
+    assert!(end > 40 * 10 * 1024, "{end}");
+    let rows = engine.snapshot().rows().unwrap();
+    drop(db);
+    let mut db = engine.open();
+    assert_eq!(file_length(&engine.path()), length);
+    assert_eq!(engine.snapshot().rows().unwrap(), rows);
+    assert_eq!(
+        found(db.get_object(Oid(1), None, None).unwrap()).data,
+        b"first"
+    );
+    // Past the room: a big batch (the vote of 3 MiB) takes none.
+    let value = vec![9; 3 << 20];
+    let ttid = Tid(tid(41).0 - u64::from(NP));
+    vote(&mut db, ttid, &[(Oid(2), Some(&value[..]), None)], None);
+    assert!(engine.log_end() > length);
+    assert_eq!(file_length(&engine.path()), engine.log_end());
+    let rows = engine.snapshot().rows().unwrap();
+    drop(db);
+    drop(engine.open());
+    assert_eq!(engine.snapshot().rows().unwrap(), rows);
 }
 
 /// Any byte changed before the last batch is damage, not a crash: the log
@@ -221,7 +306,7 @@ fn a_byte_changed_in_an_earlier_batch_is_refused_with_its_offset() {
     let (engine, ends) = log_with_a_voted_transaction();
     let bytes = std::fs::read(engine.path()).unwrap();
     let last_start = ends[ends.len() - 2];
-    let starts = batch_starts(&bytes);
+    let starts = batch_starts(&engine.log_bytes());
     assert!(starts.contains(&last_start), "{starts:?}");
     for position in 0..last_start {
         let mut damaged = bytes.clone();
@@ -272,7 +357,7 @@ fn batch(records: &[u8]) -> Vec<u8> {
 #[test]
 fn hostile_lengths_and_unknown_records_are_refused_with_their_offset() {
     let (engine, _) = log_with_a_voted_transaction();
-    let bytes = std::fs::read(engine.path()).unwrap();
+    let bytes = engine.log_bytes();
     let end = bytes.len();
     let with = |tail: &[u8]| {
         let mut log = bytes.clone();

@@ -16,12 +16,19 @@
 //! only once `fdatasync` returned after its `write` (which makes the
 //! file's new size durable with the bytes). So every acknowledged batch
 //! is on disk whole, and the only thing that can follow it is the one
-//! batch being written when the power went, incomplete or torn, at the
-//! end of the file: the replay cuts that end off (`replay.rs`) and
-//! applies every whole batch in order, with the same code that applied
-//! the records when they were written (`Tables::apply`), so it rebuilds
-//! the tables every acknowledged commit left. A batch is all or nothing:
-//! a commit is never half there.
+//! batch being written when the power went, incomplete or torn, then
+//! zeros or the end of the file: the replay cuts that end off
+//! (`replay.rs`) and applies every whole batch in order, with the same
+//! code that applied the records when they were written
+//! (`Tables::apply`), so it rebuilds the tables every acknowledged commit
+//! left. A batch is all or nothing: a commit is never half there.
+//!
+//! Room ahead: a commit that makes the file grow writes zeros after its
+//! batch, up to the next MiB, so the next commits write into room the
+//! file already has and their `fdatasync` writes no new size (on ext4 the
+//! size is a second write to the device: a serial commit of 10 × 1 KiB
+//! took 12% longer and 14% more of the storage's CPU). Zeros after the
+//! last batch are that room, kept at open.
 //!
 //! Space (`compact.rs`): deletions leave garbage in the log; it is
 //! reclaimed at the next open, when it is more than half of a log of at
@@ -43,6 +50,10 @@ use neo_proto::{Checksum, Oid, Partition, Tid};
 use super::lock::FileLock;
 use super::{DataId, FatalError, OpenError, OpenOptions, TransactionMeta};
 use format::{Record, BATCH_HEADER_LEN, FILE_HEADER_LEN, MAX_BATCH_BYTES};
+
+/// The file grows by runs of zeros up to a multiple of this (see the
+/// module's documentation: room ahead).
+const ROOM: u64 = 1 << 20;
 use replay::{replay, Mode, Replayed};
 use tables::{DataEntry, Effect, Tables};
 
@@ -54,6 +65,8 @@ pub struct NativeBackend {
     tables: Tables,
     /// Where the committed log ends: the next batch is written there.
     end: u64,
+    /// The file's length: zeros from `end` to there, room for commits.
+    length: u64,
     /// The next batch: room for its header, then the records written
     /// since the last commit (already applied to `tables`).
     batch: Vec<u8>,
@@ -136,6 +149,7 @@ impl NativeBackend {
             path,
             tables: replayed.tables,
             end: replayed.end,
+            length: replayed.length,
             batch: vec![0; BATCH_HEADER_LEN],
             broken: false,
             _lock: lock,
@@ -174,6 +188,17 @@ impl NativeBackend {
             });
         }
         format::seal_batch(&mut self.batch);
+        let end = self.end + self.batch.len() as u64;
+        // When the file grows, its size is written with this batch
+        // anyway: a small batch takes room for the next ones with it (a
+        // big one would write about as many zeros as bytes).
+        let room = if end > self.length && self.batch.len() as u64 <= ROOM / 4 {
+            end.next_multiple_of(ROOM) - end
+        } else {
+            0
+        };
+        self.batch.resize(self.batch.len() + room as usize, 0);
+        let length = self.length.max(end + room);
         let written = self
             .file
             .write_all_at(&self.batch, self.end)
@@ -182,7 +207,8 @@ impl NativeBackend {
             self.broken = true;
             return Err(engine_error("committing", Box::new(error)));
         }
-        self.end += self.batch.len() as u64;
+        self.end = end;
+        self.length = length;
         self.batch.truncate(BATCH_HEADER_LEN);
         // A big commit (a replication chunk of big objects) does not keep
         // its memory for good.
@@ -199,6 +225,7 @@ impl NativeBackend {
             .and_then(|()| self.file.sync_data())
             .map_err(|error| engine_error("erasing the log", Box::new(error)))?;
         self.end = FILE_HEADER_LEN;
+        self.length = FILE_HEADER_LEN;
         Ok(())
     }
 
@@ -251,6 +278,7 @@ fn engine_error(
 pub struct NativeSnapshot {
     file: File,
     tables: Tables,
+    end: u64,
 }
 
 /// An `obj` row of a [`NativeSnapshot`].
@@ -278,8 +306,13 @@ impl NativeSnapshot {
             database: path.display().to_string(),
             source,
         })?;
-        let Replayed { tables, .. } = replay(&file, &path, Mode::ReadOnly)?;
-        Ok(NativeSnapshot { file, tables })
+        let Replayed { tables, end, .. } = replay(&file, &path, Mode::ReadOnly)?;
+        Ok(NativeSnapshot { file, tables, end })
+    }
+
+    /// Where the last whole batch ends (the room after it not counted).
+    pub fn log_end(&self) -> u64 {
+        self.end
     }
 
     /// Rows of a table, by its SQL name; `None` for another name.

@@ -2,10 +2,12 @@
 //! order; the end a crash can leave told apart from damage.
 //!
 //! A commit is one append then an fsync, so a crash can only leave the
-//! batch it was appending incomplete or torn, at the end of the file: a
-//! last batch cut short, or whose checksum fails and that reaches the end
-//! of the file, or a damaged header after which no whole batch follows,
-//! is that end. It is cut off (with a warning). Anything else that does
+//! batch it was appending incomplete or torn, at the end of the log,
+//! followed by nothing but zeros (the room commits make ahead, see
+//! `mod.rs`): a last batch cut short, or whose checksum fails and after
+//! which there are only zeros, or a damaged header after which no whole
+//! batch follows, is that end. It is cut off (with a warning). Zeros
+//! alone after the last batch are room, kept. Anything else that does
 //! not check is damage: an error naming the file and the byte offset.
 
 use std::fs::File;
@@ -28,10 +30,12 @@ pub(super) enum Mode {
     ReadOnly,
 }
 
-/// The tables a log holds, and where its last whole batch ends.
+/// The tables a log holds, where its last whole batch ends, and the
+/// file's length (zeros from `end` to there).
 pub(super) struct Replayed {
     pub(super) tables: Tables,
     pub(super) end: u64,
+    pub(super) length: u64,
 }
 
 /// Reads the log `file`, named `path` in errors.
@@ -68,12 +72,17 @@ pub(super) fn replay(file: &File, path: &Path, mode: Mode) -> Result<Replayed, O
             None => break,
         }
     }
-    if position < length && mode == Mode::Repair {
-        log.cut(position, length)?;
-    }
+    let length = match position < length && !log.zeros(position, length)? {
+        true if mode == Mode::Repair => {
+            log.cut(position, length)?;
+            position
+        }
+        _ => length,
+    };
     Ok(Replayed {
         tables,
         end: position,
+        length,
     })
 }
 
@@ -123,6 +132,7 @@ impl Log<'_> {
         Ok(Replayed {
             tables: Tables::default(),
             end: FILE_HEADER_LEN,
+            length: FILE_HEADER_LEN,
         })
     }
 
@@ -140,6 +150,9 @@ impl Log<'_> {
         let mut header = [0; BATCH_HEADER_LEN];
         self.read(&mut header, position)?;
         let Some((size, crc)) = format::parse_batch_header(&header) else {
+            if self.zeros(position, length)? {
+                return Ok(None);
+            }
             return match self.find_batch(position + 1, length)? {
                 Some(next) => Err(self.corrupted(
                     position,
@@ -163,7 +176,7 @@ impl Log<'_> {
         self.read(&mut records, start)?;
         if crc32fast::hash(&records) != crc {
             let after = length - start - size;
-            if after == 0 {
+            if self.zeros(start + size, length)? {
                 return Ok(None);
             }
             return Err(self.corrupted(
@@ -211,6 +224,21 @@ impl Log<'_> {
             window_start += size - (BATCH_HEADER_LEN as u64 - 1);
         }
         Ok(None)
+    }
+
+    /// Whether the bytes from `from` to `to` are all zeros (none is).
+    fn zeros(&self, from: u64, to: u64) -> Result<bool, OpenError> {
+        let mut buffer = vec![0; (to - from).min(1 << 20) as usize];
+        let mut position = from;
+        while position < to {
+            let piece = (to - position).min(buffer.len() as u64) as usize;
+            self.read(&mut buffer[..piece], position)?;
+            if buffer[..piece].iter().any(|&byte| byte != 0) {
+                return Ok(false);
+            }
+            position += piece as u64;
+        }
+        Ok(true)
     }
 
     /// The checksum of `size` bytes at `start`, read in pieces.
