@@ -466,6 +466,28 @@ async fn stores_not_yet_sent_are_dropped_by_an_abort() {
     }
 }
 
+/// A storage answers an undo's question from the transaction's own
+/// stores too (undoing several transactions at once): the stores still
+/// queued go out before the question.
+#[tokio::test]
+async fn queued_stores_go_out_before_an_undo_question() {
+    let cluster = Cluster::start(1, 1, 1).await;
+    let client = Client::connect(cluster.config()).await.unwrap();
+    let mut txn = client.begin(None).await.unwrap();
+    txn.store(Oid(1), Tid(FIRST_TID), Bytes::from_static(b"undone"))
+        .await
+        .unwrap();
+    txn.undo_serials(Tid(FIRST_TID), &[Oid(1)]).await.unwrap();
+    let names = cluster.storages[0].names();
+    let store = names.iter().position(|&name| name == "AskStoreObject");
+    let undo = names.iter().position(|&name| name == "AskObjectUndoSerial");
+    assert!(
+        matches!((store, undo), (Some(store), Some(undo)) if store < undo),
+        "{names:?}"
+    );
+    txn.abort().await.unwrap();
+}
+
 /// Small stores wait for the vote, which sends them together (one write
 /// per storage) before it waits for their answers.
 #[tokio::test]

@@ -641,6 +641,10 @@ impl Transaction {
         oids: &[Oid],
     ) -> Result<HashMap<Oid, UndoSerial>, ClientError> {
         self.check_open()?;
+        // The storages answer from this transaction's stores too (undoing
+        // several transactions at once builds on the earlier undos): the
+        // queued ones go out first, on the connections the questions take.
+        self.flush().await;
         let last = (*lock(&self.shared.last_tid)).unwrap_or(Tid::ZERO);
         let snapshot = Tid(last.0.saturating_add(1));
         let (groups, failed) = self

@@ -494,6 +494,12 @@ async fn serve_storage(storage: Arc<FakeStorage>, connection: Connection, mut in
             Packet::AskRelockObject(_) => {
                 Some(packets::AnswerRelockObject { conflict: None }.into())
             }
+            Packet::AskObjectUndoSerial(_) => Some(
+                packets::AnswerObjectUndoSerial {
+                    serials: neo_proto::Map(Default::default()),
+                }
+                .into(),
+            ),
             Packet::AskTIDs(request) => {
                 let script = storage.script.lock().unwrap();
                 let mut tids: Vec<Tid> = script.transactions.keys().copied().collect();
