@@ -129,3 +129,65 @@ fn the_topology_path_is_the_host_then_the_device_of_the_data() {
         [hostname.trim().to_owned(), device.to_string()]
     );
 }
+
+/// A truncation is refused while importing below the sources' last tid
+/// (a restart would import again what was cut) and, with write-back, at
+/// any tid (what was cut is in the source already), as NEO/py refuses
+/// both; the error says why.
+#[test]
+fn an_importer_refuses_truncations_that_would_part_it_from_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.fs");
+    let mut writer = neo_filestorage::Writer::open(&source).unwrap();
+    let last_tid = 0x03f0_0000_0000_0000;
+    writer
+        .append(&neo_filestorage::NewTransaction {
+            tid: last_tid,
+            status: b' ',
+            user: b"",
+            description: b"",
+            extension: b"",
+            records: vec![neo_filestorage::NewRecord {
+                oid: 0,
+                data: Some(b"\x80\x02cfoo\nBar\nq\x00.\x80\x02}q\x01."),
+                data_txn: None,
+            }],
+        })
+        .unwrap();
+    writer.close().unwrap();
+    let truncate = |writeback: bool, tid: u64| {
+        let conf = dir.path().join(format!("importer-{writeback}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "[neo]\nadapter = SQLite\ndatabase = {}\nwriteback = {writeback}\n\
+                 [root]\nstorage = <filestorage>\n  path {}\n  </filestorage>\n",
+                dir.path().join(format!("neo-{writeback}.sqlite")).display(),
+                source.display()
+            ),
+        )
+        .unwrap();
+        let mut db = open_database(
+            Adapter::Importer,
+            conf.to_str().unwrap(),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        db.set_truncate_tid(Some(neo_proto::Tid(tid))).unwrap();
+        db.truncate().map(|_| ()).map_err(|error| error.to_string())
+    };
+    let below = truncate(false, last_tid - 1).unwrap_err();
+    assert!(
+        below.contains(&format!(
+            "can not truncate at {:016x} below the last tid of the imported databases ({last_tid:016x})",
+            last_tid - 1
+        )),
+        "{below}"
+    );
+    let written_back = truncate(true, last_tid + 1).unwrap_err();
+    assert!(
+        written_back.contains("transactions are written back to the source"),
+        "{written_back}"
+    );
+    assert_eq!(truncate(false, last_tid + 1), Ok(()));
+}

@@ -107,12 +107,19 @@ impl Database {
             return Ok(None);
         };
         // Below the sources' last tid, a restart would import again what
-        // was cut.
+        // was cut; with write-back, what was cut is in the source already
+        // (NEO/py refuses both).
         if let Some(importer) = &self.importer {
-            if tid.0 < importer.last_tid() {
+            let last = Tid(importer.last_tid());
+            if tid < last {
                 return Err(FatalError::Import(format!(
-                    "can not truncate at {tid} below the last tid of the imported databases                      ({:016x})",
-                    importer.last_tid()
+                    "can not truncate at {tid} below the last tid of the imported databases ({last})"
+                ))
+                .into());
+            }
+            if importer.writeback.is_some() {
+                return Err(FatalError::Import(format!(
+                    "can not truncate at {tid}: transactions are written back to the source"
                 ))
                 .into());
             }
