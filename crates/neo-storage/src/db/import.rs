@@ -163,9 +163,11 @@ impl Database {
                 return Ok(found);
             }
         }
-        // The next revision may be one committed through NEO since.
+        // The next revision may be one committed through NEO since, but
+        // not for the latest: the destination's newest was not newer.
         let next_serial = match next_serial {
             Some(next) => Some(Tid(next)),
+            None if at.is_none() && before.is_none() => None,
             None => self.first_serial_after(partition, oid, Tid(last_tid))?,
         };
         let record = match data {
@@ -229,7 +231,10 @@ impl Database {
         let Some(importer) = self.active_importer() else {
             return Ok(in_destination);
         };
-        if oid.0 > importer.last_oid() {
+        // Every serial of the sources is at most their last tid.
+        if oid.0 > importer.last_oid()
+            || in_destination.is_some_and(|serial| serial.0 > importer.last_tid())
+        {
             return Ok(in_destination);
         }
         let (source, source_oid) = self.importer_sources()?.of_oid(oid.0);
