@@ -488,6 +488,20 @@ fn a_compaction_interrupted_by_a_crash_loses_nothing() {
     check_packed(&mut db);
 }
 
+/// The temporary file of an interrupted compaction is removed at open
+/// even when the log is too small to be compacted again (so it is not
+/// the new compaction that replaces it), and the log is left as it was.
+#[test]
+fn an_interrupted_compaction_is_removed_from_a_log_not_compacted_again() {
+    let (engine, _) = log_with_a_voted_transaction();
+    let log = std::fs::read(engine.path()).unwrap();
+    let temporary = engine.dir.path().join("neo.native.compacting");
+    std::fs::write(&temporary, &log[..log.len() / 2]).unwrap();
+    drop(engine.open());
+    assert!(!temporary.exists());
+    assert_eq!(std::fs::read(engine.path()).unwrap(), log);
+}
+
 #[test]
 fn a_second_open_of_the_same_file_is_locked() {
     let (engine, db) = new_database::<Native>(&[]);

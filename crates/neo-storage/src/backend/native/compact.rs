@@ -15,13 +15,13 @@ use crate::backend::lock::FileLock;
 use crate::backend::OpenError;
 
 /// Smaller logs are left as they are, whatever their garbage.
-pub(super) const COMPACT_MIN_BYTES: u64 = 8 << 20;
+const COMPACT_MIN_BYTES: u64 = 8 << 20;
 /// Batches of a compacted log are about this size.
 const BATCH_BYTES: usize = 8 << 20;
 
 /// The size of a log holding only the rows of `tables` (batch headers
 /// aside).
-pub(super) fn live_bytes(tables: &Tables) -> u64 {
+fn live_bytes(tables: &Tables) -> u64 {
     let mut scratch = Vec::new();
     let mut total = FILE_HEADER_LEN;
     tables.rows_as_records(&mut |record: &Record<'_>| {
@@ -35,10 +35,14 @@ pub(super) fn live_bytes(tables: &Tables) -> u64 {
     total
 }
 
-/// Whether a log of `length` bytes with `live` bytes of rows is worth
-/// writing again.
-pub(super) fn worth_it(length: u64, live: u64) -> bool {
-    length >= COMPACT_MIN_BYTES && live < length / 2
+/// The bytes of live rows in a log of `length` bytes holding `tables`,
+/// when it is worth writing again (measured only for a log big enough).
+pub(super) fn worth_it(length: u64, tables: &Tables) -> Option<u64> {
+    if length < COMPACT_MIN_BYTES {
+        return None;
+    }
+    let live = live_bytes(tables);
+    (live < length / 2).then_some(live)
 }
 
 /// Writes the rows of `tables` (read from `log`) into `temporary`, then

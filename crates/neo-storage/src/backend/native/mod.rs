@@ -131,8 +131,7 @@ impl NativeBackend {
             file.set_len(0).map_err(io("erasing the log"))?;
         }
         let mut replayed = replay(&file, &path, Mode::Repair)?;
-        let live = compact::live_bytes(&replayed.tables);
-        if compact::worth_it(replayed.end, live) {
+        if let Some(live) = compact::worth_it(replayed.end, &replayed.tables) {
             tracing::info!(
                 "{}: compacting: {live} bytes of live rows in {} bytes",
                 path.display(),
@@ -205,7 +204,8 @@ impl NativeBackend {
             .and_then(|()| self.file.sync_data());
         if let Err(error) = written {
             self.broken = true;
-            return Err(engine_error("committing", Box::new(error)));
+            let at = format!("{} at byte {}", self.path.display(), self.end);
+            return Err(engine_error("committing", format!("{at}: {error}").into()));
         }
         self.end = end;
         self.length = length;
@@ -249,7 +249,10 @@ fn read_value(file: &File, entry: DataEntry) -> Result<(Vec<u8>, Checksum), Fata
     // The length was checked against its batch at replay.
     let mut bytes = vec![0; entry.length as usize + Checksum::ZERO.0.len()];
     file.read_exact_at(&mut bytes, entry.offset)
-        .map_err(|error| engine_error("reading object data", Box::new(error)))?;
+        .map_err(|error| {
+            let at = format!("{} bytes at byte {} of the log", bytes.len(), entry.offset);
+            engine_error("reading object data", format!("{at}: {error}").into())
+        })?;
     Ok(split_value(bytes, entry))
 }
 

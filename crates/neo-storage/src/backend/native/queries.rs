@@ -345,15 +345,19 @@ impl Backend for NativeBackend {
         let Some((serial, obj)) = found else {
             return Ok(None);
         };
-        let next_serial = self
-            .tables
-            .obj
-            .range((
-                Excluded((partition, oid.0, serial)),
-                Included((partition, oid.0, u64::MAX)),
-            ))
-            .next()
-            .map(|(&(_, _, next), _)| Tid(next));
+        // The latest has none: no lookup on the common load.
+        let next_serial = match revision {
+            Revision::Latest => None,
+            _ => self
+                .tables
+                .obj
+                .range((
+                    Excluded((partition, oid.0, serial)),
+                    Included((partition, oid.0, u64::MAX)),
+                ))
+                .next()
+                .map(|(&(_, _, next), _)| Tid(next)),
+        };
         let (compression, checksum, data) = match obj.data_id() {
             None => (None, Checksum::ZERO, Vec::new()),
             Some(id) => {

@@ -66,24 +66,38 @@ pub(super) fn replay(file: &File, path: &Path, mode: Mode) -> Result<Replayed, O
     }
     let mut tables = Tables::default();
     let mut position = FILE_HEADER_LEN;
+    let mut torn = false;
     while position < length {
         match log.batch(&mut tables, position, length)? {
-            Some(next) => position = next,
-            None => break,
+            Step::Next(next) => position = next,
+            Step::Room => break,
+            Step::Torn => {
+                torn = true;
+                break;
+            }
         }
     }
-    let length = match position < length && !log.zeros(position, length)? {
-        true if mode == Mode::Repair => {
-            log.cut(position, length)?;
-            position
-        }
-        _ => length,
+    let length = if torn && mode == Mode::Repair {
+        log.cut(position, length)?;
+        position
+    } else {
+        length
     };
     Ok(Replayed {
         tables,
         end: position,
         length,
     })
+}
+
+/// What follows a whole batch.
+enum Step {
+    /// Another batch, starting there.
+    Next(u64),
+    /// Zeros to the end of the file: room for commits.
+    Room,
+    /// The end a crash left: a batch cut short or torn.
+    Torn,
 }
 
 struct Log<'a> {
@@ -136,29 +150,24 @@ impl Log<'_> {
         })
     }
 
-    /// Checks and applies the batch at `position`; where the next one
-    /// starts, or `None` when this one is the end a crash left.
-    fn batch(
-        &self,
-        tables: &mut Tables,
-        position: u64,
-        length: u64,
-    ) -> Result<Option<u64>, OpenError> {
+    /// Checks and applies the batch at `position`: what follows it.
+    fn batch(&self, tables: &mut Tables, position: u64, length: u64) -> Result<Step, OpenError> {
         if length - position < BATCH_HEADER_LEN as u64 {
-            return Ok(None);
+            let room = self.zeros(position, length)?;
+            return Ok(if room { Step::Room } else { Step::Torn });
         }
         let mut header = [0; BATCH_HEADER_LEN];
         self.read(&mut header, position)?;
         let Some((size, crc)) = format::parse_batch_header(&header) else {
             if self.zeros(position, length)? {
-                return Ok(None);
+                return Ok(Step::Room);
             }
             return match self.find_batch(position + 1, length)? {
                 Some(next) => Err(self.corrupted(
                     position,
                     format!("damaged batch header, with a whole batch after it at byte {next}"),
                 )),
-                None => Ok(None),
+                None => Ok(Step::Torn),
             };
         };
         if size > MAX_BATCH_BYTES {
@@ -169,7 +178,7 @@ impl Log<'_> {
         }
         let start = position + BATCH_HEADER_LEN as u64;
         if size > length - start {
-            return Ok(None);
+            return Ok(Step::Torn);
         }
         // Bounded by the limit and by the file, checked above.
         let mut records = vec![0; size as usize];
@@ -177,7 +186,7 @@ impl Log<'_> {
         if crc32fast::hash(&records) != crc {
             let after = length - start - size;
             if self.zeros(start + size, length)? {
-                return Ok(None);
+                return Ok(Step::Torn);
             }
             return Err(self.corrupted(
                 position,
@@ -192,7 +201,7 @@ impl Log<'_> {
                 .map_err(|error| self.corrupted(at, error))?;
             tables.apply(&record, at);
         }
-        Ok(Some(start + size))
+        Ok(Step::Next(start + size))
     }
 
     /// The first whole batch (header and records checked) at or after
