@@ -1157,8 +1157,6 @@ fn sort_numeric(mut keys: Vec<String>) -> Vec<String> {
     keys
 }
 
-/// `neobench replication`: its own cluster in a temporary directory, its
-/// table on standard output and `replication.json` in `--out`.
 /// A measure run instead of the default one, in a directory of its own:
 /// its table is printed, its report written to `«out»/«name».json`.
 fn separate_mode(
