@@ -13,7 +13,6 @@
 use neo_filestorage::Load;
 use neo_proto::packets::HistoryEntry;
 use neo_proto::{Checksum, Oid, Partition, Tid};
-use sha1::{Digest, Sha1};
 
 use super::{Database, LastIds, ObjectLookup};
 use crate::backend::{
@@ -177,7 +176,7 @@ impl Database {
                     serial: Tid(serial),
                     next_serial,
                     compression: Some(0),
-                    checksum: Checksum(Sha1::digest(&data).into()),
+                    checksum: crate::node::checksum(&data),
                     data,
                     data_serial: data_serial.map(Tid),
                 }

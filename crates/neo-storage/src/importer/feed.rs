@@ -9,9 +9,9 @@ use std::io::Write;
 use std::iter::Peekable;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 
+use crate::node::checksum;
 use neo_filestorage::TransactionIter;
 use neo_proto::Checksum;
-use sha1::{Digest, Sha1};
 
 use super::sources::{Source, Sources};
 use super::ImportError;
@@ -270,9 +270,4 @@ fn compressed(compress: Option<u32>, data: Vec<u8>) -> (Checksum, u8, Vec<u8>) {
         }
     }
     (checksum(&data), 0, data)
-}
-
-/// SHA-1 of stored bytes, as NEO checksums them.
-fn checksum(data: &[u8]) -> Checksum {
-    Checksum(Sha1::digest(data).into())
 }

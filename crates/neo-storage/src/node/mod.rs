@@ -642,6 +642,6 @@ impl Node for Storage {
 }
 
 /// SHA-1 of object data, as clients compute it.
-fn checksum(data: &[u8]) -> Checksum {
+pub(crate) fn checksum(data: &[u8]) -> Checksum {
     Checksum(Sha1::digest(data).into())
 }
